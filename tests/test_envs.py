@@ -1,0 +1,268 @@
+"""Tests for wm_jax.envs: exact transitions across autoresets, space validation, conversions."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from wm_jax.envs import (
+    EnvSpec,
+    UnsupportedSpaceError,
+    VectorEnv,
+    from_env_action,
+    make_env_spec,
+    spec_from_spaces,
+    to_env_action,
+)
+
+COUNTER_ID = "WmJaxTest/Counter-v0"
+DICT_OBS_ID = "WmJaxTest/DictObs-v0"
+TIME_LIMIT = 4
+TERMINATE_AT = 3
+
+
+class CounterEnv(gymnasium.Env):
+    """An env whose every transition is known in advance.
+
+    obs = [episode index, step in episode]; action in Discrete(2, start=1);
+    reward = step after the action + 10 * (action - 1).  Episodes with (episode + phase) even
+    terminate at step 3; the others are truncated at step 4 by the registered TimeLimit.  The
+    phase is the reset seed's parity, so envs of one vector env run out of step.
+    """
+
+    observation_space = spaces.Box(0.0, np.inf, shape=(2,), dtype=np.float32)
+    action_space = spaces.Discrete(2, start=1)
+
+    def __init__(self) -> None:
+        self._phase = 0
+        self._episode = -1
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self._episode, self._t], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._phase, self._episode = seed % 2, -1
+        self._episode += 1
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        assert action in (1, 2), action
+        self._t += 1
+        reward = float(self._t + 10 * (int(action) - 1))
+        terminated = (self._episode + self._phase) % 2 == 0 and self._t == TERMINATE_AT
+        return self._obs(), reward, terminated, False, {}
+
+
+class DictObsEnv(gymnasium.Env):
+    observation_space = spaces.Dict({"a": spaces.Box(-1.0, 1.0, (2,), np.float32)})
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return {"a": np.zeros(2, np.float32)}, {}
+
+    def step(self, action):
+        return {"a": np.zeros(2, np.float32)}, 0.0, False, False, {}
+
+
+gymnasium.register(COUNTER_ID, entry_point=CounterEnv, max_episode_steps=TIME_LIMIT)
+gymnasium.register(DICT_OBS_ID, entry_point=DictObsEnv)
+
+
+class CounterReference:
+    """A model of what VectorEnv must report for CounterEnv, one env at a time."""
+
+    def __init__(self, seed: int, num_envs: int) -> None:
+        self.phase = [(seed + i) % 2 for i in range(num_envs)]
+        self.episode = [0] * num_envs
+        self.t = [0] * num_envs
+        self.ret = [0.0] * num_envs
+
+    def obs(self) -> np.ndarray:
+        return np.array(list(zip(self.episode, self.t, strict=True)), dtype=np.float32)
+
+    def step(self, env_actions: np.ndarray):
+        rows, returns, lengths = [], [], []
+        for i, a in enumerate(env_actions):
+            obs = [self.episode[i], self.t[i]]
+            t = self.t[i] + 1
+            reward = t + 10 * (int(a) - 1)
+            term = (self.episode[i] + self.phase[i]) % 2 == 0 and t == TERMINATE_AT
+            trunc = not term and t == TIME_LIMIT
+            rows.append((obs, reward, [self.episode[i], t], term, trunc))
+            self.ret[i] += reward
+            self.t[i] = t
+            if term or trunc:
+                returns.append(self.ret[i])
+                lengths.append(t)
+                self.episode[i] += 1
+                self.t[i] = 0
+                self.ret[i] = 0.0
+        return rows, returns, lengths
+
+
+def _check_counter_run(mode: str, num_envs: int = 3, steps: int = 25, seed: int = 4) -> None:
+    rng = np.random.default_rng(0)
+    ref = CounterReference(seed, num_envs)
+    with VectorEnv(COUNTER_ID, num_envs, seed=seed, mode=mode) as env:
+        assert env.spec.discrete and env.spec.action_dim == 2 and env.spec.obs_shape == (2,)
+        np.testing.assert_array_equal(env.reset(), ref.obs())
+        seen_term = seen_trunc = 0
+        for _ in range(steps):
+            env_actions = rng.integers(1, 3, size=num_envs)
+            actions = np.eye(2, dtype=np.float32)[env_actions - 1]
+            out = env.step(actions)
+            rows, returns, lengths = ref.step(env_actions)
+            tr = out.transition
+            np.testing.assert_array_equal(tr.obs, [r[0] for r in rows])
+            np.testing.assert_array_equal(tr.reward, [r[1] for r in rows])
+            np.testing.assert_array_equal(tr.next_obs, [r[2] for r in rows])
+            np.testing.assert_array_equal(tr.terminated, [r[3] for r in rows])
+            np.testing.assert_array_equal(tr.truncated, [r[4] for r in rows])
+            np.testing.assert_array_equal(tr.action, actions)
+            assert tr.action.dtype == np.float32 and tr.reward.dtype == np.float32
+            assert tr.valid.all()
+            # No transition crosses an episode: same episode, step advanced by exactly one.
+            np.testing.assert_array_equal(tr.next_obs[:, 0], tr.obs[:, 0])
+            np.testing.assert_array_equal(tr.next_obs[:, 1], tr.obs[:, 1] + 1)
+            np.testing.assert_array_equal(out.obs, ref.obs())
+            assert out.episode_returns == returns
+            assert out.episode_lengths == lengths
+            seen_term += int(tr.terminated.sum())
+            seen_trunc += int(tr.truncated.sum())
+        assert seen_term > 0 and seen_trunc > 0
+
+
+def test_sync_vector_env_reports_every_counter_transition_exactly_across_autoresets():
+    _check_counter_run("sync")
+
+
+def test_async_vector_env_reports_the_same_transitions_as_sync():
+    _check_counter_run("async", num_envs=2, steps=12)
+
+
+def test_same_seed_gives_same_trajectory_and_other_seed_differs():
+    def rollout(seed: int) -> np.ndarray:
+        with VectorEnv("CartPole-v1", 2, seed=seed) as env:
+            obs = [env.reset()]
+            for k in range(30):
+                obs.append(env.step(np.eye(2, dtype=np.float32)[[k % 2, (k // 3) % 2]]).obs)
+            return np.stack(obs)
+
+    np.testing.assert_array_equal(rollout(7), rollout(7))
+    assert not np.array_equal(rollout(7), rollout(8))
+
+
+def test_cartpole_spec_and_steps():
+    spec = make_env_spec("CartPole-v1")
+    assert spec == EnvSpec(
+        obs_shape=(4,), obs_dtype=np.dtype(np.float32), action_dim=2, discrete=True
+    )
+    with VectorEnv("CartPole-v1", 3, seed=0) as env:
+        assert env.spec == spec
+        obs = env.reset()
+        assert obs.shape == (3, 4) and obs.dtype == np.float32
+        for _ in range(5):
+            out = env.step(np.tile(np.float32([0.2, 0.8]), (3, 1)))
+            np.testing.assert_array_equal(out.transition.obs, obs)
+            obs = out.obs
+            assert out.transition.reward.shape == (3,)
+
+
+def test_pendulum_spec_and_truncation_keeps_final_obs():
+    spec = make_env_spec("Pendulum-v1")
+    assert not spec.discrete and spec.action_dim == 1 and spec.obs_shape == (3,)
+    np.testing.assert_array_equal(spec.action_low, [-2.0])
+    np.testing.assert_array_equal(spec.action_high, [2.0])
+    with VectorEnv("Pendulum-v1", 2, seed=1, env_kwargs={"max_episode_steps": 3}) as env:
+        obs = env.reset()
+        for step in range(1, 4):
+            out = env.step(np.float32([[-1.0], [1.0]]))
+            np.testing.assert_array_equal(out.transition.obs, obs)
+            obs = out.obs
+        assert step == 3 and out.transition.truncated.all() and not out.transition.terminated.any()
+        # The reset obs goes to the agent; the transition keeps the episode's own last obs.
+        assert not np.allclose(out.transition.next_obs, out.obs)
+        assert out.episode_lengths == [3, 3] and len(out.episode_returns) == 2
+
+
+def test_unknown_env_id_raises_value_error_naming_the_id():
+    with pytest.raises(ValueError, match=r"NoSuchEnv-v0.*pprint_registry"):
+        VectorEnv("NoSuchEnv-v0", 2, seed=0)
+    with pytest.raises(ValueError, match="NoSuchEnv-v0"):
+        make_env_spec("NoSuchEnv-v0")
+
+
+def test_bad_mode_and_bad_action_shape_raise_value_error():
+    with pytest.raises(ValueError, match="mode"):
+        VectorEnv("CartPole-v1", 2, seed=0, mode="threads")
+    with VectorEnv("CartPole-v1", 2, seed=0) as env:
+        with pytest.raises(RuntimeError, match="reset"):
+            env.step(np.zeros((2, 2), np.float32))
+        env.reset()
+        with pytest.raises(ValueError, match=r"\[N, 2\]"):
+            env.step(np.zeros((2, 3), np.float32))
+
+
+BOX_OBS = spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("obs_space", "action_space", "pattern"),
+    [
+        (spaces.Dict({"x": BOX_OBS}), spaces.Discrete(2), r"Dict.*FlattenObservation"),
+        (spaces.Tuple((BOX_OBS,)), spaces.Discrete(2), r"Tuple.*FlattenObservation"),
+        (spaces.Discrete(5), spaces.Discrete(2), r"observation space Discrete.*Box"),
+        (spaces.Box(0, 10, (3,), np.int64), spaces.Discrete(2), r"int64.*DtypeObservation"),
+        (BOX_OBS, spaces.MultiDiscrete([2, 3]), r"MultiDiscrete.*Discrete or a 1-D Box"),
+        (BOX_OBS, spaces.Box(-np.inf, np.inf, (2,), np.float32), r"finite bounds.*RescaleAction"),
+        (BOX_OBS, spaces.Box(-1.0, 1.0, (2, 2), np.float32), r"1-D"),
+    ],
+)
+def test_unsupported_spaces_raise_helpful_error(obs_space, action_space, pattern):
+    with pytest.raises(UnsupportedSpaceError, match=pattern):
+        spec_from_spaces(obs_space, action_space)
+
+
+def test_unsupported_env_is_rejected_at_construction():
+    with pytest.raises(UnsupportedSpaceError, match="FlattenObservation"):
+        make_env_spec(DICT_OBS_ID)
+    with pytest.raises(UnsupportedSpaceError, match="FlattenObservation"):
+        VectorEnv(DICT_OBS_ID, 2, seed=0)
+
+
+def test_uint8_image_observations_are_supported():
+    spec = spec_from_spaces(spaces.Box(0, 255, (8, 8, 3), np.uint8), spaces.Discrete(4, start=1))
+    assert spec.obs_dtype == np.uint8 and spec.obs_shape == (8, 8, 3)
+    assert spec.action_dim == 4 and spec.action_start == 1 and spec.action_low is None
+
+
+def test_discrete_actions_round_trip_with_nonzero_start_and_accept_logits():
+    spec = spec_from_spaces(BOX_OBS, spaces.Discrete(4, start=3))
+    env_actions = np.array([3, 4, 5, 6, 3])
+    one_hot = from_env_action(env_actions, spec)
+    assert one_hot.dtype == np.float32 and one_hot.shape == (5, 4)
+    np.testing.assert_array_equal(one_hot.sum(-1), 1.0)
+    np.testing.assert_array_equal(to_env_action(one_hot, spec), env_actions)
+    logits = np.array([[0.1, -2.0, 3.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(to_env_action(logits, spec), [5])
+    with pytest.raises(ValueError, match="Discrete actions"):
+        from_env_action(np.array([7]), spec)
+
+
+def test_box_actions_rescale_round_trip_and_clip():
+    spec = spec_from_spaces(BOX_OBS, spaces.Box(np.float32([-2, 0]), np.float32([2, 10])))
+    np.testing.assert_allclose(
+        to_env_action(np.float32([[-1, -1], [0, 0], [1, 1], [5, -5]]), spec),
+        [[-2, 0], [0, 5], [2, 10], [2, 0]],
+    )
+    env_actions = np.random.default_rng(0).uniform([-2, 0], [2, 10], size=(16, 2))
+    unit = from_env_action(env_actions, spec)
+    assert unit.dtype == np.float32 and np.all(np.abs(unit) <= 1.0)
+    np.testing.assert_allclose(to_env_action(unit, spec), env_actions, rtol=1e-5, atol=1e-5)

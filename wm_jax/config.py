@@ -1,0 +1,187 @@
+"""All defaults in one place, and validation whose messages name the field and the fix.
+
+Defaults follow the seeds: features 256, states 64, hidden 256, H = 15, γ = 0.99, λ = 0.95,
+Adam with lrs 1e-4 / 3e-5 / 3e-5 and ``clip_by_global_norm(1.0)``, entropy coefficient 0.01,
+warmup 5k env steps, transition to 10k, early/late multi-update boundary at 50k.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and the fix."""
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # --- experiment ----------------------------------------------------------------------
+    c.env_id = "CartPole-v1"
+    c.env_kwargs = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_envs = 4
+    c.total_env_steps = 30_000
+
+    # --- components (chosen by name: see wm_jax.networks registries) ---------------------
+    m = c.model = ml_collections.ConfigDict()
+    m.encoder = "auto"  # "mlp" | "cnn" | "auto" (cnn for rank-3 observations)
+    m.representation = "autoencoder"  # "autoencoder" | "vae"
+    m.dynamics = "mlp"  # "mlp" | "ensemble"
+    m.decoder = "auto"  # "mlp" | "cnn" | "auto"
+    m.feature_dim = 256
+    m.state_dim = 64
+    m.hidden_dim = 256
+    m.hidden_layers = 2
+    m.activation = "elu"
+    m.layer_norm = True
+    m.state_norm = "layernorm"  # autoencoder states: "layernorm" | "tanh" | "none"
+    m.cnn_depth = 32
+    m.dynamics_residual = True
+    m.dynamics_std = "learned"  # "learned" | "fixed"
+    m.dynamics_fixed_std = 1.0
+    m.ensemble_size = 5
+
+    # --- world-model losses (seeds Losses 1-5) -------------------------------------------
+    wm = c.world_model = ml_collections.ConfigDict()
+    wm.lr = 1e-4
+    wm.eps = 1e-8
+    wm.grad_clip = 1.0
+    wm.dynamics_loss = "mse"  # "mse" (seeds Loss 1) | "nll" (seeds Interface 2)
+    wm.dynamics_target_grad = False  # let the dynamics loss pull on the target state's encoder
+    wm.dynamics_scale = 1.0
+    wm.reward_scale = 1.0
+    wm.continue_scale = 1.0
+    wm.decoder_scale = 1.0
+    wm.representation_scale = 1.0  # the representation learner's own loss
+    wm.vae_beta = 1.0
+    wm.multi_step_scale = 1.0  # sequence mode only (seeds Loss 5); 0 turns it off
+
+    # --- imagination and returns ---------------------------------------------------------
+    im = c.imagination = ml_collections.ConfigDict()
+    im.horizon = 15
+    im.gamma = 0.99
+    im.lambda_ = 0.95
+    im.sample_dynamics = False  # imagine with the next-state mean (False) or a sample (True)
+    im.num_starts = 0  # start states per batch; 0 uses every real state in the batch
+    im.unroll = 1  # lax.scan unroll of the rollout (a speed knob; the maths is the same)
+
+    # --- actor (policy head) -------------------------------------------------------------
+    a = c.actor = ml_collections.ConfigDict()
+    a.lr = 3e-5
+    a.eps = 1e-8
+    a.grad_clip = 1.0
+    a.entropy_coef = 0.01
+    a.gradient = "dynamics"  # "dynamics" (reparameterised / straight-through) | "reinforce"
+    a.unimix = 0.0
+    a.min_std = 0.1
+    a.max_std = 1.0
+
+    # --- critic (value function) ---------------------------------------------------------
+    cr = c.critic = ml_collections.ConfigDict()
+    cr.lr = 3e-5
+    cr.eps = 1e-8
+    cr.grad_clip = 1.0
+    # τ of the target critic, θ' <- (1 - τ)·θ' + τ·θ after each critic update; 1.0 bootstraps
+    # from the online critic itself (the seeds); ~0.02 gives the usual slow target network.
+    cr.target_update_rate = 1.0
+
+    # --- schedule (seeds Diagram 5) ------------------------------------------------------
+    s = c.schedule = ml_collections.ConfigDict()
+    s.warmup_steps = 5_000  # world model only
+    s.transition_steps = 10_000  # critic_real_mix anneals 1 -> 0 between warmup and here
+    s.wm_updates = 1
+    s.actor_updates = 1
+    s.critic_updates = 1
+    s.multi_update = False  # the seeds' optional early/late schedule
+    s.early_late_boundary = 50_000
+    s.early_wm_updates = 2
+    s.late_actor_updates = 2
+    s.late_critic_updates = 2
+
+    # --- batches -------------------------------------------------------------------------
+    c.batch_size = 64
+    c.sequence_mode = False
+    c.sequence_length = 16
+    return c
+
+
+def _require(cond: bool, field: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Raises :class:`ConfigError` naming the first impossible value; returns ``c``."""
+    choices = {
+        "model.representation": None,  # registry-checked when networks are built
+        "model.state_norm": ("layernorm", "tanh", "none"),
+        "model.dynamics_std": ("learned", "fixed"),
+        "world_model.dynamics_loss": ("mse", "nll"),
+        "actor.gradient": ("dynamics", "reinforce"),
+    }
+    for field, allowed in choices.items():
+        if allowed is None:
+            continue
+        value = c[field.split(".")[0]][field.split(".")[1]]
+        _require(value in allowed, field, f"{value!r} is not one of {allowed}")
+    for field in (
+        "model.feature_dim",
+        "model.state_dim",
+        "model.hidden_dim",
+        "model.cnn_depth",
+        "model.ensemble_size",
+        "imagination.horizon",
+        "imagination.unroll",
+        "batch_size",
+        "num_envs",
+        "sequence_length",
+    ):
+        group, _, name = field.rpartition(".")
+        value = c[group][name] if group else c[name]
+        _require(
+            isinstance(value, int) and value >= 1,
+            field,
+            f"must be a positive integer, got {value!r}",
+        )
+    _require(c.model.hidden_layers >= 0, "model.hidden_layers", "must be >= 0")
+    for group in ("world_model", "actor", "critic"):
+        _require(c[group].lr >= 0, f"{group}.lr", f"must be >= 0, got {c[group].lr}")
+        _require(
+            c[group].grad_clip > 0,
+            f"{group}.grad_clip",
+            f"must be > 0 (use a large value such as 1e6 to disable), got {c[group].grad_clip}",
+        )
+    _require(0.0 <= c.imagination.gamma <= 1.0, "imagination.gamma", "must lie in [0, 1]")
+    _require(0.0 <= c.imagination.lambda_ <= 1.0, "imagination.lambda_", "must lie in [0, 1]")
+    _require(
+        0.0 < c.critic.target_update_rate <= 1.0, "critic.target_update_rate", "must lie in (0, 1]"
+    )
+    _require(c.actor.entropy_coef >= 0, "actor.entropy_coef", "must be >= 0")
+    _require(0.0 <= c.actor.unimix < 1.0, "actor.unimix", "must lie in [0, 1)")
+    _require(
+        0 < c.actor.min_std <= c.actor.max_std,
+        "actor.min_std",
+        "must satisfy 0 < actor.min_std <= actor.max_std",
+    )
+    _require(c.imagination.num_starts >= 0, "imagination.num_starts", "must be >= 0")
+    for name in ("dynamics", "reward", "continue", "decoder", "representation", "multi_step"):
+        _require(c.world_model[f"{name}_scale"] >= 0, f"world_model.{name}_scale", "must be >= 0")
+    s = c.schedule
+    _require(s.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
+    _require(
+        s.transition_steps >= s.warmup_steps,
+        "schedule.transition_steps",
+        f"must be >= schedule.warmup_steps ({s.warmup_steps}), got {s.transition_steps}",
+    )
+    for name in (
+        "wm_updates",
+        "actor_updates",
+        "critic_updates",
+        "early_wm_updates",
+        "late_actor_updates",
+        "late_critic_updates",
+    ):
+        _require(s[name] >= 0, f"schedule.{name}", "must be >= 0")
+    return c

@@ -1,0 +1,106 @@
+"""Imagination: roll the policy through the learned world model with ``lax.scan``
+(seeds, "Step 1: imagination rollout" and "Decision 5").
+
+For each step ``t < H``:  ``a_t ~ π(s_t)``, ``s_{t+1} = f(s_t, a_t)``, ``r_t = E[R(s_{t+1})]``,
+``c_t = P(continue | s_{t+1})``, ``v_{t+1} = V(s_{t+1})``.  Rewards and continues are read from
+the state a transition *lands in* (as they are trained, :mod:`wm_jax.update`), so an action changes
+its own reward through the dynamics.
+
+Gradient isolation is done by the caller: it passes world-model and critic parameters through
+``jax.lax.stop_gradient`` so the actor's gradient flows *through* them to the actions and never *to*
+them (what the prototype's save/restore-gradients trick did).
+"""
+
+from __future__ import annotations
+
+import chex
+import distrax
+import jax
+import jax.numpy as jnp
+
+from wm_jax.networks import Networks
+from wm_jax.types import Imagined, Params
+
+
+def next_state(
+    dist: distrax.Normal, key: chex.PRNGKey, sample: bool, batch_rank: int = 2
+) -> chex.Array:
+    """Reduces a next-state distribution to states ``[B, S]``.
+
+    Uses the mean (or a reparameterised sample); for an ensemble (``[K, B, S]``) each batch element
+    follows one member drawn uniformly at random, the usual way to let model disagreement show up
+    in imagined trajectories.
+    """
+    sample_key, member_key = jax.random.split(key)
+    states = dist.sample(seed=sample_key) if sample else dist.mean()
+    if states.ndim == batch_rank:
+        return states
+    k, b = states.shape[0], states.shape[1]
+    member = jax.random.randint(member_key, (b,), 0, k)
+    return jnp.take_along_axis(states, member[None, :, None], axis=0)[0]
+
+
+def policy_step(
+    nets: Networks, actor_params: Params, state: chex.Array, key: chex.PRNGKey, discrete: bool
+) -> tuple[chex.Array, chex.Array, chex.Array]:
+    """Samples ``a ~ π(s)`` with a pathwise gradient; returns (action, log π(a|s), entropy).
+
+    Discrete: a straight-through one-hot sample (forward: one-hot; backward: ∂probs) and the exact
+    entropy.  Continuous: a reparameterised tanh-Normal sample and the single-sample entropy
+    estimate ``-log π(a|s)`` (a tanh-Normal has no closed-form entropy).
+    """
+    dist = nets.actor.apply(actor_params, state)
+    if discrete:
+        action = dist.sample(seed=key)
+        log_prob = dist.log_prob(jax.lax.stop_gradient(action))
+        return action, log_prob, dist.entropy()
+    action, log_prob = dist.sample_and_log_prob(seed=key)
+    # Keep samples strictly inside (-1, 1) so log-probs of stored actions stay finite.
+    return jnp.clip(action, -1 + 1e-6, 1 - 1e-6), log_prob, -log_prob
+
+
+def imagine(
+    nets: Networks,
+    wm_params: Params,
+    actor_params: Params,
+    critic_params: Params,
+    start_states: chex.Array,
+    key: chex.PRNGKey,
+    horizon: int,
+    discrete: bool,
+    sample_dynamics: bool = False,
+    detach_actions: bool = False,
+    unroll: int = 1,
+) -> Imagined:
+    """Imagines ``horizon`` steps from ``start_states`` ``[B, S]``; returns a time-major
+    :class:`Imagined`.  ``detach_actions=True`` blocks the pathwise gradient (REINFORCE);
+    ``unroll`` is passed to ``lax.scan`` (same maths; ``unroll=horizon`` lets XLA's cost analysis
+    count every step, which it does not do for a loop body)."""
+    chex.assert_rank(start_states, 2)
+    wm = nets.world_model
+
+    def step(state, step_key):
+        policy_key, dynamics_key = jax.random.split(step_key)
+        action, log_prob, entropy = policy_step(nets, actor_params, state, policy_key, discrete)
+        if detach_actions:
+            action = jax.lax.stop_gradient(action)
+        dist = wm.apply(wm_params, state, action, method=wm.predict_next)
+        nxt = next_state(dist, dynamics_key, sample_dynamics)
+        reward = wm.apply(wm_params, nxt, method=wm.reward).mean()
+        cont = wm.apply(wm_params, nxt, method=wm.cont).probs
+        value = nets.critic.apply(critic_params, nxt)
+        return nxt, (nxt, action, log_prob, entropy, reward, cont, value)
+
+    _, (states, actions, log_probs, entropies, rewards, conts, values) = jax.lax.scan(
+        step, start_states, jax.random.split(key, horizon), unroll=unroll
+    )
+    first_value = nets.critic.apply(critic_params, start_states)
+    return Imagined(
+        states=jnp.concatenate([start_states[None], states], 0),
+        actions=actions,
+        log_probs=log_probs,
+        entropies=entropies,
+        rewards=rewards,
+        continues=conts,
+        values=jnp.concatenate([first_value[None], values], 0),
+    )

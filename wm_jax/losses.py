@@ -1,0 +1,292 @@
+"""One pure function per loss of the seeds, each returning ``(loss, metrics)``.
+
+World-model phase: Loss 1 dynamics, Loss 2 reward, Loss 3 continue, Loss 4 decoder, Loss 5
+multi-step, plus the representation learner's own loss.  Policy phase: Loss 6 actor (with
+entropy), Loss 7 critic, and the TD-error monitor.
+
+Every reduction is a masked mean (``mask`` = 1 for real data, 0 for padding), so padded entries
+contribute neither loss nor gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import chex
+import distrax
+import jax
+import jax.numpy as jnp
+
+from wm_jax.types import Imagined, Metrics
+
+sg = jax.lax.stop_gradient
+
+
+def masked_mean(x: chex.Array, mask: chex.Array) -> chex.Array:
+    """``Σ x·m / max(Σ m, 1)``; ``mask`` broadcasts against ``x`` from the left."""
+    mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x.shape)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _member_mean(x: chex.Array, batch_rank: int) -> chex.Array:
+    """Averages a leading ensemble axis away if there is one."""
+    return x.mean(0) if x.ndim > batch_rank else x
+
+
+def dynamics_loss(
+    next_state_dist: distrax.Normal,
+    next_states: chex.Array,
+    mask: chex.Array,
+    kind: str = "mse",
+) -> tuple[chex.Array, Metrics]:
+    """Loss 1 — how well ``f(s, a)`` predicts ``s'``::
+
+        mse: L = mean_b mean_d (μ_d(s, a) - s'_d)²
+        nll: L = mean_b -log N(s' | μ(s, a), σ(s, a))  (summed over state dimensions)
+
+    ``next_state_dist`` has batch shape ``[B, S]`` or, for an ensemble, ``[K, B, S]``; every
+    member is trained on every transition.  Metrics: ``dynamics_loss``, ``dynamics_mse``,
+    ``dynamics_nll``, ``dynamics_std``.
+    """
+    chex.assert_rank(next_states, 2)
+    mean = next_state_dist.loc
+    if mean.shape[-2:] != next_states.shape:
+        raise ValueError(
+            f"dynamics prediction {mean.shape} does not match target states {next_states.shape}"
+        )
+    sq = jnp.mean((mean - next_states) ** 2, -1)  # [(K,) B]
+    nll = -jnp.sum(next_state_dist.log_prob(next_states), -1)
+    mse = masked_mean(_member_mean(sq, 1), mask)
+    nll = masked_mean(_member_mean(nll, 1), mask)
+    if kind == "mse":
+        loss = mse
+    elif kind == "nll":
+        loss = nll
+    else:
+        raise ValueError(f"unknown dynamics loss {kind!r}; choose 'mse' or 'nll'")
+    return loss, {
+        "dynamics_loss": loss,
+        "dynamics_mse": mse,
+        "dynamics_nll": nll,
+        "dynamics_std": jnp.mean(next_state_dist.scale),
+    }
+
+
+def reward_loss(
+    reward_dist: distrax.Normal, rewards: chex.Array, mask: chex.Array
+) -> tuple[chex.Array, Metrics]:
+    """Loss 2 — Gaussian negative log-likelihood of the observed reward::
+
+        L = mean_b [ ½·log(2πσ²) + (r - μ)² / (2σ²) ]
+
+    Metrics: ``reward_loss`` (= ``reward_nll``), ``reward_mae`` = mean |μ - r|, ``reward_std``.
+    """
+    chex.assert_equal_shape([reward_dist.loc, rewards])
+    nll = masked_mean(-reward_dist.log_prob(rewards), mask)
+    return nll, {
+        "reward_loss": nll,
+        "reward_nll": nll,
+        "reward_mae": masked_mean(jnp.abs(reward_dist.loc - rewards), mask),
+        "reward_std": masked_mean(reward_dist.scale, mask),
+    }
+
+
+def continue_loss(
+    continue_dist: distrax.Bernoulli, continues: chex.Array, mask: chex.Array
+) -> tuple[chex.Array, Metrics]:
+    """Loss 3 — binary cross-entropy of the continue flag ``c = 1 - terminated``::
+
+        L = -mean_b [ c·log p + (1 - c)·log(1 - p) ],   p = sigmoid(logit(s'))
+
+    Metrics: ``continue_loss``, ``continue_accuracy`` (threshold 0.5), and the counts of the
+    *termination* class (``continue_true_terminations``, ``continue_predicted_terminations``,
+    ``continue_correct_terminations``) from which precision and recall are aggregated: the seeds
+    warn that accuracy alone hides a predictor that always says "continue".
+    """
+    chex.assert_equal_shape([continue_dist.logits, continues])
+    bce = masked_mean(-continue_dist.log_prob(continues), mask)
+    predicted_continue = continue_dist.logits > 0
+    actual_continue = continues > 0.5
+    correct = (predicted_continue == actual_continue).astype(jnp.float32)
+    pred_term = (~predicted_continue).astype(jnp.float32) * mask
+    true_term = (~actual_continue).astype(jnp.float32) * mask
+    return bce, {
+        "continue_loss": bce,
+        "continue_accuracy": masked_mean(correct, mask),
+        "continue_true_terminations": jnp.sum(true_term),
+        "continue_predicted_terminations": jnp.sum(pred_term),
+        "continue_correct_terminations": jnp.sum(true_term * pred_term),
+    }
+
+
+def decoder_loss(
+    reconstruction: chex.Array, target: chex.Array, mask: chex.Array
+) -> tuple[chex.Array, Metrics]:
+    """Loss 4 — observation reconstruction from states::
+
+        L = mean_b mean_pixels (decoder(s) - o)²
+
+    ``target`` is the observation as the encoder sees it (images scaled to [-0.5, 0.5]).
+    Metrics: ``decoder_loss``.
+    """
+    chex.assert_equal_shape([reconstruction, target])
+    per_item = jnp.mean((reconstruction - target).reshape(mask.shape + (-1,)) ** 2, -1)
+    loss = masked_mean(per_item, mask)
+    return loss, {"decoder_loss": loss}
+
+
+def representation_loss(
+    features: chex.Array,
+    recon_features: chex.Array,
+    mask: chex.Array,
+    posterior_mean: chex.Array | None = None,
+    posterior_std: chex.Array | None = None,
+    vae_beta: float = 1.0,
+) -> tuple[chex.Array, Metrics]:
+    """The representation learner's own loss::
+
+        autoencoder: L = mean (decode(encode(f)) - sg(f))²
+        VAE:         L = mean (decode(s) - sg(f))² + β·KL(N(μ, σ) || N(0, I)),  s ~ N(μ, σ)
+
+    The feature target is held fixed (``stop_gradient``) so the encoder cannot satisfy the
+    bottleneck by shrinking its features.  Metrics: ``representation_loss``,
+    ``representation_recon``, ``representation_kl`` (VAE only).
+    """
+    chex.assert_equal_shape([features, recon_features])
+    recon = masked_mean(jnp.mean((recon_features - sg(features)) ** 2, -1), mask)
+    metrics = {"representation_recon": recon}
+    loss = recon
+    if posterior_mean is not None:
+        kl = distrax.Normal(posterior_mean, posterior_std).kl_divergence(
+            distrax.Normal(jnp.zeros_like(posterior_mean), jnp.ones_like(posterior_std))
+        )
+        kl = masked_mean(jnp.sum(kl, -1), mask)
+        metrics["representation_kl"] = kl
+        loss = loss + vae_beta * kl
+    metrics["representation_loss"] = loss
+    return loss, metrics
+
+
+def multi_step_loss(
+    predict_mean: Callable[[chex.Array, chex.Array], chex.Array],
+    states: chex.Array,
+    actions: chex.Array,
+    continues: chex.Array,
+    mask: chex.Array,
+) -> tuple[chex.Array, Metrics]:
+    """Loss 5 — open-loop prediction error along real sequences::
+
+        ŝ_0 = s_0,   ŝ_{t+1} = f(ŝ_t, a_t)
+        L = Σ_t w_t·mean_d (ŝ_{t+1} - s_{t+1})² / Σ_t w_t,   w_t = m_t·Π_{k<t} c_k·m_k
+
+    After a termination (``c_t = 0``) the rollout restarts from the true state
+    (``ŝ_{t+1} ← s_{t+1}``) and the weights of every later step are zero, so errors never
+    compound across an episode end and nothing after it is penalised.
+
+    Args:
+      predict_mean: ``(state [B, S], action [B, A]) -> next-state mean [B, S]``.
+      states: ``[B, T + 1, S]`` encoded real states (the targets; held fixed by the caller if
+        wanted).
+      actions: ``[B, T, A]``; continues, mask: ``[B, T]``.
+
+    Metrics: ``multi_step_loss`` and ``multi_step_final_mse`` (error at the last alive step).
+    """
+    chex.assert_rank([states, actions, continues, mask], [3, 3, 2, 2])
+    b, t = continues.shape
+    chex.assert_shape(states, (b, t + 1, states.shape[-1]))
+
+    def step(carry, inputs):
+        current, alive = carry
+        action, target, cont, m = inputs
+        predicted = predict_mean(current, action)
+        weight = alive * m
+        error = jnp.mean((predicted - target) ** 2, -1)
+        # Keep rolling our own prediction while the episode goes on; reset to the truth after.
+        current = jnp.where(cont[:, None] > 0.5, predicted, target)
+        alive = alive * cont * m
+        return (current, alive), (error, weight)
+
+    swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  time-major for the scan
+    _, (errors, weights) = jax.lax.scan(
+        step,
+        (states[:, 0], jnp.ones((b,), states.dtype)),
+        (swap(actions), swap(states[:, 1:]), swap(continues), swap(mask)),
+    )
+    loss = jnp.sum(errors * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return loss, {"multi_step_loss": loss, "multi_step_final_mse": masked_mean(errors[-1], weights[-1])}
+
+
+def actor_loss(
+    imagined: Imagined,
+    returns: chex.Array,
+    weights: chex.Array,
+    entropy_coef: float,
+    gradient: str = "dynamics",
+    baseline: chex.Array | None = None,
+) -> tuple[chex.Array, Metrics]:
+    """Loss 6 — maximise imagined λ-returns, with an entropy bonus::
+
+        dynamics:  L = -mean_{t,b} w·R_t − α·mean_{t,b} w·H[π(·|s_t)]
+        reinforce: L = -mean_{t,b} w·log π(a_t|s_t)·sg(R_t − V(s_t)) − α·mean w·H
+
+    With ``gradient="dynamics"`` the gradient of ``R_t`` reaches the policy through the
+    differentiable world model (reparameterised or straight-through actions); REINFORCE treats
+    the model as a black box and uses the value as baseline.  ``weights`` ``[H, B]`` mask padded
+    start states (the seeds' version is a plain mean: all ones).
+
+    Metrics: ``actor_loss``, ``mean_imagined_return``, ``entropy``, ``imagined_reward_mean``,
+    ``imagined_continue_mean``.
+    """
+    chex.assert_equal_shape([returns, weights, imagined.entropies])
+    entropy = masked_mean(imagined.entropies, weights)
+    if gradient == "dynamics":
+        objective = masked_mean(returns, weights)
+    elif gradient == "reinforce":
+        advantage = sg(returns - baseline)
+        objective = masked_mean(imagined.log_probs * advantage, weights)
+    else:
+        raise ValueError(f"unknown actor gradient {gradient!r}; choose 'dynamics' or 'reinforce'")
+    loss = -objective - entropy_coef * entropy
+    return loss, {
+        "actor_loss": loss,
+        "mean_imagined_return": masked_mean(sg(returns), weights),
+        "entropy": sg(entropy),
+        "imagined_reward_mean": masked_mean(sg(imagined.rewards), weights),
+        "imagined_continue_mean": masked_mean(sg(imagined.continues), weights),
+    }
+
+
+def critic_loss(
+    values: chex.Array, targets: chex.Array, weights: chex.Array
+) -> tuple[chex.Array, Metrics]:
+    """Loss 7 — regress ``V(s)`` on held-fixed return targets::
+
+        L = mean w·(V(s) − sg(R))²
+
+    Metrics: ``critic_loss``, ``critic_value_mean``, ``critic_value_std``.
+    """
+    chex.assert_equal_shape([values, targets, weights])
+    loss = masked_mean((values - sg(targets)) ** 2, weights)
+    mean = masked_mean(values, weights)
+    std = jnp.sqrt(masked_mean((values - mean) ** 2, weights))
+    return loss, {"critic_loss": loss, "critic_value_mean": sg(mean), "critic_value_std": sg(std)}
+
+
+def td_error_monitor(values: chex.Array, targets: chex.Array, weights: chex.Array) -> Metrics:
+    """The TD-error monitor — tracked, never optimised::
+
+        δ = V(s) − R,   explained variance = 1 − Var[δ] / Var[R]
+
+    Metrics: ``critic_td_error_mean``, ``critic_td_error_abs_mean``, ``critic_explained_variance``.
+    """
+    values, targets = sg(values), sg(targets)
+    td = values - targets
+    td_mean = masked_mean(td, weights)
+    target_mean = masked_mean(targets, weights)
+    var_td = masked_mean((td - td_mean) ** 2, weights)
+    var_target = masked_mean((targets - target_mean) ** 2, weights)
+    return {
+        "critic_td_error_mean": td_mean,
+        "critic_td_error_abs_mean": masked_mean(jnp.abs(td), weights),
+        "critic_explained_variance": 1.0 - var_td / jnp.maximum(var_target, 1e-8),
+    }

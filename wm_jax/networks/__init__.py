@@ -1,0 +1,170 @@
+"""Flax modules only: one file per seed component, and the registries that build them by name.
+
+Adding a component is one module plus one ``register_*`` call; the update steps never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+
+from wm_jax.networks.decoders import CNNDecoder, MLPDecoder
+from wm_jax.networks.dynamics import EnsembleDynamics, MLPDynamics
+from wm_jax.networks.encoders import CNNEncoder, MLPEncoder
+from wm_jax.networks.heads import ContinuePredictor, PolicyHead, RewardPredictor, ValueFunction
+from wm_jax.networks.representation import AutoencoderRepresentation, VAERepresentation
+from wm_jax.networks.world_model import COMPONENTS, WorldModel
+
+Builder = Callable[..., nn.Module]
+
+# Each builder takes (model_config, env_spec) and returns an unbound flax module.
+ENCODERS: dict[str, Builder] = {}
+REPRESENTATIONS: dict[str, Builder] = {}
+DYNAMICS: dict[str, Builder] = {}
+DECODERS: dict[str, Builder] = {}
+
+
+def _register(table: dict[str, Builder], kind: str, name: str, builder: Builder) -> None:
+    if name in table:
+        raise ValueError(f"{kind} {name!r} is already registered")
+    table[name] = builder
+
+
+def register_encoder(name: str, builder: Builder) -> None:
+    _register(ENCODERS, "encoder", name, builder)
+
+
+def register_representation(name: str, builder: Builder) -> None:
+    _register(REPRESENTATIONS, "representation", name, builder)
+
+
+def register_dynamics(name: str, builder: Builder) -> None:
+    _register(DYNAMICS, "dynamics", name, builder)
+
+
+def register_decoder(name: str, builder: Builder) -> None:
+    _register(DECODERS, "decoder", name, builder)
+
+
+def _hidden(m) -> tuple[int, ...]:
+    return (m.hidden_dim,) * m.hidden_layers
+
+
+def _common(m) -> dict[str, Any]:
+    return dict(activation=m.activation, layer_norm=m.layer_norm)
+
+
+def _dynamics_kwargs(m) -> dict[str, Any]:
+    return dict(
+        state_dim=m.state_dim,
+        hidden=_hidden(m),
+        residual=m.dynamics_residual,
+        std_mode=m.dynamics_std,
+        fixed_std=m.dynamics_fixed_std,
+        **_common(m),
+    )
+
+
+register_encoder(
+    "mlp", lambda m, spec: MLPEncoder(m.feature_dim, (m.hidden_dim,), **_common(m))
+)
+register_encoder(
+    "cnn",
+    lambda m, spec: CNNEncoder(m.feature_dim, m.cnn_depth, layer_norm=m.layer_norm),
+)
+register_representation(
+    "autoencoder",
+    lambda m, spec: AutoencoderRepresentation(
+        m.state_dim, m.feature_dim, (m.hidden_dim,), state_norm=m.state_norm, **_common(m)
+    ),
+)
+register_representation(
+    "vae",
+    lambda m, spec: VAERepresentation(m.state_dim, m.feature_dim, (m.hidden_dim,), **_common(m)),
+)
+register_dynamics("mlp", lambda m, spec: MLPDynamics(**_dynamics_kwargs(m)))
+register_dynamics(
+    "ensemble",
+    lambda m, spec: EnsembleDynamics(num_members=m.ensemble_size, **_dynamics_kwargs(m)),
+)
+register_decoder("mlp", lambda m, spec: MLPDecoder(tuple(spec.obs_shape), _hidden(m), **_common(m)))
+register_decoder(
+    "cnn",
+    lambda m, spec: CNNDecoder(tuple(spec.obs_shape), m.cnn_depth, layer_norm=m.layer_norm),
+)
+
+
+class Networks(NamedTuple):
+    """The three parameter-owning modules: world model, actor (policy head), critic."""
+
+    world_model: WorldModel
+    actor: PolicyHead
+    critic: ValueFunction
+
+
+def resolve_auto(name: str, spec) -> str:
+    """'auto' picks the CNN for image observations (rank 3) and the MLP otherwise."""
+    if name != "auto":
+        return name
+    return "cnn" if len(spec.obs_shape) == 3 else "mlp"
+
+
+def _lookup(table: dict[str, Builder], kind: str, name: str) -> Builder:
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(
+            f"config.model.{kind}={name!r} is not registered; choose one of {sorted(table)} "
+            f"or add yours with wm_jax.networks.register_{kind}()"
+        ) from None
+
+
+def build_networks(config, spec) -> Networks:
+    """Builds the modules named in ``config.model`` for an environment described by ``spec``
+    (anything with ``obs_shape``, ``action_dim`` and ``discrete``)."""
+    m = config.model
+    world_model = WorldModel(
+        encoder=_lookup(ENCODERS, "encoder", resolve_auto(m.encoder, spec))(m, spec),
+        representation=_lookup(REPRESENTATIONS, "representation", m.representation)(m, spec),
+        dynamics=_lookup(DYNAMICS, "dynamics", m.dynamics)(m, spec),
+        reward_predictor=RewardPredictor(_hidden(m), **_common(m)),
+        continue_predictor=ContinuePredictor(_hidden(m), **_common(m)),
+        decoder=_lookup(DECODERS, "decoder", resolve_auto(m.decoder, spec))(m, spec),
+    )
+    actor = PolicyHead(
+        spec.action_dim,
+        spec.discrete,
+        _hidden(m),
+        unimix=config.actor.unimix,
+        min_std=config.actor.min_std,
+        max_std=config.actor.max_std,
+        **_common(m),
+    )
+    critic = ValueFunction(_hidden(m), **_common(m))
+    return Networks(world_model, actor, critic)
+
+
+__all__ = [
+    "COMPONENTS",
+    "CNNDecoder",
+    "CNNEncoder",
+    "AutoencoderRepresentation",
+    "ContinuePredictor",
+    "EnsembleDynamics",
+    "MLPDecoder",
+    "MLPDynamics",
+    "MLPEncoder",
+    "Networks",
+    "PolicyHead",
+    "RewardPredictor",
+    "VAERepresentation",
+    "ValueFunction",
+    "WorldModel",
+    "build_networks",
+    "register_decoder",
+    "register_dynamics",
+    "register_encoder",
+    "register_representation",
+]

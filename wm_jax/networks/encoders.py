@@ -1,0 +1,64 @@
+"""Encoders: observations -> features (seeds, "Interface 1")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wm_jax.networks.common import MLP, get_activation
+
+
+class MLPEncoder(nn.Module):
+    """Vector observations ``[..., D]`` -> features ``[..., feature_dim]``."""
+
+    feature_dim: int = 256
+    hidden: Sequence[int] = (256,)
+    activation: str = "elu"
+    layer_norm: bool = True
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = obs.reshape(obs.shape[:-1] + (-1,)).astype(jnp.float32)
+        x = MLP(self.hidden, activation=self.activation, layer_norm=self.layer_norm)(x)
+        x = nn.Dense(self.feature_dim)(x)
+        return get_activation(self.activation)(x)
+
+
+def normalize_image(obs: jax.Array) -> jax.Array:
+    """uint8 images in [0, 255] -> float32 in [-0.5, 0.5]; float images pass through."""
+    if jnp.issubdtype(obs.dtype, jnp.integer):
+        return obs.astype(jnp.float32) / 255.0 - 0.5
+    return obs.astype(jnp.float32)
+
+
+class CNNEncoder(nn.Module):
+    """Images ``[..., H, W, C]`` -> features ``[..., feature_dim]``.
+
+    Stride-2 convolutions while the image is larger than ``min_resolution`` (so 84×84 and 64×64
+    are downsampled four times and a 10×10 MinAtar board only once), then a dense projection.
+    """
+
+    feature_dim: int = 256
+    depth: int = 32
+    max_layers: int = 4
+    min_resolution: int = 6
+    activation: str = "silu"
+    layer_norm: bool = True
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        act = get_activation(self.activation)
+        lead = obs.shape[:-3]
+        x = normalize_image(obs).reshape((-1, *obs.shape[-3:]))
+        for i in range(self.max_layers):
+            stride = 2 if min(x.shape[1:3]) > self.min_resolution else 1
+            x = nn.Conv(self.depth * 2**i, (4, 4) if stride == 2 else (3, 3), strides=stride)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = act(x)
+        x = x.reshape((x.shape[0], -1))
+        x = act(nn.Dense(self.feature_dim)(x))
+        return x.reshape((*lead, self.feature_dim))

@@ -1,0 +1,57 @@
+"""λ-returns (seeds, "Decision 4") and one-step TD targets.  Time-major, rlax-style."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def lambda_returns(
+    rewards_t: chex.Array,
+    continues_t: chex.Array,
+    values_tp1: chex.Array,
+    gamma: float,
+    lambda_: float,
+) -> chex.Array:
+    """TD(λ) returns, computed backwards with ``lax.scan``::
+
+        R_t = r_t + γ·c_t·((1 - λ)·V_{t+1} + λ·R_{t+1}),      R_H = V_H
+
+    Args:
+      rewards_t: ``[H, ...]`` reward of transition ``t``.
+      continues_t: ``[H, ...]`` continue flag (or probability) of the state transition ``t`` lands in.
+      values_tp1: ``[H, ...]`` ``V(s_{t+1})``; its last entry is the bootstrap ``V_H``.
+      gamma: discount γ.
+      lambda_: λ; 0 gives one-step TD targets, 1 the discounted Monte Carlo return bootstrapped
+        with ``V_H``.
+
+    Returns:
+      ``[H, ...]`` returns ``R_0 … R_{H-1}``.
+    """
+    chex.assert_equal_shape([rewards_t, continues_t, values_tp1])
+    chex.assert_rank(rewards_t, {1, 2, 3})
+
+    def step(next_return, inputs):
+        r, c, v = inputs
+        ret = r + gamma * c * ((1.0 - lambda_) * v + lambda_ * next_return)
+        return ret, ret
+
+    _, returns = jax.lax.scan(
+        step, values_tp1[-1], (rewards_t, continues_t, values_tp1), reverse=True
+    )
+    return returns
+
+
+def td_targets(
+    rewards: chex.Array, continues: chex.Array, next_values: chex.Array, gamma: float
+) -> chex.Array:
+    """One-step targets ``y = r + γ·c·V(s')`` for flat batches of real transitions."""
+    chex.assert_equal_shape([rewards, continues, next_values])
+    return rewards + gamma * continues * next_values
+
+
+def discount_weights(continues_t: chex.Array, gamma: float) -> chex.Array:
+    """``w_t = Π_{k<t} γ·c_k`` (``w_0 = 1``): how much imagined step ``t`` is still "alive"."""
+    ones = jnp.ones_like(continues_t[:1])
+    return jnp.cumprod(jnp.concatenate([ones, gamma * continues_t[:-1]], 0), axis=0)

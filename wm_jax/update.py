@@ -1,0 +1,487 @@
+"""The three update steps — world model, actor, critic — and the train step that composes them
+(seeds, "Three separate optimization phases").
+
+Each step is a pure function ``(agent, state, batch, ...) -> (state, metrics)`` with its own optax
+state (Adam after ``clip_by_global_norm``).  Gradient isolation is functional:
+
+* ``world_model_update`` differentiates only the world-model loss w.r.t. world-model parameters;
+* ``actor_update`` differentiates the actor loss w.r.t. actor parameters only, reading world-model
+  and critic parameters through ``jax.lax.stop_gradient`` (the gradient flows *through* the
+  dynamics, reward and continue predictors to the actions, never *into* their parameters);
+* ``critic_update`` regresses the value on ``stop_gradient`` return targets.
+
+That is what the PyTorch prototype reached by saving and restoring world-model gradients around
+a second ``backward()``: here nothing needs restoring because nothing else is ever written.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from wm_jax import losses
+from wm_jax.config import validate
+from wm_jax.imagination import imagine
+from wm_jax.networks import COMPONENTS, Networks, build_networks
+from wm_jax.networks.encoders import normalize_image
+from wm_jax.returns import lambda_returns, td_targets
+from wm_jax.schedule import UpdateCounts
+from wm_jax.types import (
+    Batch,
+    Imagined,
+    Metrics,
+    Params,
+    Sequence,
+    SequenceContext,
+    TrainState,
+    Transition,
+    make_causal_mask,
+)
+
+sg = jax.lax.stop_gradient
+
+
+class Agent(NamedTuple):
+    """What the update steps close over: modules, config, environment spec and the three
+    optax transformations.  Static (hashable by identity) — it holds no arrays."""
+
+    nets: Networks
+    config: Any  # a validated ml_collections.ConfigDict
+    spec: Any  # anything with obs_shape, obs_dtype, action_dim, discrete
+    wm_optimizer: optax.GradientTransformation
+    actor_optimizer: optax.GradientTransformation
+    critic_optimizer: optax.GradientTransformation
+
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+
+def make_optimizer(group) -> optax.GradientTransformation:
+    """``clip_by_global_norm(grad_clip)`` then Adam(lr, eps): one per optimiser group."""
+    return optax.chain(
+        optax.clip_by_global_norm(group.grad_clip), optax.adam(group.lr, eps=group.eps)
+    )
+
+
+def make_agent(config, spec) -> Agent:
+    """Validates ``config`` and builds modules and optimisers for an environment ``spec``."""
+    validate(config)
+    return Agent(
+        nets=build_networks(config, spec),
+        config=config,
+        spec=spec,
+        wm_optimizer=make_optimizer(config.world_model),
+        actor_optimizer=make_optimizer(config.actor),
+        critic_optimizer=make_optimizer(config.critic),
+    )
+
+
+def init_state(agent: Agent, key: chex.PRNGKey) -> TrainState:
+    """Initialises the three parameter sets and optimiser states from ``key``."""
+    spec = agent.spec
+    wm_key, actor_key, critic_key, sample_key, state_key = jax.random.split(key, 5)
+    obs = jnp.zeros((1, *spec.obs_shape), spec.obs_dtype)
+    action = jnp.zeros((1, spec.action_dim), jnp.float32)
+    wm_params = agent.nets.world_model.init({"params": wm_key, "sample": sample_key}, obs, action)
+    state_vec = jnp.zeros((1, agent.config.model.state_dim), jnp.float32)
+    actor_params = agent.nets.actor.init(actor_key, state_vec)
+    critic_params = agent.nets.critic.init(critic_key, state_vec)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(
+        wm_params=wm_params,
+        actor_params=actor_params,
+        critic_params=critic_params,
+        critic_target_params=critic_params,
+        wm_opt_state=agent.wm_optimizer.init(wm_params),
+        actor_opt_state=agent.actor_optimizer.init(actor_params),
+        critic_opt_state=agent.critic_optimizer.init(critic_params),
+        key=state_key,
+        wm_updates=zero,
+        actor_updates=zero,
+        critic_updates=zero,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# World model
+# --------------------------------------------------------------------------------------------
+
+
+def _merge_bt(dist, b: int, t: int):
+    """Reshapes a distribution over ``[..., B, T, S]`` to ``[..., B*T, S]``."""
+    loc, scale = dist.loc, dist.scale
+    lead = loc.shape[:-3]
+    return type(dist)(loc.reshape((*lead, b * t, -1)), scale.reshape((*lead, b * t, -1)))
+
+
+def world_model_loss(
+    agent: Agent, wm_params: Params, batch: Batch, key: chex.PRNGKey
+) -> tuple[chex.Array, Metrics]:
+    """``L_WM = Σ_i scale_i·L_i`` over dynamics, reward, continue, decoder and representation
+    losses, plus the multi-step loss in sequence mode (seeds, "Path 1: world model gradients").
+
+    Rewards and continues are predicted from the state a transition lands in (``s'``).
+    """
+    cfg = agent.config.world_model
+    wm = agent.nets.world_model
+    apply = functools.partial(wm.apply, wm_params, rngs={"sample": key})
+
+    if isinstance(batch, Sequence):
+        b, t = batch.reward.shape
+        features, rep = apply(batch.obs, True, method=wm.embed)  # [B, T+1, ...]
+        states = rep.states
+        context = SequenceContext(
+            features=features[:, :-1],
+            states=states[:, :-1],
+            actions=batch.action,
+            rewards=batch.reward,
+            continues=batch.cont,
+            causal_mask=make_causal_mask(t),
+            padding_mask=batch.mask > 0,
+        )
+        dist = _merge_bt(apply(states[:, :-1], batch.action, context, method=wm.predict_next), b, t)
+        flat = batch.to_transitions()
+        next_states = states[:, 1:].reshape((b * t, -1))
+        obs_mask = jnp.concatenate([batch.mask, batch.mask[:, -1:]], 1)
+        all_obs, all_states, all_mask = batch.obs, states, obs_mask
+    else:
+        flat = batch
+        b = batch.reward.shape[0]
+        all_obs = jnp.concatenate([batch.obs, batch.next_obs], 0)
+        features, rep = apply(all_obs, True, method=wm.embed)
+        all_states, all_mask = rep.states, jnp.concatenate([batch.mask, batch.mask], 0)
+        next_states = all_states[b:]
+        dist = apply(all_states[:b], batch.action, method=wm.predict_next)
+
+    target = next_states if cfg.dynamics_target_grad else sg(next_states)
+    terms = {
+        "dynamics": losses.dynamics_loss(dist, target, flat.mask, cfg.dynamics_loss),
+        "reward": losses.reward_loss(apply(next_states, method=wm.reward), flat.reward, flat.mask),
+        "continue": losses.continue_loss(apply(next_states, method=wm.cont), flat.cont, flat.mask),
+        "decoder": losses.decoder_loss(
+            apply(all_states, method=wm.decode), normalize_image(all_obs), all_mask
+        ),
+        "representation": losses.representation_loss(
+            features, rep.recon_features, all_mask, rep.mean, rep.std, cfg.vae_beta
+        ),
+    }
+    if isinstance(batch, Sequence) and cfg.multi_step_scale > 0:
+
+        def predict_mean(s, a):
+            mean = apply(s, a, method=wm.predict_next).mean()
+            return mean.mean(0) if mean.ndim > 2 else mean
+
+        seq_target = states[:, 1:] if cfg.dynamics_target_grad else sg(states[:, 1:])
+        terms["multi_step"] = losses.multi_step_loss(
+            predict_mean,
+            jnp.concatenate([states[:, :1], seq_target], 1),
+            batch.action,
+            batch.cont,
+            batch.mask,
+        )
+    total = sum(cfg[f"{name}_scale"] * loss for name, (loss, _) in terms.items())
+    metrics: Metrics = {"world_model_loss": total}
+    for _, term_metrics in terms.values():
+        metrics.update(term_metrics)
+    state_mean = losses.masked_mean(all_states, all_mask)
+    metrics["state_mean"] = sg(state_mean)
+    metrics["state_std"] = sg(jnp.sqrt(losses.masked_mean((all_states - state_mean) ** 2, all_mask)))
+    return total, metrics
+
+
+def _grad_norms(grads: Params, prefix: str, components: tuple[str, ...] = ()) -> Metrics:
+    metrics = {f"{prefix}_grad_norm": optax.global_norm(grads)}
+    for name in components:
+        metrics[f"{name}_grad_norm"] = optax.global_norm(grads["params"][name])
+    return metrics
+
+
+def world_model_update(
+    agent: Agent, state: TrainState, batch: Batch
+) -> tuple[TrainState, Metrics]:
+    """One optimiser step on ``L_WM`` for the world-model parameters only."""
+    key, loss_key = jax.random.split(state.key)
+    grads, metrics = jax.grad(world_model_loss, argnums=1, has_aux=True)(
+        agent, state.wm_params, batch, loss_key
+    )
+    updates, opt_state = agent.wm_optimizer.update(grads, state.wm_opt_state, state.wm_params)
+    metrics.update(_grad_norms(grads, "world_model", COMPONENTS))
+    return (
+        state.replace(
+            wm_params=optax.apply_updates(state.wm_params, updates),
+            wm_opt_state=opt_state,
+            key=key,
+            wm_updates=state.wm_updates + 1,
+        ),
+        metrics,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Actor
+# --------------------------------------------------------------------------------------------
+
+
+def start_states(
+    agent: Agent, wm_params: Params, batch: Batch, key: chex.PRNGKey
+) -> tuple[chex.Array, chex.Array]:
+    """Encodes the real observations of ``batch`` into imagination start states ``[N, S]`` (held
+    fixed) and their weights ``[N]`` (the padding mask); optionally subsamples ``num_starts``."""
+    wm = agent.nets.world_model
+    if isinstance(batch, Sequence):
+        obs = batch.obs[:, :-1].reshape((-1, *batch.obs.shape[2:]))
+        mask = batch.mask.reshape(-1)
+    else:
+        obs, mask = batch.obs, batch.mask
+    states = sg(wm.apply(wm_params, obs, False, method=wm.encode))
+    n = agent.config.imagination.num_starts
+    if 0 < n < states.shape[0]:
+        idx = jax.random.choice(key, states.shape[0], (n,), replace=False)
+        states, mask = states[idx], mask[idx]
+    return states, mask
+
+
+def imagine_from_batch(
+    agent: Agent, state: TrainState, actor_params: Params, batch: Batch, key: chex.PRNGKey
+) -> tuple[Imagined, chex.Array]:
+    """Imagination with world-model and critic parameters read through ``stop_gradient``."""
+    cfg = agent.config
+    start_key, imagine_key = jax.random.split(key)
+    starts, weights = start_states(agent, state.wm_params, batch, start_key)
+    imagined = imagine(
+        agent.nets,
+        sg(state.wm_params),
+        actor_params,
+        sg(state.critic_params),
+        starts,
+        imagine_key,
+        cfg.imagination.horizon,
+        agent.spec.discrete,
+        sample_dynamics=cfg.imagination.sample_dynamics,
+        detach_actions=cfg.actor.gradient == "reinforce",
+        unroll=cfg.imagination.unroll,
+    )
+    return imagined, weights
+
+
+def actor_loss_fn(
+    actor_params: Params, agent: Agent, state: TrainState, batch: Batch, key: chex.PRNGKey
+) -> tuple[chex.Array, tuple[Metrics, Imagined, chex.Array]]:
+    """Imagine, compute λ-returns, and score them with :func:`wm_jax.losses.actor_loss`."""
+    cfg = agent.config
+    imagined, weights = imagine_from_batch(agent, state, actor_params, batch, key)
+    returns = lambda_returns(
+        imagined.rewards,
+        imagined.continues,
+        imagined.values[1:],
+        cfg.imagination.gamma,
+        cfg.imagination.lambda_,
+    )
+    w = jnp.broadcast_to(weights[None], returns.shape)
+    loss, metrics = losses.actor_loss(
+        imagined, returns, w, cfg.actor.entropy_coef, cfg.actor.gradient, imagined.values[:-1]
+    )
+    return loss, (metrics, imagined, weights)
+
+
+def actor_update(
+    agent: Agent, state: TrainState, batch: Batch
+) -> tuple[TrainState, Metrics, Imagined, chex.Array]:
+    """One optimiser step of the policy head on the imagined-return objective.
+
+    Returns the (gradient-free) imagined trajectory and its start weights for the critic.
+    """
+    key, loss_key = jax.random.split(state.key)
+    grads, (metrics, imagined, weights) = jax.grad(actor_loss_fn, has_aux=True)(
+        state.actor_params, agent, state, batch, loss_key
+    )
+    updates, opt_state = agent.actor_optimizer.update(
+        grads, state.actor_opt_state, state.actor_params
+    )
+    metrics.update(_grad_norms(grads, "actor"))
+    new_state = state.replace(
+        actor_params=optax.apply_updates(state.actor_params, updates),
+        actor_opt_state=opt_state,
+        key=key,
+        actor_updates=state.actor_updates + 1,
+    )
+    return new_state, metrics, sg(imagined), weights
+
+
+# --------------------------------------------------------------------------------------------
+# Critic
+# --------------------------------------------------------------------------------------------
+
+
+def real_value_targets(
+    agent: Agent, state: TrainState, batch: Batch
+) -> tuple[chex.Array, chex.Array, chex.Array]:
+    """Return targets from *real* data for the critic_real_mix: ``(states, targets, weights)``.
+
+    Flat batches give one-step targets ``r + γ·c·V'(s')``; sequences give λ-returns along the real
+    window.  ``V'`` is the target critic; states are encoded with the current world model.
+    """
+    cfg = agent.config.imagination
+    wm = agent.nets.world_model
+    critic = agent.nets.critic
+    wm_params = sg(state.wm_params)
+    if isinstance(batch, Sequence):
+        states = wm.apply(wm_params, batch.obs, False, method=wm.encode)  # [B, T+1, S]
+        next_values = critic.apply(state.critic_target_params, states[:, 1:])
+        swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        targets = swap(
+            lambda_returns(
+                swap(batch.reward), swap(batch.cont), swap(next_values), cfg.gamma, cfg.lambda_
+            )
+        )
+        return states[:, :-1], sg(targets), batch.mask
+    states = wm.apply(wm_params, batch.obs, False, method=wm.encode)
+    next_states = wm.apply(wm_params, batch.next_obs, False, method=wm.encode)
+    next_values = critic.apply(state.critic_target_params, next_states)
+    return states, sg(td_targets(batch.reward, batch.cont, next_values, cfg.gamma)), batch.mask
+
+
+def critic_loss_fn(
+    critic_params: Params,
+    agent: Agent,
+    state: TrainState,
+    imagined: Imagined,
+    weights: chex.Array,
+    real: tuple[chex.Array, chex.Array, chex.Array],
+    real_mix: chex.Array,
+) -> tuple[chex.Array, Metrics]:
+    """``L_V = mix·MSE(V(s_real), R_real) + (1 − mix)·MSE(V(s_imag), R_imag)``; the imagined
+    λ-returns are recomputed with the target critic so repeated critic updates stay consistent."""
+    cfg = agent.config.imagination
+    critic = agent.nets.critic
+    bootstrap = critic.apply(state.critic_target_params, imagined.states[1:])
+    returns = sg(
+        lambda_returns(imagined.rewards, imagined.continues, bootstrap, cfg.gamma, cfg.lambda_)
+    )
+    values = critic.apply(critic_params, imagined.states[:-1])
+    w = jnp.broadcast_to(weights[None], returns.shape)
+    imag_loss, metrics = losses.critic_loss(values, returns, w)
+    metrics.update(losses.td_error_monitor(values, returns, w))
+    real_states, real_targets, real_weights = real
+    real_loss, _ = losses.critic_loss(
+        critic.apply(critic_params, real_states), real_targets, real_weights
+    )
+    loss = real_mix * real_loss + (1.0 - real_mix) * imag_loss
+    metrics.update(
+        critic_loss=loss,
+        critic_loss_imagined=imag_loss,
+        critic_loss_real=real_loss,
+        critic_real_mix=jnp.asarray(real_mix, jnp.float32),
+    )
+    return loss, metrics
+
+
+def critic_update(
+    agent: Agent,
+    state: TrainState,
+    batch: Batch,
+    imagined: Imagined,
+    weights: chex.Array,
+    real_mix: chex.Array | float = 0.0,
+) -> tuple[TrainState, Metrics]:
+    """One optimiser step of the value function; then the target critic moves by τ."""
+    real = real_value_targets(agent, state, batch)
+    grads, metrics = jax.grad(critic_loss_fn, has_aux=True)(
+        state.critic_params, agent, state, sg(imagined), weights, real, real_mix
+    )
+    updates, opt_state = agent.critic_optimizer.update(
+        grads, state.critic_opt_state, state.critic_params
+    )
+    params = optax.apply_updates(state.critic_params, updates)
+    tau = agent.config.critic.target_update_rate
+    target = optax.incremental_update(params, state.critic_target_params, tau)
+    metrics.update(_grad_norms(grads, "critic"))
+    return (
+        state.replace(
+            critic_params=params,
+            critic_target_params=target,
+            critic_opt_state=opt_state,
+            critic_updates=state.critic_updates + 1,
+        ),
+        metrics,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Train step
+# --------------------------------------------------------------------------------------------
+
+
+def train_step(
+    agent: Agent,
+    state: TrainState,
+    batch: Batch,
+    counts: UpdateCounts,
+    real_mix: chex.Array | float = 0.0,
+) -> tuple[TrainState, Metrics]:
+    """``counts.world_model`` world-model updates, then ``counts.actor`` actor updates, then
+    ``counts.critic`` critic updates, all on ``batch``.  ``counts`` is static (a few distinct
+    values over a run, each compiled once); metrics are those of the last update of each kind.
+    """
+    metrics: Metrics = {}
+    for _ in range(counts.world_model):
+        state, m = world_model_update(agent, state, batch)
+        metrics.update(m)
+    imagined = weights = None
+    for _ in range(counts.actor):
+        state, m, imagined, weights = actor_update(agent, state, batch)
+        metrics.update(m)
+    if counts.critic and imagined is None:
+        key, imagine_key = jax.random.split(state.key)
+        imagined, weights = imagine_from_batch(agent, state, state.actor_params, batch, imagine_key)
+        imagined, state = sg(imagined), state.replace(key=key)
+    for _ in range(counts.critic):
+        state, m = critic_update(agent, state, batch, imagined, weights, real_mix)
+        metrics.update(m)
+    return state, metrics
+
+
+class Steps(NamedTuple):
+    """Jitted entry points bound to one agent."""
+
+    init: Callable[[chex.PRNGKey], TrainState]
+    world_model_update: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+    actor_update: Callable[..., Any]
+    critic_update: Callable[..., Any]
+    train_step: Callable[..., tuple[TrainState, Metrics]]
+
+
+def make_steps(agent: Agent) -> Steps:
+    """Binds ``agent`` and jits the three update steps and the train step."""
+    return Steps(
+        init=jax.jit(functools.partial(init_state, agent)),
+        world_model_update=jax.jit(functools.partial(world_model_update, agent)),
+        actor_update=jax.jit(functools.partial(actor_update, agent)),
+        critic_update=jax.jit(functools.partial(critic_update, agent)),
+        train_step=jax.jit(functools.partial(train_step, agent), static_argnums=(2,)),
+    )
+
+
+__all__ = [
+    "Agent",
+    "Steps",
+    "actor_update",
+    "critic_update",
+    "init_state",
+    "make_agent",
+    "make_optimizer",
+    "make_steps",
+    "train_step",
+    "world_model_loss",
+    "world_model_update",
+    "Transition",
+]
