@@ -166,9 +166,7 @@ def spec_from_spaces(observation_space: spaces.Space, action_space: spaces.Space
 def _check_actions(actions: np.ndarray, spec: EnvSpec) -> np.ndarray:
     actions = np.asarray(actions)
     if actions.ndim != 2 or actions.shape[1] != spec.action_dim:
-        raise ValueError(
-            f"Expected actions of shape [N, {spec.action_dim}], got {actions.shape}."
-        )
+        raise ValueError(f"Expected actions of shape [N, {spec.action_dim}], got {actions.shape}.")
     return actions
 
 
@@ -284,18 +282,12 @@ class VectorEnv:
             raise ValueError(f"mode must be one of {_VECTOR_MODES}, got {mode!r}.")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
-        autoreset = getattr(gymnasium.vector, "AutoresetMode", None)
-        if autoreset is None or not hasattr(autoreset, "SAME_STEP"):
-            raise RuntimeError(
-                f"wm_jax needs gymnasium >= 1.1 (AutoresetMode.SAME_STEP); found "
-                f"{gymnasium.__version__}. Upgrade with `pip install -U gymnasium`."
-            )
         try:
             self._env = gymnasium.make_vec(
                 env_id,
                 num_envs=num_envs,
                 vectorization_mode=mode,
-                vector_kwargs={"autoreset_mode": autoreset.SAME_STEP},
+                vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP},
                 **(env_kwargs or {}),
             )
         except (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv) as err:

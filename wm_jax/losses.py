@@ -167,6 +167,39 @@ def representation_loss(
     return loss, metrics
 
 
+def open_loop_rollout(
+    predict_mean: Callable[[chex.Array, chex.Array], chex.Array],
+    states: chex.Array,
+    actions: chex.Array,
+    continues: chex.Array,
+) -> chex.Array:
+    """Rolls the dynamics open-loop along real sequences: ``ŝ_0 = s_0``, ``ŝ_{t+1} = f(ŝ_t, a_t)``;
+    after a termination (``c_t = 0``) the rollout restarts from the true ``s_{t+1}``.
+
+    Args:
+      predict_mean: ``(state [B, S], action [B, A]) -> next-state mean [B, S]``.
+      states: ``[B, T + 1, S]`` true states; actions ``[B, T, A]``; continues ``[B, T]``.
+
+    Returns:
+      ``[B, T, S]`` predictions ``ŝ_1 … ŝ_T``.
+    """
+    chex.assert_rank([states, actions, continues], [3, 3, 2])
+    b, t = continues.shape
+    chex.assert_shape(states, (b, t + 1, states.shape[-1]))
+
+    def step(current, inputs):
+        action, target, cont = inputs
+        predicted = predict_mean(current, action)
+        # Keep rolling our own prediction while the episode goes on; reset to the truth after.
+        return jnp.where(cont[:, None] > 0.5, predicted, target), predicted
+
+    swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  time-major for the scan
+    _, predictions = jax.lax.scan(
+        step, states[:, 0], (swap(actions), swap(states[:, 1:]), swap(continues))
+    )
+    return swap(predictions)
+
+
 def multi_step_loss(
     predict_mean: Callable[[chex.Array, chex.Array], chex.Array],
     states: chex.Array,
@@ -179,8 +212,8 @@ def multi_step_loss(
         ŝ_0 = s_0,   ŝ_{t+1} = f(ŝ_t, a_t)
         L = Σ_t w_t·mean_d (ŝ_{t+1} - s_{t+1})² / Σ_t w_t,   w_t = m_t·Π_{k<t} c_k·m_k
 
-    After a termination (``c_t = 0``) the rollout restarts from the true state
-    (``ŝ_{t+1} ← s_{t+1}``) and the weights of every later step are zero, so errors never
+    After a termination (``c_t = 0``) the rollout restarts from the true state (see
+    :func:`open_loop_rollout`) and the weights of every later step are zero, so errors never
     compound across an episode end and nothing after it is penalised.
 
     Args:
@@ -191,29 +224,18 @@ def multi_step_loss(
 
     Metrics: ``multi_step_loss`` and ``multi_step_final_mse`` (error at the last alive step).
     """
-    chex.assert_rank([states, actions, continues, mask], [3, 3, 2, 2])
-    b, t = continues.shape
-    chex.assert_shape(states, (b, t + 1, states.shape[-1]))
-
-    def step(carry, inputs):
-        current, alive = carry
-        action, target, cont, m = inputs
-        predicted = predict_mean(current, action)
-        weight = alive * m
-        error = jnp.mean((predicted - target) ** 2, -1)
-        # Keep rolling our own prediction while the episode goes on; reset to the truth after.
-        current = jnp.where(cont[:, None] > 0.5, predicted, target)
-        alive = alive * cont * m
-        return (current, alive), (error, weight)
-
-    swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  time-major for the scan
-    _, (errors, weights) = jax.lax.scan(
-        step,
-        (states[:, 0], jnp.ones((b,), states.dtype)),
-        (swap(actions), swap(states[:, 1:]), swap(continues), swap(mask)),
+    chex.assert_rank(mask, 2)
+    predictions = open_loop_rollout(predict_mean, states, actions, continues)
+    errors = jnp.mean((predictions - states[:, 1:]) ** 2, -1)  # [B, T]
+    alive_before = jnp.cumprod(
+        jnp.concatenate([jnp.ones_like(mask[:, :1]), (continues * mask)[:, :-1]], 1), 1
     )
+    weights = alive_before * mask
     loss = jnp.sum(errors * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    return loss, {"multi_step_loss": loss, "multi_step_final_mse": masked_mean(errors[-1], weights[-1])}
+    return loss, {
+        "multi_step_loss": loss,
+        "multi_step_final_mse": masked_mean(errors[:, -1], weights[:, -1]),
+    }
 
 
 def actor_loss(

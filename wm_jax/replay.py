@@ -137,7 +137,9 @@ class ReplayBuffer:
                 "prefill steps)."
             )
 
-    def _sample_starts(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, ...]:
+    def _sample_starts(
+        self, rng: np.random.Generator, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Uniform over stored transitions: (env, logical index from the env's oldest)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -166,9 +168,7 @@ class ReplayBuffer:
             mask=np.ones(batch_size, dtype=np.float32),
         )
 
-    def sample_sequences(
-        self, rng: np.random.Generator, batch_size: int, length: int
-    ) -> Sequence:
+    def sample_sequences(self, rng: np.random.Generator, batch_size: int, length: int) -> Sequence:
         """``batch_size`` windows of ``length`` consecutive transitions of one env and episode.
 
         Start points are uniform over stored transitions.  A window stops after its episode's
@@ -240,8 +240,9 @@ class ReplayBuffer:
             ValueError: If a key is missing or the layout (envs, slots, shapes, dtypes) differs
                 from this buffer's.
         """
-        missing = [k for k in (*_ARRAY_KEYS, "num_envs", "slots_per_env", "action_dim")
-                   if k not in state]
+        missing = [
+            k for k in (*_ARRAY_KEYS, "num_envs", "slots_per_env", "action_dim") if k not in state
+        ]
         if missing:
             raise ValueError(f"Replay state is missing keys {missing}.")
         layout = (int(state["num_envs"]), int(state["slots_per_env"]), int(state["action_dim"]))

@@ -20,7 +20,8 @@ def lambda_returns(
 
     Args:
       rewards_t: ``[H, ...]`` reward of transition ``t``.
-      continues_t: ``[H, ...]`` continue flag (or probability) of the state transition ``t`` lands in.
+      continues_t: ``[H, ...]`` continue flag (or probability) of the state that transition ``t``
+        lands in.
       values_tp1: ``[H, ...]`` ``V(s_{t+1})``; its last entry is the bootstrap ``V_H``.
       gamma: discount γ.
       lambda_: λ; 0 gives one-step TD targets, 1 the discounted Monte Carlo return bootstrapped

@@ -8,10 +8,11 @@ Conventions (shared by every module):
   (``obs[:, t + 1]`` is the observation transition ``t`` lands in).
 * ``action`` is always a float vector: one-hot for discrete action spaces, values in ``[-1, 1]`` for
   continuous boxes (the environment adapter rescales to the box bounds).
-* ``cont`` is the continue flag ``c_t = 1 - terminated_t``.  A time-limit truncation keeps ``c_t = 1``.
+* ``cont`` is the continue flag ``c_t = 1 - terminated_t``; a time-limit truncation keeps
+  ``c_t = 1``.
 * ``mask`` marks real (1) versus padded (0) transitions; every loss reduction honours it.
-* Imagined trajectories are time-major (``[H, B, ...]``), following rlax, because they are produced
-  by ``lax.scan``.
+* Imagined trajectories are time-major (``[H, B, ...]``), following rlax, because ``lax.scan``
+  produces them.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def make_causal_mask(length: int) -> chex.Array:
 class Imagined:
     """A time-major imagined trajectory of horizon ``H`` from ``B`` start states.
 
-    Index ``t`` of ``rewards``/``continues`` belongs to the transition ``states[t] -> states[t + 1]``;
+    Index ``t`` of ``rewards``/``continues`` belongs to the transition
+    ``states[t] -> states[t + 1]``;
     ``values`` has ``H + 1`` entries so that ``values[H]`` bootstraps the λ-return.
     """
 

@@ -194,7 +194,9 @@ def world_model_loss(
         metrics.update(term_metrics)
     state_mean = losses.masked_mean(all_states, all_mask)
     metrics["state_mean"] = sg(state_mean)
-    metrics["state_std"] = sg(jnp.sqrt(losses.masked_mean((all_states - state_mean) ** 2, all_mask)))
+    metrics["state_std"] = sg(
+        jnp.sqrt(losses.masked_mean((all_states - state_mean) ** 2, all_mask))
+    )
     return total, metrics
 
 
@@ -205,9 +207,7 @@ def _grad_norms(grads: Params, prefix: str, components: tuple[str, ...] = ()) ->
     return metrics
 
 
-def world_model_update(
-    agent: Agent, state: TrainState, batch: Batch
-) -> tuple[TrainState, Metrics]:
+def world_model_update(agent: Agent, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """One optimiser step on ``L_WM`` for the world-model parameters only."""
     key, loss_key = jax.random.split(state.key)
     grads, metrics = jax.grad(world_model_loss, argnums=1, has_aux=True)(

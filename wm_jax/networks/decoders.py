@@ -28,7 +28,8 @@ class MLPDecoder(nn.Module):
 
 
 class CNNDecoder(nn.Module):
-    """States -> images ``[..., H, W, C]`` in the encoder's normalised range ([-0.5, 0.5] for uint8).
+    """States -> images ``[..., H, W, C]`` in the encoder's normalised range ([-0.5, 0.5] for
+    uint8 input).
 
     Mirrors :class:`wm_jax.networks.encoders.CNNEncoder`: a dense layer to the encoder's smallest
     feature map, then stride-2 transposed convolutions; a final resize fixes odd sizes (84 -> 88).
@@ -61,7 +62,9 @@ class CNNDecoder(nn.Module):
         for i, stride in reversed(list(enumerate(strides))):
             last = i == 0
             feats = channels if last else self.depth * 2 ** (i - 1)
-            x = nn.ConvTranspose(feats, (4, 4) if stride == 2 else (3, 3), strides=(stride, stride))(x)
+            x = nn.ConvTranspose(
+                feats, (4, 4) if stride == 2 else (3, 3), strides=(stride, stride)
+            )(x)
             if not last:
                 if self.layer_norm:
                     x = nn.LayerNorm()(x)

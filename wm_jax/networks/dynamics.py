@@ -2,9 +2,9 @@
 (seeds, "Loss 1" and "Interface 2").
 
 Every dynamics model returns a ``distrax.Normal`` whose batch shape is ``[..., S]``; an ensemble
-puts its members on a leading axis, ``[K, ..., S]``.  Losses broadcast the target against it, so each
-member is trained on every transition; imagination picks one member per trajectory step
-(see :func:`wm_jax.imagination.next_state`).  ``num_members`` tells callers which case they have.
+puts its members on a leading axis, ``[K, ..., S]``.  Losses broadcast the target against it, so
+each member is trained on every transition; imagination picks one member per trajectory step (see
+:func:`wm_jax.imagination.next_state`).  ``num_members`` tells callers which case they have.
 """
 
 from __future__ import annotations

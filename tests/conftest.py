@@ -1,0 +1,70 @@
+"""Shared, session-scoped fixtures: small agents compiled once for the whole suite."""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wm_jax.config import get_config
+from wm_jax.types import Sequence, Transition
+
+
+def small_config(**overrides):
+    """The default config shrunk for fast tests (same code paths, tiny widths)."""
+    c = get_config()
+    c.model.feature_dim = 32
+    c.model.state_dim = 8
+    c.model.hidden_dim = 32
+    c.imagination.horizon = 5
+    c.batch_size = 16
+    for dotted, value in overrides.items():
+        node = c
+        *path, leaf = dotted.split(".")
+        for name in path:
+            node = node[name]
+        node[leaf] = value
+    return c
+
+
+def make_spec(obs_shape=(4,), action_dim=2, discrete=True, obs_dtype=np.float32):
+    return types.SimpleNamespace(
+        obs_shape=tuple(obs_shape), obs_dtype=obs_dtype, action_dim=action_dim, discrete=discrete
+    )
+
+
+def random_actions(key, shape, spec):
+    if spec.discrete:
+        return jax.nn.one_hot(jax.random.randint(key, shape, 0, spec.action_dim), spec.action_dim)
+    return jax.random.uniform(key, (*shape, spec.action_dim), minval=-1.0, maxval=1.0)
+
+
+def random_sequence(key, spec, batch=4, length=6, terminate_at=None) -> Sequence:
+    k1, k2, k3 = jax.random.split(key, 3)
+    cont = jnp.ones((batch, length))
+    if terminate_at is not None:
+        cont = cont.at[:, terminate_at].set(0.0)
+    return Sequence(
+        obs=jax.random.normal(k1, (batch, length + 1, *spec.obs_shape)),
+        action=random_actions(k2, (batch, length), spec),
+        reward=jax.random.normal(k3, (batch, length)),
+        cont=cont,
+        mask=jnp.ones((batch, length)),
+    )
+
+
+def random_transitions(key, spec, batch=16) -> Transition:
+    return random_sequence(key, spec, batch=batch, length=1).to_transitions()
+
+
+@pytest.fixture(scope="session")
+def discrete_spec():
+    return make_spec(discrete=True)
+
+
+@pytest.fixture(scope="session")
+def continuous_spec():
+    return make_spec(obs_shape=(3,), action_dim=1, discrete=False)

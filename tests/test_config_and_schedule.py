@@ -1,0 +1,74 @@
+import jax.numpy as jnp
+import pytest
+from conftest import small_config
+
+from wm_jax.config import ConfigError, get_config, validate
+from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
+
+
+def test_defaults_follow_the_seeds():
+    c = validate(get_config())
+    assert (c.model.feature_dim, c.model.state_dim, c.model.hidden_dim) == (256, 64, 256)
+    assert (c.imagination.horizon, c.imagination.gamma, c.imagination.lambda_) == (15, 0.99, 0.95)
+    assert (c.world_model.lr, c.actor.lr, c.critic.lr) == (1e-4, 3e-5, 3e-5)
+    assert c.world_model.grad_clip == c.actor.grad_clip == c.critic.grad_clip == 1.0
+    assert c.actor.entropy_coef == 0.01
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"imagination.horizon": 0}, "imagination.horizon"),
+        ({"actor.lr": -1.0}, "actor.lr"),
+        ({"imagination.gamma": 1.5}, "imagination.gamma"),
+        ({"world_model.dynamics_loss": "l1"}, "world_model.dynamics_loss"),
+        (
+            {"schedule.transition_steps": 10, "schedule.warmup_steps": 100},
+            "schedule.transition_steps",
+        ),
+        ({"critic.target_update_rate": 0.0}, "critic.target_update_rate"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_impossible_values_are_rejected_naming_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=f"config.{field}"):
+        validate(small_config(**overrides))
+
+
+def schedule(**kw):
+    s = get_config().schedule
+    for k, v in kw.items():
+        s[k] = v
+    return s
+
+
+def test_warmup_forces_actor_and_critic_to_zero():
+    s = schedule()
+    assert update_counts(0, s) == UpdateCounts(1, 0, 0)
+    assert update_counts(4_999, s) == UpdateCounts(1, 0, 0)
+    assert update_counts(5_000, s) == UpdateCounts(1, 1, 1)
+    assert [phase(t, s) for t in (0, 5_000, 10_000)] == ["warmup", "transition", "full"]
+
+
+def test_multi_update_schedule_early_and_late():
+    s = schedule(multi_update=True)
+    assert update_counts(7_000, s) == UpdateCounts(1, 1, 1)  # transition: plain counts
+    assert update_counts(20_000, s) == UpdateCounts(2, 1, 1)  # early full training
+    assert update_counts(60_000, s) == UpdateCounts(1, 2, 2)  # late full training
+
+
+def test_traced_schedule_matches_python_schedule():
+    s = schedule(multi_update=True)
+    for t in (0, 5_000, 7_000, 20_000, 60_000):
+        traced = update_counts(jnp.asarray(t), s)
+        assert tuple(int(x) for x in traced) == tuple(update_counts(t, s))
+        assert float(critic_real_mix(jnp.asarray(t), s)) == pytest.approx(critic_real_mix(t, s))
+
+
+def test_critic_real_mix_anneals_from_one_to_zero_over_the_transition():
+    s = schedule()
+    assert critic_real_mix(0, s) == 1.0
+    assert critic_real_mix(5_000, s) == 1.0
+    assert critic_real_mix(7_500, s) == pytest.approx(0.5)
+    assert critic_real_mix(10_000, s) == 0.0
+    assert critic_real_mix(50_000, s) == 0.0

@@ -1,0 +1,198 @@
+import chex
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wm_jax import losses
+from wm_jax.types import Imagined
+
+
+class WorldModelLossesTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_dynamics_mse_and_nll_match_formulas(self):
+        mean = jnp.array([[0.0, 1.0], [2.0, 2.0]])
+        std = jnp.full_like(mean, 0.5)
+        target = jnp.array([[1.0, 1.0], [2.0, 0.0]])
+        mask = jnp.ones(2)
+
+        def fn(kind):
+            return losses.dynamics_loss(distrax.Normal(mean, std), target, mask, kind)
+
+        mse, m = self.variant(lambda: fn("mse"))()
+        np.testing.assert_allclose(mse, np.mean([(1 + 0) / 2, (0 + 4) / 2]), rtol=1e-6)
+        nll, _ = self.variant(lambda: fn("nll"))()
+        per = 0.5 * np.log(2 * np.pi * 0.25) + (np.array([[1, 0], [0, 4]]) / (2 * 0.25))
+        np.testing.assert_allclose(nll, per.sum(-1).mean(), rtol=1e-5)
+        np.testing.assert_allclose(m["dynamics_mse"], mse)
+
+    def test_dynamics_loss_trains_every_ensemble_member(self):
+        members = jnp.stack([jnp.zeros((3, 2)), jnp.ones((3, 2))])  # [K=2, B=3, S=2]
+        loss, _ = losses.dynamics_loss(
+            distrax.Normal(members, jnp.ones_like(members)), jnp.ones((3, 2)), jnp.ones(3)
+        )
+        np.testing.assert_allclose(loss, 0.5)  # member 0 errs by 1, member 1 by 0
+
+    def test_dynamics_loss_rejects_mismatched_state_shapes(self):
+        with pytest.raises(ValueError, match="does not match"):
+            losses.dynamics_loss(
+                distrax.Normal(jnp.zeros((3, 2)), 1.0), jnp.zeros((3, 4)), jnp.ones(3)
+            )
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_reward_nll_and_mae(self):
+        mu, sigma, r = 0.7, 0.3, 1.0
+        loss, m = self.variant(
+            lambda: losses.reward_loss(
+                distrax.Normal(jnp.array([mu]), jnp.array([sigma])), jnp.array([r]), jnp.ones(1)
+            )
+        )()
+        expected = 0.5 * np.log(2 * np.pi * sigma**2) + (r - mu) ** 2 / (2 * sigma**2)
+        np.testing.assert_allclose(loss, expected, rtol=1e-5)
+        np.testing.assert_allclose(m["reward_mae"], 0.3, rtol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_continue_bce_accuracy_and_termination_counts(self):
+        p = jnp.array([0.7, 0.2, 0.9, 0.4])  # predicted continue probabilities
+        c = jnp.array([0.0, 0.0, 1.0, 1.0])
+        loss, m = self.variant(
+            lambda: losses.continue_loss(distrax.Bernoulli(probs=p), c, jnp.ones(4))
+        )()
+        expected = -np.mean(c * np.log(p) + (1 - c) * np.log(1 - p))
+        np.testing.assert_allclose(loss, expected, rtol=1e-5)
+        np.testing.assert_allclose(m["continue_accuracy"], 0.5)  # 0.2 and 0.9 right
+        assert float(m["continue_true_terminations"]) == 2
+        assert float(m["continue_predicted_terminations"]) == 2  # 0.2 and 0.4
+        assert float(m["continue_correct_terminations"]) == 1
+
+    def test_decoder_and_representation_losses(self):
+        recon = jnp.zeros((2, 3))
+        target = jnp.array([[1.0, 1.0, 1.0], [0.0, 0.0, 3.0]])
+        loss, _ = losses.decoder_loss(recon, target, jnp.array([1.0, 0.0]))
+        np.testing.assert_allclose(loss, 1.0)  # the padded second row does not count
+        f = jnp.ones((2, 4))
+        ae, m = losses.representation_loss(f, jnp.zeros((2, 4)), jnp.ones(2))
+        np.testing.assert_allclose(ae, 1.0)
+        assert "representation_kl" not in m
+        vae, m = losses.representation_loss(
+            f, f, jnp.ones(2), jnp.ones((2, 3)), jnp.ones((2, 3)), vae_beta=2.0
+        )
+        np.testing.assert_allclose(m["representation_kl"], 3 * 0.5)  # KL(N(1,1)||N(0,1)) = 1/2
+        np.testing.assert_allclose(vae, 3.0)
+
+    def test_representation_loss_does_not_pull_on_features(self):
+        g = jax.grad(lambda f: losses.representation_loss(f, 2 * f, jnp.ones(2))[0])(
+            jnp.ones((2, 4))
+        )
+        # d/df mean((2f - sg(f))²) = 2·2·(2f - f)/N: only the reconstruction path carries gradient.
+        np.testing.assert_allclose(g, np.full((2, 4), 4 * 1.0 / 8))
+
+
+def _shift_dynamics(state, action):
+    """s' = s + a: a known linear system."""
+    return state + action
+
+
+class MultiStepLossTest(chex.TestCase):
+    def test_perfect_model_has_zero_loss(self):
+        actions = jnp.ones((2, 5, 1))
+        states = jnp.cumsum(jnp.concatenate([jnp.zeros((2, 1, 1)), actions], 1), 1)
+        loss, _ = losses.multi_step_loss(
+            _shift_dynamics, states, actions, jnp.ones((2, 5)), jnp.ones((2, 5))
+        )
+        np.testing.assert_allclose(loss, 0.0)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_open_loop_errors_compound_and_are_averaged(self):
+        # True system: s' = s (actions ignored); model: s' = s + a with a = 1, so the open-loop
+        # error at step t+1 is (t+1)².
+        actions = jnp.ones((1, 3, 1))
+        states = jnp.zeros((1, 4, 1))
+        loss, m = self.variant(
+            lambda: losses.multi_step_loss(
+                _shift_dynamics, states, actions, jnp.ones((1, 3)), jnp.ones((1, 3))
+            )
+        )()
+        np.testing.assert_allclose(loss, (1 + 4 + 9) / 3)
+        np.testing.assert_allclose(m["multi_step_final_mse"], 9.0)
+
+    def test_stops_accumulating_after_termination(self):
+        actions = jnp.ones((1, 5, 1))
+        states = jnp.zeros((1, 6, 1))
+        cont = jnp.array([[1.0, 0.0, 1.0, 1.0, 1.0]])  # terminates at transition 1
+        loss, _ = losses.multi_step_loss(_shift_dynamics, states, actions, cont, jnp.ones((1, 5)))
+        np.testing.assert_allclose(loss, (1 + 4) / 2)  # only steps 0 and 1 count
+        garbage = states.at[:, 3:].set(1e6)  # data after the termination is irrelevant
+        loss2, _ = losses.multi_step_loss(_shift_dynamics, garbage, actions, cont, jnp.ones((1, 5)))
+        np.testing.assert_allclose(loss, loss2)
+
+    def test_open_loop_rollout_resets_to_true_state_after_termination(self):
+        states = (jnp.arange(6.0) * 10).reshape(1, 6, 1)
+        cont = jnp.array([[1.0, 0.0, 1.0, 1.0, 1.0]])
+        pred = losses.open_loop_rollout(_shift_dynamics, states, jnp.ones((1, 5, 1)), cont)
+        # 0 -> 1 -> 2 (terminal: restart from the true s_2 = 20) -> 21 -> 22
+        np.testing.assert_allclose(pred[0, :, 0], [1.0, 2.0, 21.0, 22.0, 23.0])
+
+    def test_padded_steps_contribute_no_loss_and_no_gradient(self):
+        actions = jnp.ones((2, 4, 1))
+        states = jnp.zeros((2, 5, 1))
+        mask = jnp.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+
+        def loss_fn(a):
+            return losses.multi_step_loss(_shift_dynamics, states, a, jnp.ones((2, 4)), mask)[0]
+
+        g = jax.grad(loss_fn)(actions)
+        np.testing.assert_allclose(g[0, 2:], 0.0)
+        assert jnp.all(g[1] != 0)
+
+
+def _imagined(h=3, b=2):
+    return Imagined(
+        states=jnp.zeros((h + 1, b, 2)),
+        actions=jnp.zeros((h, b, 1)),
+        log_probs=jnp.full((h, b), -1.0),
+        entropies=jnp.full((h, b), 0.5),
+        rewards=jnp.ones((h, b)),
+        continues=jnp.ones((h, b)),
+        values=jnp.zeros((h + 1, b)),
+    )
+
+
+def test_actor_loss_is_negative_mean_return_minus_entropy_bonus():
+    imagined = _imagined()
+    returns = jnp.arange(6.0).reshape(3, 2)
+    loss, m = losses.actor_loss(imagined, returns, jnp.ones((3, 2)), 0.01)
+    np.testing.assert_allclose(loss, -2.5 - 0.01 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(m["mean_imagined_return"], 2.5)
+    np.testing.assert_allclose(m["entropy"], 0.5)
+
+
+def test_reinforce_actor_loss_uses_advantage_times_log_prob():
+    imagined = _imagined()
+    returns = jnp.full((3, 2), 2.0)
+    baseline = jnp.full((3, 2), 0.5)
+    loss, _ = losses.actor_loss(imagined, returns, jnp.ones((3, 2)), 0.0, "reinforce", baseline)
+    np.testing.assert_allclose(loss, -(-1.0 * 1.5))
+
+
+def test_critic_loss_targets_are_held_fixed_and_td_monitor():
+    values = jnp.array([1.0, 3.0])
+    targets = jnp.array([2.0, 2.0])
+    w = jnp.ones(2)
+    loss, m = losses.critic_loss(values, targets, w)
+    np.testing.assert_allclose(loss, 1.0)
+    np.testing.assert_allclose(m["critic_value_std"], 1.0)
+    g = jax.grad(lambda t: losses.critic_loss(values, t, w)[0])(targets)
+    np.testing.assert_allclose(g, 0.0)
+    td = losses.td_error_monitor(values, jnp.array([2.0, 4.0]), w)
+    np.testing.assert_allclose(td["critic_td_error_mean"], -1.0)
+    np.testing.assert_allclose(td["critic_td_error_abs_mean"], 1.0)
+    np.testing.assert_allclose(td["critic_explained_variance"], 1.0)  # δ is constant
+
+
+def test_masked_mean_ignores_padding():
+    np.testing.assert_allclose(
+        losses.masked_mean(jnp.array([1.0, 100.0]), jnp.array([1.0, 0.0])), 1.0
+    )
+    np.testing.assert_allclose(losses.masked_mean(jnp.ones(3), jnp.zeros(3)), 0.0)

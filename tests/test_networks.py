@@ -1,0 +1,107 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_spec, small_config
+
+from wm_jax.imagination import imagine, next_state
+from wm_jax.networks import (
+    CNNDecoder,
+    CNNEncoder,
+    EnsembleDynamics,
+    PolicyHead,
+    VAERepresentation,
+    build_networks,
+)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (84, 84, 3), (10, 10, 4)])
+def test_cnn_encoder_decoder_round_trip_shapes(shape):
+    obs = jnp.zeros((2, 3, *shape), jnp.uint8)  # leading [B, T] axes survive
+    enc = CNNEncoder(feature_dim=16, depth=4)
+    # Shapes only: eval_shape traces without running the convolutions.
+    features, _ = jax.eval_shape(enc.init_with_output, jax.random.PRNGKey(0), obs)
+    assert features.shape == (2, 3, 16)
+    dec = CNNDecoder(shape, depth=4)
+    recon, _ = jax.eval_shape(dec.init_with_output, jax.random.PRNGKey(1), jnp.zeros((2, 3, 8)))
+    assert recon.shape == (2, 3, *shape)
+    assert recon.dtype == jnp.float32
+
+
+def test_ensemble_dynamics_members_are_distinct_and_leading():
+    dyn = EnsembleDynamics(num_members=3, state_dim=5, hidden=(8,))
+    dist, _ = dyn.init_with_output(jax.random.PRNGKey(0), jnp.ones((4, 5)), jnp.ones((4, 2)))
+    assert dist.loc.shape == (3, 4, 5)
+    assert not jnp.allclose(dist.loc[0], dist.loc[1])
+    picked = next_state(dist, jax.random.PRNGKey(1), sample=False)
+    assert picked.shape == (4, 5)
+    # Every picked row is one of the members' rows.
+    match = jnp.any(jnp.all(jnp.isclose(picked[None], dist.loc), -1), 0)
+    assert bool(jnp.all(match))
+
+
+def test_vae_samples_in_training_and_uses_the_mean_when_acting():
+    vae = VAERepresentation(state_dim=4, feature_dim=6, hidden=(8,))
+    f = jnp.ones((2, 6))
+    params = vae.init({"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, f, True)
+    out_a = vae.apply(params, f, True, rngs={"sample": jax.random.PRNGKey(2)})
+    out_b = vae.apply(params, f, True, rngs={"sample": jax.random.PRNGKey(3)})
+    assert not jnp.allclose(out_a.states, out_b.states)
+    mean = vae.apply(params, f, False, method=vae.encode)
+    np.testing.assert_allclose(mean, out_a.mean, rtol=1e-6)
+
+
+def test_policy_heads_produce_valid_actions():
+    discrete = PolicyHead(action_dim=3, discrete=True, hidden=(8,))
+    d, _ = discrete.init_with_output(jax.random.PRNGKey(0), jnp.ones((5, 4)))
+    sample = d.sample(seed=jax.random.PRNGKey(1))
+    np.testing.assert_allclose(sample.sum(-1), 1.0)
+    continuous = PolicyHead(action_dim=2, discrete=False, hidden=(8,))
+    c, _ = continuous.init_with_output(jax.random.PRNGKey(0), jnp.ones((5, 4)))
+    a = c.sample(seed=jax.random.PRNGKey(1))
+    assert a.shape == (5, 2) and bool(jnp.all(jnp.abs(a) < 1))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.representation": "vae"},
+        {"model.dynamics": "ensemble", "model.ensemble_size": 2},
+        {"model.dynamics_std": "fixed", "world_model.dynamics_loss": "nll"},
+    ],
+)
+def test_alternative_components_build_and_imagine(overrides):
+    spec = make_spec(discrete=True)
+    nets = build_networks(small_config(**overrides), spec)
+    obs = jnp.zeros((2, 4))
+    wm_params = nets.world_model.init(
+        {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, obs, jnp.zeros((2, 2))
+    )
+    actor_params = nets.actor.init(jax.random.PRNGKey(2), jnp.zeros((1, 8)))
+    critic_params = nets.critic.init(jax.random.PRNGKey(3), jnp.zeros((1, 8)))
+    starts = nets.world_model.apply(wm_params, obs, method=nets.world_model.encode)
+    imagined = imagine(
+        nets,
+        wm_params,
+        actor_params,
+        critic_params,
+        starts,
+        jax.random.PRNGKey(4),
+        horizon=4,
+        discrete=True,
+    )
+    assert imagined.states.shape == (5, 2, 8)
+    assert imagined.values.shape == (5, 2)
+    assert imagined.rewards.shape == imagined.continues.shape == (4, 2)
+    assert bool(jnp.all(jnp.isfinite(imagined.states)))
+
+
+def test_cnn_is_chosen_automatically_for_images():
+    nets = build_networks(small_config(), make_spec(obs_shape=(10, 10, 4)))
+    assert type(nets.world_model.encoder).__name__ == "CNNEncoder"
+    assert type(nets.world_model.decoder).__name__ == "CNNDecoder"
+
+
+def test_unknown_component_names_the_field_and_the_choices():
+    with pytest.raises(ValueError, match=r"config.model.dynamics='transformr'.*ensemble"):
+        build_networks(small_config(**{"model.dynamics": "transformr"}), make_spec())
