@@ -22,7 +22,21 @@ def get_config() -> ml_collections.ConfigDict:
     c.env_kwargs = ml_collections.ConfigDict()
     c.seed = 0
     c.num_envs = 4
+    c.vector_mode = "sync"  # "sync" | "async" (exact resume needs "sync")
     c.total_env_steps = 30_000
+
+    # --- the training loop (wm_jax.trainer) ----------------------------------------------
+    c.replay_capacity = 100_000
+    c.prefill_steps = 1_000  # env steps of uniformly random actions before training starts
+    c.train_ratio = 0.25  # train steps per env step (0.25 with 4 envs: one per vector step)
+    c.obs_norm = True  # running mean/std normalisation of float observations
+    c.reward_scale = 1.0
+    c.eval_every = 2_500  # env steps; 0 disables periodic evaluation
+    c.eval_episodes = 5
+    c.log_every = 1_000  # env steps
+    c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
+    c.keep_checkpoints = 3
+    c.report = True  # write report plots at the end of a run
 
     # --- components (chosen by name: see wm_jax.networks registries) ---------------------
     m = c.model = ml_collections.ConfigDict()
@@ -137,6 +151,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "batch_size",
         "num_envs",
         "sequence_length",
+        "total_env_steps",
+        "replay_capacity",
+        "eval_episodes",
+        "keep_checkpoints",
     ):
         group, _, name = field.rpartition(".")
         value = c[group][name] if group else c[name]
@@ -146,6 +164,17 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"must be a positive integer, got {value!r}",
         )
     _require(c.model.hidden_layers >= 0, "model.hidden_layers", "must be >= 0")
+    _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
+    _require(c.train_ratio > 0, "train_ratio", f"must be > 0, got {c.train_ratio}")
+    for name in ("prefill_steps", "eval_every", "log_every", "checkpoint_every"):
+        _require(c[name] >= 0, name, f"must be >= 0, got {c[name]}")
+    _require(
+        c.replay_capacity >= c.num_envs * max(c.sequence_length + 1, 2),
+        "replay_capacity",
+        f"must hold at least a sequence per env ({c.num_envs} envs × "
+        f"{c.sequence_length + 1} steps), got {c.replay_capacity}",
+    )
+    _require(c.reward_scale > 0, "reward_scale", "must be > 0")
     for group in ("world_model", "actor", "critic"):
         _require(c[group].lr >= 0, f"{group}.lr", f"must be >= 0, got {c[group].lr}")
         _require(

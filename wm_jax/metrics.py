@@ -1,0 +1,80 @@
+"""Metric logging: ``metrics.jsonl`` (one JSON object per line), TensorBoard event files and absl
+log lines, all from the same aggregated dict."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def aggregate(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Means over a window of per-update metric dicts (keys may differ between updates), with the
+    continue predictor's termination-class precision and recall computed from summed counts."""
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for metrics in jax.device_get(history):
+        for name, value in metrics.items():
+            sums[name] += float(value)
+            counts[name] += 1
+    out = {name: sums[name] / counts[name] for name in sums}
+    if "continue_true_terminations" in sums:
+        predicted = sums["continue_predicted_terminations"]
+        true = sums["continue_true_terminations"]
+        correct = sums["continue_correct_terminations"]
+        # Undefined (no terminations seen / predicted) is reported as NaN, never as a perfect 1.
+        out["continue_termination_precision"] = correct / predicted if predicted else math.nan
+        out["continue_termination_recall"] = correct / true if true else math.nan
+    return out
+
+
+class MetricsWriter:
+    """Writes metric dicts keyed by environment step to the workdir."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, env_step: int, metrics: dict[str, Any]) -> None:
+        clean = {}
+        for name, value in metrics.items():
+            if isinstance(value, str):
+                clean[name] = value
+                continue
+            value = float(np.asarray(value))
+            clean[name] = value if math.isfinite(value) else None
+            if self._tb is not None and math.isfinite(value):
+                self._tb.add_scalar(name, value, env_step)
+        self._file.write(json.dumps({"env_step": int(env_step), **clean}) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All records of ``<workdir>/metrics.jsonl`` (for reports and tests)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def log_line(env_step: int, metrics: dict[str, Any], keys: tuple[str, ...]) -> None:
+    parts = [f"step {env_step}"]
+    for key in keys:
+        if key in metrics and metrics[key] is not None and not isinstance(metrics[key], str):
+            parts.append(f"{key}={metrics[key]:.4g}")
+    logging.info(" | ".join(parts))

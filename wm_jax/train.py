@@ -1,0 +1,68 @@
+"""The command-line launcher::
+
+    python -m wm_jax.train                                   # CartPole-v1, default config
+    python -m wm_jax.train --config=experiments/configs/pendulum.py --workdir=runs/pendulum
+    python -m wm_jax.train --config.actor.lr=1e-4 --config.total_env_steps=50000 --seed=3
+
+``--config`` takes any Python file with a ``get_config()`` returning an ``ml_collections``
+ConfigDict (default: :mod:`wm_jax.config`); ``--config.x=y`` overrides any field.  A run resumes
+automatically from the newest checkpoint in ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from wm_jax import config as config_module
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    default=config_module.__file__,
+    help_string="Python config file with get_config(); override fields with --config.x=y.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run directory (metrics, TensorBoard, checkpoints). Default: runs/<env>-<time>.",
+)
+_SEED = flags.DEFINE_integer("seed", None, "Overrides config.seed.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from wm_jax.config import ConfigError
+    from wm_jax.trainer import train
+
+    config = _CONFIG.value
+    if _SEED.value is not None:
+        with config.unlocked():
+            config.seed = _SEED.value
+    workdir = _WORKDIR.value or os.path.join(
+        "runs", f"{config.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    logging.set_verbosity(logging.INFO)
+    try:
+        result = train(config, workdir)
+    except ConfigError as err:
+        raise app.UsageError(str(err)) from None
+    final = result.eval_returns[-1] if result.eval_returns else None
+    summary = f"trained {result.env_steps} env steps"
+    if final is not None:
+        summary += f"; final eval return {final[1]:.1f} ± {final[2]:.1f}"
+    print(summary)
+    print(f"results in {os.path.abspath(workdir)} (metrics.jsonl, tensorboard/, checkpoints/)")
+
+
+def run():
+    """Console-script entry point (``wm-jax-train``)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,330 @@
+"""The training loop: act in vectorized gymnasium envs, store, train, evaluate, log, checkpoint.
+
+Randomness is derived from counters (``fold_in(seed_key, env_step)`` for acting, a
+``SeedSequence([seed, update])`` for replay sampling), so the only RNG state is the ``TrainState``
+key and a resumed run draws exactly what the uninterrupted one would have drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from wm_jax import metrics as metrics_lib
+from wm_jax.checkpoint import Checkpointer
+from wm_jax.config import validate
+from wm_jax.envs import VectorEnv, make_env_spec
+from wm_jax.normalizer import RunningMeanStd, normalize
+from wm_jax.policy import make_act_fn
+from wm_jax.replay import ReplayBuffer
+from wm_jax.schedule import critic_real_mix, phase, update_counts
+from wm_jax.types import Sequence, Transition
+from wm_jax.update import make_agent, make_steps
+
+LOG_KEYS = (
+    "eval_return",
+    "train_return",
+    "world_model_loss",
+    "dynamics_loss",
+    "reward_mae",
+    "continue_accuracy",
+    "mean_imagined_return",
+    "entropy",
+    "critic_loss",
+    "env_steps_per_s",
+)
+
+
+@dataclasses.dataclass
+class RunResult:
+    workdir: str
+    env_steps: int
+    eval_returns: list[tuple[int, float, float]]  # (env_step, mean, std)
+    resumed_from: int | None
+
+
+def _prepare_batch(batch, obs_mean, obs_std, reward_scale):
+    """Host numpy batch -> device batch with normalised observations and scaled rewards."""
+    batch = jax.tree.map(jax.numpy.asarray, batch)
+    if isinstance(batch, Sequence):
+        return batch.replace(
+            obs=normalize(batch.obs, obs_mean, obs_std), reward=batch.reward * reward_scale
+        )
+    return batch.replace(
+        obs=normalize(batch.obs, obs_mean, obs_std),
+        next_obs=normalize(batch.next_obs, obs_mean, obs_std),
+        reward=batch.reward * reward_scale,
+    )
+
+
+_prepare_batch_jit = jax.jit(_prepare_batch)
+
+
+def evaluate(
+    config, act_fn, state, normalizer, episodes: int, seed: int
+) -> tuple[float, float, list[float]]:
+    """Runs ``episodes`` episodes (one per eval env) with the deterministic policy."""
+    mean, std = normalizer.stats()
+    returns: list[float | None] = [None] * episodes
+    env = VectorEnv(config.env_id, episodes, seed, mode="sync", env_kwargs=dict(config.env_kwargs))
+    try:
+        obs = env.reset()
+        done = np.zeros(episodes, bool)
+        key = jax.random.PRNGKey(seed)
+        running = np.zeros(episodes)
+        while not done.all():
+            actions = np.asarray(
+                act_fn(state.wm_params, state.actor_params, obs, mean, std, key, deterministic=True)
+            )
+            out = env.step(actions)
+            running += np.where(done, 0.0, out.transition.reward)
+            ended = out.transition.terminated | out.transition.truncated
+            for i in np.flatnonzero(ended & ~done):
+                returns[i] = float(running[i])
+            done |= ended
+            obs = out.obs
+    finally:
+        env.close()
+    values = np.asarray(returns, np.float64)
+    return float(values.mean()), float(values.std()), [float(v) for v in values]
+
+
+class Trainer:
+    """Owns the envs, replay, normaliser, jitted steps and checkpointer of one run."""
+
+    def __init__(self, config, workdir: str):
+        self.config = validate(config)
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        c = self.config
+        self.spec = make_env_spec(c.env_id, dict(c.env_kwargs))
+        self.agent = make_agent(c, self.spec)
+        self.steps = make_steps(self.agent)
+        self.act_fn = make_act_fn(self.agent)
+        self.envs = VectorEnv(c.env_id, c.num_envs, c.seed, c.vector_mode, dict(c.env_kwargs))
+        self.replay = ReplayBuffer(
+            c.replay_capacity,
+            c.num_envs,
+            self.spec.obs_shape,
+            self.spec.obs_dtype,
+            self.spec.action_dim,
+        )
+        self.normalizer = RunningMeanStd(
+            self.spec.obs_shape,
+            enabled=c.obs_norm and not np.issubdtype(self.spec.obs_dtype, np.integer),
+        )
+        self.seed_key = jax.random.PRNGKey(c.seed)
+        self.state = self.steps.init(jax.random.fold_in(self.seed_key, 1))
+        self.env_step = 0
+        self.updates = 0
+        self.update_budget = 0.0
+        self.episodes = 0
+        self.eval_returns: list[tuple[int, float, float]] = []
+        self.checkpointer = (
+            Checkpointer(os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints)
+            if c.checkpoint_every
+            else None
+        )
+        self.resumed_from = None
+        self.obs = self.envs.reset()
+        if self.checkpointer is not None and self.checkpointer.latest_step() is not None:
+            self._restore()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _extras(self) -> dict[str, Any]:
+        return {
+            "replay": self.replay.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "envs": self.envs.state_dict(),
+            "loop": {
+                "env_step": np.asarray(self.env_step, np.int64),
+                "updates": np.asarray(self.updates, np.int64),
+                "update_budget": np.asarray(self.update_budget, np.float64),
+                "episodes": np.asarray(self.episodes, np.int64),
+                "eval_returns": np.asarray(self.eval_returns, np.float64).reshape(-1, 3),
+            },
+        }
+
+    def save(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.save(self.env_step, self.state, self._extras())
+
+    def _restore(self) -> None:
+        step, state, extras = self.checkpointer.restore(self.state, self._restore_template())
+        self.state = state
+        self.replay.load_state_dict(extras["replay"])
+        self.normalizer.load_state_dict(extras["normalizer"])
+        self.obs = self.envs.load_state_dict(extras["envs"])
+        loop = extras["loop"]
+        self.env_step = int(loop["env_step"])
+        self.updates = int(loop["updates"])
+        self.update_budget = float(loop["update_budget"])
+        self.episodes = int(loop["episodes"])
+        self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"]).tolist()]
+        self.resumed_from = step
+        logging.info("resumed from checkpoint at env step %d in %s", step, self.workdir)
+
+    def _restore_template(self) -> dict[str, Any]:
+        # Shapes that vary with the run (saved eval history, env action histories) are read from
+        # the checkpoint's own metadata rather than from this fresh process.
+        template = self._extras()
+        meta = self.checkpointer.manager.item_metadata(self.checkpointer.latest_step())
+        saved = meta["extras"]
+        template["loop"]["eval_returns"] = np.zeros(saved["loop"]["eval_returns"].shape)
+        template["envs"] = {k: np.zeros(v.shape, v.dtype) for k, v in saved["envs"].items()}
+        return template
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _act(self) -> np.ndarray:
+        c = self.config
+        if self.env_step < c.prefill_steps:
+            rng = np.random.default_rng([c.seed, self.env_step, 7])
+            if self.spec.discrete:
+                idx = rng.integers(0, self.spec.action_dim, c.num_envs)
+                return np.eye(self.spec.action_dim, dtype=np.float32)[idx]
+            return rng.uniform(-1, 1, (c.num_envs, self.spec.action_dim)).astype(np.float32)
+        mean, std = self.normalizer.stats()
+        key = jax.random.fold_in(jax.random.fold_in(self.seed_key, 2), self.env_step)
+        return np.asarray(
+            self.act_fn(
+                self.state.wm_params,
+                self.state.actor_params,
+                self.obs,
+                mean,
+                std,
+                key,
+                deterministic=False,
+            )
+        )
+
+    def _sample(self):
+        c = self.config
+        rng = np.random.default_rng([c.seed, self.updates, 11])
+        if c.sequence_mode:
+            return self.replay.sample_sequences(rng, c.batch_size, c.sequence_length)
+        return self.replay.sample_flat(rng, c.batch_size)
+
+    def _ready_to_train(self) -> bool:
+        c = self.config
+        need = c.sequence_length if c.sequence_mode else 1
+        return self.env_step >= c.prefill_steps and len(self.replay) >= need
+
+    def _train(self, history: list) -> None:
+        c = self.config
+        counts = update_counts(self.env_step, c.schedule)
+        mix = np.float32(critic_real_mix(self.env_step, c.schedule))
+        mean, std = self.normalizer.stats()
+        batch = _prepare_batch_jit(self._sample(), mean, std, np.float32(c.reward_scale))
+        self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
+        self.updates += 1
+        history.append(metrics)
+
+    def run(self, stop_at: int | None = None) -> RunResult:
+        """Trains until ``config.total_env_steps`` (or ``stop_at``, to simulate an interruption)."""
+        c = self.config
+        end = c.total_env_steps if stop_at is None else min(stop_at, c.total_env_steps)
+        writer = metrics_lib.MetricsWriter(self.workdir)
+        history: list[dict[str, Any]] = []
+        train_returns: list[float] = []
+        bar = _progress(end, self.env_step)
+        last_time, last_step = time.time(), self.env_step
+        try:
+            while self.env_step < end:
+                actions = self._act()
+                out = self.envs.step(actions)
+                self.replay.add(*out.transition)
+                self.normalizer.update(out.transition.obs)
+                self.obs = out.obs
+                self.env_step += c.num_envs
+                self.episodes += len(out.episode_returns)
+                train_returns.extend(out.episode_returns)
+                if self._ready_to_train():
+                    self.update_budget += c.num_envs * c.train_ratio
+                    while self.update_budget >= 1.0:
+                        self._train(history)
+                        self.update_budget -= 1.0
+                if c.eval_every and self.env_step % c.eval_every < c.num_envs:
+                    mean, std, _ = evaluate(
+                        c,
+                        self.act_fn,
+                        self.state,
+                        self.normalizer,
+                        c.eval_episodes,
+                        seed=c.seed + 100_000 + self.env_step,
+                    )
+                    self.eval_returns.append((self.env_step, mean, std))
+                    writer.write(self.env_step, {"eval_return": mean, "eval_return_std": std})
+                    bar.set_postfix(eval_return=f"{mean:.1f}")
+                if c.log_every and self.env_step % c.log_every < c.num_envs:
+                    now = time.time()
+                    record = metrics_lib.aggregate(history)
+                    record["env_steps_per_s"] = (self.env_step - last_step) / max(
+                        now - last_time, 1e-9
+                    )
+                    record["updates"] = self.updates
+                    record["episodes"] = self.episodes
+                    record["phase"] = phase(self.env_step, c.schedule)
+                    if train_returns:
+                        record["train_return"] = float(np.mean(train_returns))
+                    if self.eval_returns:
+                        record["eval_return"] = self.eval_returns[-1][1]
+                    writer.write(
+                        self.env_step, {k: v for k, v in record.items() if k != "eval_return"}
+                    )
+                    metrics_lib.log_line(self.env_step, record, LOG_KEYS)
+                    history, train_returns = [], []
+                    last_time, last_step = now, self.env_step
+                if c.checkpoint_every and self.env_step % c.checkpoint_every < c.num_envs:
+                    self.save()
+                bar.update(c.num_envs)
+        finally:
+            bar.close()
+            writer.close()
+        if self.checkpointer is not None:
+            if self.checkpointer.latest_step() != self.env_step:
+                self.save()
+            self.checkpointer.wait()
+        return RunResult(self.workdir, self.env_step, list(self.eval_returns), self.resumed_from)
+
+    def close(self) -> None:
+        self.envs.close()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, initial: int):
+    """A tqdm bar with env steps/s when attached to a terminal; silent otherwise."""
+    if not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)
+
+
+def train(config, workdir: str, stop_at: int | None = None) -> RunResult:
+    """Builds a :class:`Trainer` (resuming from ``workdir`` if it holds a checkpoint) and runs it."""
+    trainer = Trainer(config, workdir)
+    try:
+        return trainer.run(stop_at)
+    finally:
+        trainer.close()
