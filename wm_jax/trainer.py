@@ -25,7 +25,7 @@ from wm_jax.normalizer import RunningMeanStd, normalize
 from wm_jax.policy import make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.schedule import critic_real_mix, phase, update_counts
-from wm_jax.types import Sequence, Transition
+from wm_jax.types import Sequence
 from wm_jax.update import make_agent, make_steps
 
 LOG_KEYS = (
@@ -322,7 +322,7 @@ def _progress(total: int, initial: int):
 
 
 def train(config, workdir: str, stop_at: int | None = None) -> RunResult:
-    """Builds a :class:`Trainer` (resuming from ``workdir`` if it holds a checkpoint) and runs it."""
+    """Builds a :class:`Trainer` (resuming from a checkpoint in ``workdir``) and runs it."""
     trainer = Trainer(config, workdir)
     try:
         return trainer.run(stop_at)
