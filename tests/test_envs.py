@@ -1,4 +1,5 @@
-"""Tests for wm_jax.envs: exact transitions across autoresets, space validation, conversions."""
+"""Tests for wm_jax.envs: exact transitions across resets, exact resume from a state dict, space
+validation, conversions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from wm_jax.envs import (
     EnvSpec,
     UnsupportedSpaceError,
     VectorEnv,
+    episode_seed,
     from_env_action,
     make_env_spec,
     spec_from_spaces,
@@ -21,33 +23,31 @@ COUNTER_ID = "WmJaxTest/Counter-v0"
 DICT_OBS_ID = "WmJaxTest/DictObs-v0"
 TIME_LIMIT = 4
 TERMINATE_AT = 3
+ID_MOD = 2**16  # episode ids stay exact in float32
 
 
 class CounterEnv(gymnasium.Env):
     """An env whose every transition is known in advance.
 
-    obs = [episode index, step in episode]; action in Discrete(2, start=1);
-    reward = step after the action + 10 * (action - 1).  Episodes with (episode + phase) even
-    terminate at step 3; the others are truncated at step 4 by the registered TimeLimit.  The
-    phase is the reset seed's parity, so envs of one vector env run out of step.
+    obs = [episode id, step in episode]; the id is the reset seed mod 2**16 (VectorEnv seeds every
+    episode), +1 on an unseeded reset.  action in Discrete(2, start=1); reward = step after the
+    action + 10 * (action - 1).  Episodes with an even id terminate at step 3; the others are
+    truncated at step 4 by the registered TimeLimit, so envs of one vector env run out of step.
     """
 
     observation_space = spaces.Box(0.0, np.inf, shape=(2,), dtype=np.float32)
     action_space = spaces.Discrete(2, start=1)
 
     def __init__(self) -> None:
-        self._phase = 0
-        self._episode = -1
+        self._id = -1
         self._t = 0
 
     def _obs(self) -> np.ndarray:
-        return np.array([self._episode, self._t], dtype=np.float32)
+        return np.array([self._id, self._t], dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if seed is not None:
-            self._phase, self._episode = seed % 2, -1
-        self._episode += 1
+        self._id = seed % ID_MOD if seed is not None else self._id + 1
         self._t = 0
         return self._obs(), {}
 
@@ -55,7 +55,7 @@ class CounterEnv(gymnasium.Env):
         assert action in (1, 2), action
         self._t += 1
         reward = float(self._t + 10 * (int(action) - 1))
-        terminated = (self._episode + self._phase) % 2 == 0 and self._t == TERMINATE_AT
+        terminated = self._id % 2 == 0 and self._t == TERMINATE_AT
         return self._obs(), reward, terminated, False, {}
 
 
@@ -79,23 +79,29 @@ class CounterReference:
     """A model of what VectorEnv must report for CounterEnv, one env at a time."""
 
     def __init__(self, seed: int, num_envs: int) -> None:
-        self.phase = [(seed + i) % 2 for i in range(num_envs)]
+        self.seed = seed
         self.episode = [0] * num_envs
         self.t = [0] * num_envs
         self.ret = [0.0] * num_envs
 
+    def id(self, i: int) -> int:
+        # Episode e of env i is reset with episode_seed(seed, i, e), documented as:
+        seed = int(np.random.SeedSequence([self.seed, i, self.episode[i]]).generate_state(1)[0])
+        assert seed == episode_seed(self.seed, i, self.episode[i])
+        return seed % ID_MOD
+
     def obs(self) -> np.ndarray:
-        return np.array(list(zip(self.episode, self.t, strict=True)), dtype=np.float32)
+        return np.array([[self.id(i), t] for i, t in enumerate(self.t)], dtype=np.float32)
 
     def step(self, env_actions: np.ndarray):
         rows, returns, lengths = [], [], []
         for i, a in enumerate(env_actions):
-            obs = [self.episode[i], self.t[i]]
+            obs = [self.id(i), self.t[i]]
             t = self.t[i] + 1
             reward = t + 10 * (int(a) - 1)
-            term = (self.episode[i] + self.phase[i]) % 2 == 0 and t == TERMINATE_AT
+            term = self.id(i) % 2 == 0 and t == TERMINATE_AT
             trunc = not term and t == TIME_LIMIT
-            rows.append((obs, reward, [self.episode[i], t], term, trunc))
+            rows.append((obs, reward, [self.id(i), t], term, trunc))
             self.ret[i] += reward
             self.t[i] = t
             if term or trunc:
@@ -107,14 +113,25 @@ class CounterReference:
         return rows, returns, lengths
 
 
-def _check_counter_run(mode: str, num_envs: int = 3, steps: int = 25, seed: int = 4) -> None:
+def _check_counter_run(
+    mode: str, num_envs: int = 3, steps: int = 25, seed: int = 4, resume_at: int | None = None
+) -> None:
+    """Checks every transition against the reference; at ``resume_at`` the run continues in a new
+    VectorEnv restored from the old one's state dict."""
     rng = np.random.default_rng(0)
     ref = CounterReference(seed, num_envs)
-    with VectorEnv(COUNTER_ID, num_envs, seed=seed, mode=mode) as env:
+    env = VectorEnv(COUNTER_ID, num_envs, seed=seed, mode=mode)
+    try:
         assert env.spec.discrete and env.spec.action_dim == 2 and env.spec.obs_shape == (2,)
         np.testing.assert_array_equal(env.reset(), ref.obs())
         seen_term = seen_trunc = 0
-        for _ in range(steps):
+        for k in range(steps):
+            if k == resume_at:
+                state = env.state_dict()
+                assert set(state["action_lengths"].tolist()) != {0}  # mid-episode somewhere
+                env.close()
+                env = VectorEnv(COUNTER_ID, num_envs, seed=seed, mode=mode)
+                np.testing.assert_array_equal(env.load_state_dict(state), ref.obs())
             env_actions = rng.integers(1, 3, size=num_envs)
             actions = np.eye(2, dtype=np.float32)[env_actions - 1]
             out = env.step(actions)
@@ -137,14 +154,140 @@ def _check_counter_run(mode: str, num_envs: int = 3, steps: int = 25, seed: int 
             seen_term += int(tr.terminated.sum())
             seen_trunc += int(tr.truncated.sum())
         assert seen_term > 0 and seen_trunc > 0
+    finally:
+        env.close()
 
 
-def test_sync_vector_env_reports_every_counter_transition_exactly_across_autoresets():
+def test_sync_vector_env_reports_every_counter_transition_exactly_across_resets():
     _check_counter_run("sync")
 
 
 def test_async_vector_env_reports_the_same_transitions_as_sync():
     _check_counter_run("async", num_envs=2, steps=12)
+
+
+@pytest.mark.parametrize(("mode", "num_envs"), [("sync", 3), ("async", 2)])
+def test_counter_run_resumed_from_state_dict_continues_exactly(mode, num_envs):
+    _check_counter_run(mode, num_envs=num_envs, steps=20, resume_at=10)
+
+
+def test_reset_without_seed_starts_next_episode_and_with_seed_restarts_at_episode_zero():
+    with VectorEnv(COUNTER_ID, 2, seed=3) as env:
+        ids = [[episode_seed(s, i, e) % ID_MOD for i in range(2)] for s, e in [(3, 0), (3, 1)]]
+        np.testing.assert_array_equal(env.reset()[:, 0], ids[0])
+        env.step(np.eye(2, dtype=np.float32)[[0, 1]])
+        np.testing.assert_array_equal(env.reset()[:, 0], ids[1])
+        np.testing.assert_array_equal(env.reset(seed=3)[:, 0], ids[0])
+        assert env.seed == 3
+        np.testing.assert_array_equal(env.state_dict()["episode"], [0, 0])
+
+
+def test_episode_seed_is_a_deterministic_32_bit_function_of_seed_env_and_episode():
+    seeds = {episode_seed(5, i, e) for i in range(4) for e in range(50)}
+    assert len(seeds) == 200 and all(0 <= s < 2**32 for s in seeds)
+    assert episode_seed(5, 1, 2) == episode_seed(5, 1, 2) != episode_seed(6, 1, 2)
+    with pytest.raises(ValueError, match=">= 0"):
+        episode_seed(-1, 0, 0)
+
+
+def _random_actions(spec: EnvSpec, steps: int, num_envs: int) -> np.ndarray:
+    rng = np.random.default_rng(123)
+    if spec.discrete:
+        idx = rng.integers(0, spec.action_dim, (steps, num_envs))
+        return np.eye(spec.action_dim, dtype=np.float32)[idx]
+    return rng.uniform(-1.0, 1.0, (steps, num_envs, spec.action_dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "env_kwargs"),
+    [("CartPole-v1", {}), ("Pendulum-v1", {"max_episode_steps": 50})],
+)
+def test_resume_from_state_dict_gives_bit_identical_trajectories(env_id, env_kwargs):
+    steps, cut, seed = 150, 70, 11
+    with VectorEnv(env_id, 3, seed=seed, env_kwargs=env_kwargs) as env:
+        actions = _random_actions(env.spec, steps, 3)
+        obs = [env.reset()]
+        outs = []
+        for k in range(steps):
+            if k == cut:
+                state = env.state_dict()
+            outs.append(env.step(actions[k]))
+            obs.append(outs[-1].obs)
+    # Mid-episode for every env (Pendulum: 20 steps into a 50-step TimeLimit, so the restored
+    # TimeLimit must truncate 30 steps later); CartPole's episodes are of different lengths.
+    assert np.all(state["action_lengths"] > 0) and np.any(state["episode"] > 0)
+    finished = sum(len(o.episode_lengths) for o in outs[cut:])
+    assert finished >= 3
+
+    with VectorEnv(env_id, 3, seed=seed, env_kwargs=env_kwargs) as resumed:
+        np.testing.assert_array_equal(resumed.load_state_dict(state), obs[cut])
+        for k in range(cut, steps):
+            out, want = resumed.step(actions[k]), outs[k]
+            for field in ("obs", "next_obs", "reward", "terminated", "truncated"):
+                got, expected = getattr(out.transition, field), getattr(want.transition, field)
+                assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), field
+            assert out.obs.tobytes() == want.obs.tobytes()
+            assert out.episode_returns == want.episode_returns
+            assert out.episode_lengths == want.episode_lengths
+        # The state itself round-trips: saving again now matches the uninterrupted run's end.
+        end = resumed.state_dict()
+    np.testing.assert_array_equal(end["obs"], obs[-1])
+
+
+def test_state_dict_holds_only_numpy_arrays_and_ints():
+    with VectorEnv("Pendulum-v1", 2, seed=0) as env:
+        env.reset()
+        state = env.state_dict()
+        assert state["actions"].shape == (2, 1, 1)  # padded to at least one step
+        for _ in range(3):
+            env.step(np.float32([[0.5], [-0.5]]))
+        state = env.state_dict()
+    assert set(state) == {
+        "seed",
+        "num_envs",
+        "episode",
+        "episode_return",
+        "episode_length",
+        "actions",
+        "action_lengths",
+        "obs",
+    }
+    for key, value in state.items():
+        assert type(value) is int or type(value) is np.ndarray, key
+        if isinstance(value, np.ndarray):
+            assert value.dtype != object, key
+    assert state["actions"].shape == (2, 3, 1) and state["actions"].dtype == np.float32
+    np.testing.assert_allclose(state["actions"][:, :, 0], [[1.0] * 3, [-1.0] * 3])
+    np.testing.assert_array_equal(state["action_lengths"], [3, 3])
+
+
+def test_load_state_dict_rejects_a_state_that_does_not_fit():
+    with VectorEnv("CartPole-v1", 2, seed=0) as env:
+        env.reset()
+        env.step(np.eye(2, dtype=np.float32)[[0, 1]])
+        state = env.state_dict()
+    with VectorEnv("CartPole-v1", 3, seed=0) as env:
+        with pytest.raises(ValueError, match=r"num_envs=2.*num_envs=3"):
+            env.load_state_dict(state)
+    with VectorEnv("CartPole-v1", 2, seed=1) as env:
+        with pytest.raises(ValueError, match=r"seed=0.*seed=1"):
+            env.load_state_dict(state)
+    with VectorEnv("Pendulum-v1", 2, seed=0) as env:
+        with pytest.raises(ValueError, match="'actions'"):
+            env.load_state_dict(state)
+    with VectorEnv("CartPole-v1", 2, seed=0) as env:
+        with pytest.raises(ValueError, match="missing keys"):
+            env.load_state_dict({k: v for k, v in state.items() if k != "obs"})
+        bad = dict(state, action_lengths=state["action_lengths"] + 5)
+        with pytest.raises(ValueError, match="inconsistent counters"):
+            env.load_state_dict(bad)
+        # A replay that does not reproduce the saved state is an error, not a silent divergence.
+        bad = dict(state, episode_return=state["episode_return"] + 1.0)
+        with pytest.raises(RuntimeError, match="not deterministic"):
+            env.load_state_dict(bad)
+        with pytest.raises(RuntimeError, match="reset"):
+            env.step(np.eye(2, dtype=np.float32)[[0, 1]])
+        np.testing.assert_array_equal(env.load_state_dict(state), state["obs"])
 
 
 def test_same_seed_gives_same_trajectory_and_other_seed_differs():

@@ -196,3 +196,13 @@ def test_masked_mean_ignores_padding():
         losses.masked_mean(jnp.array([1.0, 100.0]), jnp.array([1.0, 0.0])), 1.0
     )
     np.testing.assert_allclose(losses.masked_mean(jnp.ones(3), jnp.zeros(3)), 0.0)
+
+
+def test_termination_weight_scales_only_the_terminal_samples():
+    dist = distrax.Bernoulli(probs=jnp.array([0.9, 0.9]))
+    c = jnp.array([1.0, 0.0])
+    base, _ = losses.continue_loss(dist, c, jnp.ones(2))
+    weighted, _ = losses.continue_loss(dist, c, jnp.ones(2), termination_weight=5.0)
+    expected = -(np.log(0.9) + 5.0 * np.log(0.1)) / 2
+    np.testing.assert_allclose(weighted, expected, rtol=1e-5)
+    assert weighted > base

@@ -90,3 +90,14 @@ def test_td_targets_and_discount_weights():
     np.testing.assert_allclose(td_targets(r, c, v, 0.5), [6.0, 2.0])
     w = discount_weights(jnp.array([[1.0], [0.0], [1.0]]), 0.5)
     np.testing.assert_allclose(w[:, 0], [1.0, 0.5, 0.0])
+
+
+def test_return_scale_is_the_percentile_spread_but_never_below_one():
+    from wm_jax.returns import return_scale
+
+    returns = jnp.linspace(0.0, 100.0, 101)
+    np.testing.assert_allclose(return_scale(returns, jnp.ones(101)), 90.0, rtol=1e-5)
+    np.testing.assert_allclose(return_scale(returns * 0.001, jnp.ones(101)), 1.0)
+    # Padded entries (weight 0) are ignored.
+    weights = (returns <= 10).astype(jnp.float32)
+    np.testing.assert_allclose(return_scale(returns, weights), 9.0, rtol=1e-5)

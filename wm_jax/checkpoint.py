@@ -32,6 +32,11 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
+            # Declared handlers let a fresh process read a checkpoint's metadata before restoring.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "extras": ocp.StandardCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 create=True,
@@ -76,6 +81,10 @@ class Checkpointer:
         )
         extras = jax.tree.map(np.asarray, restored["extras"])
         return step, restored["state"], extras
+
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The saved tree structure (shapes and dtypes) of ``step``, for building templates."""
+        return self.manager.item_metadata(step)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

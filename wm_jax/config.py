@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     wm.dynamics_scale = 1.0
     wm.reward_scale = 1.0
     wm.continue_scale = 1.0
+    wm.termination_weight = 1.0  # BCE weight of c = 0 samples (class imbalance); seeds: 1
     wm.decoder_scale = 1.0
     wm.representation_scale = 1.0  # the representation learner's own loss
     wm.vae_beta = 1.0
@@ -88,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     a.grad_clip = 1.0
     a.entropy_coef = 0.01
     a.gradient = "dynamics"  # "dynamics" (reparameterised / straight-through) | "reinforce"
+    a.return_norm = False  # divide returns by max(1, P95 - P5) (DreamerV3); seeds: off
+    a.discount_weights = False  # weight imagined steps by Π γ·c (Dreamer); seeds: plain mean
     a.unimix = 0.0
     a.min_std = 0.1
     a.max_std = 1.0
@@ -175,6 +178,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"{c.sequence_length + 1} steps), got {c.replay_capacity}",
     )
     _require(c.reward_scale > 0, "reward_scale", "must be > 0")
+    _require(c.world_model.termination_weight > 0, "world_model.termination_weight", "must be > 0")
     for group in ("world_model", "actor", "critic"):
         _require(c[group].lr >= 0, f"{group}.lr", f"must be >= 0, got {c[group].lr}")
         _require(

@@ -92,11 +92,18 @@ def reward_loss(
 
 
 def continue_loss(
-    continue_dist: distrax.Bernoulli, continues: chex.Array, mask: chex.Array
+    continue_dist: distrax.Bernoulli,
+    continues: chex.Array,
+    mask: chex.Array,
+    termination_weight: float = 1.0,
 ) -> tuple[chex.Array, Metrics]:
     """Loss 3 — binary cross-entropy of the continue flag ``c = 1 - terminated``::
 
-        L = -mean_b [ c·log p + (1 - c)·log(1 - p) ],   p = sigmoid(logit(s'))
+        L = -mean_b w_b·[ c·log p + (1 - c)·log(1 - p) ],   p = sigmoid(logit(s'))
+        w_b = termination_weight if c = 0 else 1
+
+    ``termination_weight`` = 1 is the seeds' loss; > 1 counters the class imbalance the seeds warn
+    about (terminations are rare, and rarer still as the policy improves).
 
     Metrics: ``continue_loss``, ``continue_accuracy`` (threshold 0.5), and the counts of the
     *termination* class (``continue_true_terminations``, ``continue_predicted_terminations``,
@@ -104,7 +111,8 @@ def continue_loss(
     warn that accuracy alone hides a predictor that always says "continue".
     """
     chex.assert_equal_shape([continue_dist.logits, continues])
-    bce = masked_mean(-continue_dist.log_prob(continues), mask)
+    weights = jnp.where(continues > 0.5, 1.0, termination_weight)
+    bce = masked_mean(-continue_dist.log_prob(continues) * weights, mask)
     predicted_continue = continue_dist.logits > 0
     actual_continue = continues > 0.5
     correct = (predicted_continue == actual_continue).astype(jnp.float32)
@@ -245,26 +253,30 @@ def actor_loss(
     entropy_coef: float,
     gradient: str = "dynamics",
     baseline: chex.Array | None = None,
+    return_scale: chex.Array | float = 1.0,
 ) -> tuple[chex.Array, Metrics]:
     """Loss 6 — maximise imagined λ-returns, with an entropy bonus::
 
-        dynamics:  L = -mean_{t,b} w·R_t − α·mean_{t,b} w·H[π(·|s_t)]
-        reinforce: L = -mean_{t,b} w·log π(a_t|s_t)·sg(R_t − V(s_t)) − α·mean w·H
+        dynamics:  L = -mean_{t,b} w·R_t / S − α·mean_{t,b} w·H[π(·|s_t)]
+        reinforce: L = -mean_{t,b} w·log π(a_t|s_t)·sg(R_t − V(s_t)) / S − α·mean w·H
 
     With ``gradient="dynamics"`` the gradient of ``R_t`` reaches the policy through the
     differentiable world model (reparameterised or straight-through actions); REINFORCE treats
     the model as a black box and uses the value as baseline.  ``weights`` ``[H, B]`` mask padded
-    start states (the seeds' version is a plain mean: all ones).
+    start states (the seeds' version is a plain mean: all ones).  ``return_scale`` ``S`` is 1 in
+    the seeds' version; :func:`wm_jax.returns.return_scale` makes α independent of the reward
+    scale (DreamerV3's return normalisation).
 
     Metrics: ``actor_loss``, ``mean_imagined_return``, ``entropy``, ``imagined_reward_mean``,
     ``imagined_continue_mean``.
     """
     chex.assert_equal_shape([returns, weights, imagined.entropies])
     entropy = masked_mean(imagined.entropies, weights)
+    scale = sg(return_scale)
     if gradient == "dynamics":
-        objective = masked_mean(returns, weights)
+        objective = masked_mean(returns / scale, weights)
     elif gradient == "reinforce":
-        advantage = sg(returns - baseline)
+        advantage = sg(returns - baseline) / scale
         objective = masked_mean(imagined.log_probs * advantage, weights)
     else:
         raise ValueError(f"unknown actor gradient {gradient!r}; choose 'dynamics' or 'reinforce'")
@@ -275,6 +287,7 @@ def actor_loss(
         "entropy": sg(entropy),
         "imagined_reward_mean": masked_mean(sg(imagined.rewards), weights),
         "imagined_continue_mean": masked_mean(sg(imagined.continues), weights),
+        "return_scale": jnp.asarray(scale, jnp.float32),
     }
 
 

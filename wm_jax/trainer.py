@@ -19,7 +19,7 @@ from absl import logging
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
-from wm_jax.config import validate
+from wm_jax.config import ConfigError, validate
 from wm_jax.envs import VectorEnv, make_env_spec
 from wm_jax.normalizer import RunningMeanStd, normalize
 from wm_jax.policy import make_act_fn
@@ -102,9 +102,12 @@ class Trainer:
     def __init__(self, config, workdir: str):
         self.config = validate(config)
         self.workdir = os.path.abspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
         c = self.config
-        self.spec = make_env_spec(c.env_id, dict(c.env_kwargs))
+        try:
+            self.spec = make_env_spec(c.env_id, dict(c.env_kwargs))
+        except ValueError as err:  # unknown id or unsupported spaces: a start-up config error
+            raise ConfigError(f"config.env_id={c.env_id!r}: {err}") from err
+        os.makedirs(self.workdir, exist_ok=True)
         self.agent = make_agent(c, self.spec)
         self.steps = make_steps(self.agent)
         self.act_fn = make_act_fn(self.agent)
@@ -149,7 +152,8 @@ class Trainer:
                 "updates": np.asarray(self.updates, np.int64),
                 "update_budget": np.asarray(self.update_budget, np.float64),
                 "episodes": np.asarray(self.episodes, np.int64),
-                "eval_returns": np.asarray(self.eval_returns, np.float64).reshape(-1, 3),
+                # A sentinel first row: orbax cannot save zero-size arrays.
+                "eval_returns": np.asarray([(-1.0, 0.0, 0.0), *self.eval_returns], np.float64),
             },
         }
 
@@ -168,7 +172,7 @@ class Trainer:
         self.updates = int(loop["updates"])
         self.update_budget = float(loop["update_budget"])
         self.episodes = int(loop["episodes"])
-        self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"]).tolist()]
+        self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"])[1:].tolist()]
         self.resumed_from = step
         logging.info("resumed from checkpoint at env step %d in %s", step, self.workdir)
 
@@ -176,7 +180,7 @@ class Trainer:
         # Shapes that vary with the run (saved eval history, env action histories) are read from
         # the checkpoint's own metadata rather than from this fresh process.
         template = self._extras()
-        meta = self.checkpointer.manager.item_metadata(self.checkpointer.latest_step())
+        meta = self.checkpointer.metadata(self.checkpointer.latest_step())
         saved = meta["extras"]
         template["loop"]["eval_returns"] = np.zeros(saved["loop"]["eval_returns"].shape)
         template["envs"] = {k: np.zeros(v.shape, v.dtype) for k, v in saved["envs"].items()}

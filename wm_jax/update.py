@@ -30,7 +30,7 @@ from wm_jax.config import validate
 from wm_jax.imagination import imagine
 from wm_jax.networks import COMPONENTS, Networks, build_networks
 from wm_jax.networks.encoders import normalize_image
-from wm_jax.returns import lambda_returns, td_targets
+from wm_jax.returns import discount_weights, lambda_returns, return_scale, td_targets
 from wm_jax.schedule import UpdateCounts
 from wm_jax.types import (
     Batch,
@@ -166,7 +166,9 @@ def world_model_loss(
     terms = {
         "dynamics": losses.dynamics_loss(dist, target, flat.mask, cfg.dynamics_loss),
         "reward": losses.reward_loss(apply(next_states, method=wm.reward), flat.reward, flat.mask),
-        "continue": losses.continue_loss(apply(next_states, method=wm.cont), flat.cont, flat.mask),
+        "continue": losses.continue_loss(
+            apply(next_states, method=wm.cont), flat.cont, flat.mask, cfg.termination_weight
+        ),
         "decoder": losses.decoder_loss(
             apply(all_states, method=wm.decode), normalize_image(all_obs), all_mask
         ),
@@ -287,8 +289,18 @@ def actor_loss_fn(
         cfg.imagination.lambda_,
     )
     w = jnp.broadcast_to(weights[None], returns.shape)
+    if cfg.actor.discount_weights:
+        # Imagined steps past a likely termination matter less (Dreamer's weighting).
+        w = w * sg(discount_weights(imagined.continues, cfg.imagination.gamma))
+    scale = return_scale(returns, w) if cfg.actor.return_norm else 1.0
     loss, metrics = losses.actor_loss(
-        imagined, returns, w, cfg.actor.entropy_coef, cfg.actor.gradient, imagined.values[:-1]
+        imagined,
+        returns,
+        w,
+        cfg.actor.entropy_coef,
+        cfg.actor.gradient,
+        imagined.values[:-1],
+        scale,
     )
     return loss, (metrics, imagined, weights)
 

@@ -1,0 +1,154 @@
+"""Learning benchmark: train one config on several seeds and report sample efficiency.
+
+    python experiments/benchmarks/learning.py --config=experiments/configs/cartpole.py \
+        --seeds=0,1,2 --threshold=475 --workdir=runs/bench_cartpole
+
+Each seed runs through the real trainer in its own process (``--parallel`` at a time).  Writes
+``learning_curves.png``, ``table.md`` and ``summary.json`` into ``--workdir`` and prints a table;
+the last line of output is one JSON object.  "Solved" means the *median over seeds* of the
+evaluation return reaches ``--threshold`` at some evaluation point within the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_CONFIG = flags.DEFINE_string("config", "experiments/configs/cartpole.py", "config file")
+_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
+_THRESHOLD = flags.DEFINE_float("threshold", 475.0, "eval return that counts as solved")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "seeds trained at once (each uses ~2 threads)")
+_OVERRIDES = flags.DEFINE_multi_string("override", [], "extra --config.x=y overrides (x=y)")
+
+
+def _eval_curve(run_dir: str) -> list[tuple[int, float]]:
+    curve = []
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if "eval_return_std" in record:
+                curve.append((record["env_step"], record["eval_return"]))
+    return curve
+
+
+def _median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def main(argv):
+    del argv
+    seeds = [int(s) for s in _SEEDS.value.split(",")]
+    name = os.path.splitext(os.path.basename(_CONFIG.value))[0]
+    workdir = os.path.abspath(_WORKDIR.value or os.path.join("runs", f"bench_{name}"))
+    os.makedirs(workdir, exist_ok=True)
+    procs, walls, started = {}, {}, {}
+    pending = list(seeds)
+    while pending or procs:
+        while pending and len(procs) < _PARALLEL.value:
+            seed = pending.pop(0)
+            run_dir = os.path.join(workdir, f"seed_{seed}")
+            cmd = [
+                sys.executable,
+                "-m",
+                "wm_jax.train",
+                f"--config={_CONFIG.value}",
+                f"--workdir={run_dir}",
+                f"--seed={seed}",
+                "--config.checkpoint_every=0",
+            ] + [f"--config.{o}" for o in _OVERRIDES.value]
+            log = open(os.path.join(workdir, f"seed_{seed}.log"), "w")
+            started[seed] = time.time()
+            procs[seed] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        for seed, proc in list(procs.items()):
+            if proc.poll() is not None:
+                walls[seed] = time.time() - started[seed]
+                if proc.returncode != 0:
+                    raise SystemExit(f"seed {seed} failed; see {workdir}/seed_{seed}.log")
+                del procs[seed]
+        time.sleep(1.0)
+
+    curves = {seed: _eval_curve(os.path.join(workdir, f"seed_{seed}")) for seed in seeds}
+    steps = sorted({s for curve in curves.values() for s, _ in curve})
+    median_curve = []
+    for step in steps:
+        vals = [dict(curves[seed]).get(step) for seed in seeds]
+        if all(v is not None for v in vals):
+            median_curve.append((step, _median(vals)))
+    solved_at = next((s for s, v in median_curve if v >= _THRESHOLD.value), None)
+    rows = []
+    for seed in seeds:
+        curve = curves[seed]
+        first = next((s for s, v in curve if v >= _THRESHOLD.value), None)
+        rows.append(
+            {
+                "seed": seed,
+                "final_eval": curve[-1][1] if curve else None,
+                "best_eval": max(v for _, v in curve) if curve else None,
+                "first_step_at_threshold": first,
+                "wall_s": round(walls[seed], 1),
+            }
+        )
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for seed in seeds:
+        xs, ys = zip(*curves[seed]) if curves[seed] else ((), ())
+        ax.plot(xs, ys, alpha=0.4, label=f"seed {seed}")
+    if median_curve:
+        xs, ys = zip(*median_curve)
+        ax.plot(xs, ys, color="black", linewidth=2, label="median")
+    ax.axhline(_THRESHOLD.value, color="red", linestyle="--", label="threshold")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval return (deterministic policy)")
+    ax.set_title(f"{name}: {len(seeds)} seeds")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "learning_curves.png"), dpi=120)
+
+    lines = [
+        "| seed | final eval | best eval | first step ≥ threshold | wall (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {r['final_eval']:.1f} | {r['best_eval']:.1f} | "
+            f"{r['first_step_at_threshold']} | {r['wall_s']} |"
+        )
+    lines.append(
+        f"\nmedian final eval {_median([r['final_eval'] for r in rows]):.1f}; "
+        f"median curve reaches {_THRESHOLD.value} at env step {solved_at}; "
+        f"median wall {_median([r['wall_s'] for r in rows]):.0f} s"
+    )
+    table = "\n".join(lines)
+    with open(os.path.join(workdir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    summary = {
+        "config": _CONFIG.value,
+        "overrides": _OVERRIDES.value,
+        "seeds": rows,
+        "threshold": _THRESHOLD.value,
+        "median_solved_at_env_step": solved_at,
+        "median_final_eval": _median([r["final_eval"] for r in rows]),
+        "median_wall_s": _median([r["wall_s"] for r in rows]),
+        "workdir": workdir,
+    }
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(table)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
