@@ -104,10 +104,10 @@ def main(argv):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for seed in seeds:
-        xs, ys = zip(*curves[seed]) if curves[seed] else ((), ())
+        xs, ys = zip(*curves[seed], strict=True) if curves[seed] else ((), ())
         ax.plot(xs, ys, alpha=0.4, label=f"seed {seed}")
     if median_curve:
-        xs, ys = zip(*median_curve)
+        xs, ys = zip(*median_curve, strict=True)
         ax.plot(xs, ys, color="black", linewidth=2, label="median")
     ax.axhline(_THRESHOLD.value, color="red", linestyle="--", label="threshold")
     ax.set_xlabel("env steps")
