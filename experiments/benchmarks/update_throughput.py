@@ -341,8 +341,9 @@ def main(argv):
 
     # ---- human-readable table
     print()
+    cpu = platform.processor() or platform.machine()
     print(
-        f"device: {device.platform} / {device.device_kind} ({platform.processor() or platform.machine()}),"
+        f"device: {device.platform} / {device.device_kind} ({cpu}),"
         f" jax {jax.__version__}, python {sys.version.split()[0]}"
     )
     print(
