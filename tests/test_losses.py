@@ -206,3 +206,40 @@ def test_termination_weight_scales_only_the_terminal_samples():
     expected = -(np.log(0.9) + 5.0 * np.log(0.1)) / 2
     np.testing.assert_allclose(weighted, expected, rtol=1e-5)
     assert weighted > base
+
+
+def _all_losses():
+    b, h, s = 3, 4, 2
+    normal = distrax.Normal(jnp.zeros((b, s)), jnp.ones((b, s)))
+    ones = jnp.ones(b)
+    return {
+        "dynamics": lambda: losses.dynamics_loss(normal, jnp.ones((b, s)), ones, "nll"),
+        "reward": lambda: losses.reward_loss(distrax.Normal(jnp.zeros(b), 1.0 + ones), ones, ones),
+        "continue": lambda: losses.continue_loss(distrax.Bernoulli(logits=ones), ones, ones),
+        "decoder": lambda: losses.decoder_loss(jnp.zeros((b, 5)), jnp.ones((b, 5)), ones),
+        "representation": lambda: losses.representation_loss(
+            jnp.ones((b, 6)), jnp.zeros((b, 6)), ones, jnp.zeros((b, s)), jnp.ones((b, s))
+        ),
+        "multi_step": lambda: losses.multi_step_loss(
+            _shift_dynamics,
+            jnp.zeros((b, h + 1, 1)),
+            jnp.ones((b, h, 1)),
+            jnp.ones((b, h)),
+            jnp.ones((b, h)),
+        ),
+        "actor": lambda: losses.actor_loss(
+            _imagined(h, b), jnp.ones((h, b)), jnp.ones((h, b)), 0.01
+        ),
+        "critic": lambda: losses.critic_loss(jnp.zeros((h, b)), jnp.ones((h, b)), jnp.ones((h, b))),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_all_losses()))
+def test_every_loss_jits_and_returns_a_scalar_with_named_metrics(name):
+    fn = _all_losses()[name]
+    eager_loss, eager_metrics = fn()
+    jit_loss, jit_metrics = jax.jit(fn)()
+    assert jnp.shape(jit_loss) == ()
+    np.testing.assert_allclose(jit_loss, eager_loss, rtol=1e-5)
+    assert set(jit_metrics) == set(eager_metrics)
+    assert any(key.startswith(name) or key == "actor_loss" for key in jit_metrics)
