@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from wm_jax.networks.common import MLP, get_activation
+from wm_jax.networks.encoders import cnn_strides
 
 
 class MLPDecoder(nn.Module):
@@ -46,16 +47,8 @@ class CNNDecoder(nn.Module):
     def __call__(self, states: jax.Array) -> jax.Array:
         act = get_activation(self.activation)
         height, width, channels = self.obs_shape
-        # Reproduce the encoder's resolution schedule to know where to start.
-        sizes = [(height, width)]
-        strides = []
-        for _ in range(self.max_layers):
-            h, w = sizes[-1]
-            stride = 2 if min(h, w) > self.min_resolution else 1
-            strides.append(stride)
-            sizes.append((math.ceil(h / stride), math.ceil(w / stride)))
+        strides, (h0, w0) = cnn_strides(height, width, self.max_layers, self.min_resolution)
         lead = states.shape[:-1]
-        h0, w0 = sizes[-1]
         top = self.depth * 2 ** (self.max_layers - 1)
         x = nn.Dense(h0 * w0 * top)(states.reshape((-1, states.shape[-1])))
         x = act(x).reshape((-1, h0, w0, top))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -34,6 +35,20 @@ def normalize_image(obs: jax.Array) -> jax.Array:
     return obs.astype(jnp.float32)
 
 
+def cnn_strides(
+    height: int, width: int, max_layers: int, min_resolution: int
+) -> tuple[list[int], tuple[int, int]]:
+    """The CNN's resolution schedule, shared by encoder and decoder so they always mirror each
+    other: stride 2 while the map is larger than ``min_resolution``, else 1 ('SAME' padding).
+    Returns the per-layer strides and the smallest feature map's ``(height, width)``."""
+    strides = []
+    for _ in range(max_layers):
+        stride = 2 if min(height, width) > min_resolution else 1
+        strides.append(stride)
+        height, width = math.ceil(height / stride), math.ceil(width / stride)
+    return strides, (height, width)
+
+
 class CNNEncoder(nn.Module):
     """Images ``[..., H, W, C]`` -> features ``[..., feature_dim]``.
 
@@ -53,8 +68,8 @@ class CNNEncoder(nn.Module):
         act = get_activation(self.activation)
         lead = obs.shape[:-3]
         x = normalize_image(obs).reshape((-1, *obs.shape[-3:]))
-        for i in range(self.max_layers):
-            stride = 2 if min(x.shape[1:3]) > self.min_resolution else 1
+        strides, _ = cnn_strides(*obs.shape[-3:-1], self.max_layers, self.min_resolution)
+        for i, stride in enumerate(strides):
             x = nn.Conv(self.depth * 2**i, (4, 4) if stride == 2 else (3, 3), strides=stride)(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
