@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
     im.lambda_ = 0.95
     im.sample_dynamics = False  # imagine with the next-state mean (False) or a sample (True)
     im.num_starts = 0  # start states per batch; 0 uses every real state in the batch
+    im.continue_mode = "probs"  # imagined c_t: "probs" (seeds) | "mode" (1 if P(continue) > 0.5)
     im.unroll = 1  # lax.scan unroll of the rollout (a speed knob; the maths is the same)
 
     # --- actor (policy head) -------------------------------------------------------------
@@ -137,6 +138,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "model.dynamics_std": ("learned", "fixed"),
         "world_model.dynamics_loss": ("mse", "nll"),
         "actor.gradient": ("dynamics", "reinforce"),
+        "imagination.continue_mode": ("probs", "mode"),
     }
     for field, allowed in choices.items():
         if allowed is None:

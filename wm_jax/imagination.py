@@ -71,11 +71,13 @@ def imagine(
     sample_dynamics: bool = False,
     detach_actions: bool = False,
     unroll: int = 1,
+    continue_mode: str = "probs",
 ) -> Imagined:
     """Imagines ``horizon`` steps from ``start_states`` ``[B, S]``; returns a time-major
     :class:`Imagined`.  ``detach_actions=True`` blocks the pathwise gradient (REINFORCE);
     ``unroll`` is passed to ``lax.scan`` (same maths; ``unroll=horizon`` lets XLA's cost analysis
-    count every step, which it does not do for a loop body)."""
+    count every step, which it does not do for a loop body).  ``continue_mode`` is "probs" (the
+    seeds: c_t = P(continue)) or "mode" (c_t = 1[P(continue) > 0.5])."""
     chex.assert_rank(start_states, 2)
     wm = nets.world_model
 
@@ -87,7 +89,12 @@ def imagine(
         dist = wm.apply(wm_params, state, action, method=wm.predict_next)
         nxt = next_state(dist, dynamics_key, sample_dynamics)
         reward = wm.apply(wm_params, nxt, method=wm.reward).mean()
-        cont = wm.apply(wm_params, nxt, method=wm.cont).probs
+        cont_dist = wm.apply(wm_params, nxt, method=wm.cont)
+        # "mode" thresholds at 0.5: a confidently safe state keeps the full γ instead of the
+        # slight γ·0.97-style shrinkage a never-quite-1 probability applies at every step.
+        cont = (
+            (cont_dist.logits > 0).astype(nxt.dtype) if continue_mode == "mode" else cont_dist.probs
+        )
         value = nets.critic.apply(critic_params, nxt)
         return nxt, (nxt, action, log_prob, entropy, reward, cont, value)
 

@@ -271,6 +271,7 @@ def imagine_from_batch(
         sample_dynamics=cfg.imagination.sample_dynamics,
         detach_actions=cfg.actor.gradient == "reinforce",
         unroll=cfg.imagination.unroll,
+        continue_mode=cfg.imagination.continue_mode,
     )
     return imagined, weights
 
