@@ -132,8 +132,9 @@ def _require(cond: bool, field: str, message: str) -> None:
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raises :class:`ConfigError` naming the first impossible value; returns ``c``."""
+    # Component names (model.encoder, ...) are checked against the registries when the networks
+    # are built, so components registered by users are accepted.
     choices = {
-        "model.representation": None,  # registry-checked when networks are built
         "model.state_norm": ("layernorm", "tanh", "none"),
         "model.dynamics_std": ("learned", "fixed"),
         "world_model.dynamics_loss": ("mse", "nll"),
@@ -141,8 +142,6 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "imagination.continue_mode": ("probs", "mode"),
     }
     for field, allowed in choices.items():
-        if allowed is None:
-            continue
         value = c[field.split(".")[0]][field.split(".")[1]]
         _require(value in allowed, field, f"{value!r} is not one of {allowed}")
     for field in (

@@ -40,7 +40,6 @@ from wm_jax.types import (
     Sequence,
     SequenceContext,
     TrainState,
-    Transition,
     make_causal_mask,
 )
 
@@ -496,5 +495,4 @@ __all__ = [
     "train_step",
     "world_model_loss",
     "world_model_update",
-    "Transition",
 ]
