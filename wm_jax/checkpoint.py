@@ -62,15 +62,22 @@ class Checkpointer:
         )
 
     def restore(
-        self, state_template: TrainState, extras_template: dict[str, Any], step: int | None = None
+        self, state_template: TrainState, step: int | None = None
     ) -> tuple[int, TrainState, dict[str, Any]]:
-        """Restores ``step`` (default: the newest) against templates with the saved structure."""
+        """Restores ``step`` (default: the newest).
+
+        The state is restored against ``state_template`` (so ``TrainState`` and the optax states
+        come back as their own types); the extras are plain numpy arrays whose shapes vary with
+        the run (eval history, env action histories), so they are restored against the
+        checkpoint's own metadata and validated by their owners' ``load_state_dict``.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
         abstract_extras = jax.tree.map(
-            ocp.utils.to_shape_dtype_struct, _as_numpy_tree(extras_template)
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+            self.manager.item_metadata(step)["extras"],
         )
         restored = self.manager.restore(
             step,
@@ -81,10 +88,6 @@ class Checkpointer:
         )
         extras = jax.tree.map(np.asarray, restored["extras"])
         return step, restored["state"], extras
-
-    def metadata(self, step: int) -> dict[str, Any]:
-        """The saved tree structure (shapes and dtypes) of ``step``, for building templates."""
-        return self.manager.item_metadata(step)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -162,7 +162,7 @@ class Trainer:
             self.checkpointer.save(self.env_step, self.state, self._extras())
 
     def _restore(self) -> None:
-        step, state, extras = self.checkpointer.restore(self.state, self._restore_template())
+        step, state, extras = self.checkpointer.restore(self.state)
         self.state = state
         self.replay.load_state_dict(extras["replay"])
         self.normalizer.load_state_dict(extras["normalizer"])
@@ -175,16 +175,6 @@ class Trainer:
         self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"])[1:].tolist()]
         self.resumed_from = step
         logging.info("resumed from checkpoint at env step %d in %s", step, self.workdir)
-
-    def _restore_template(self) -> dict[str, Any]:
-        # Shapes that vary with the run (saved eval history, env action histories) are read from
-        # the checkpoint's own metadata rather than from this fresh process.
-        template = self._extras()
-        meta = self.checkpointer.metadata(self.checkpointer.latest_step())
-        saved = meta["extras"]
-        template["loop"]["eval_returns"] = np.zeros(saved["loop"]["eval_returns"].shape)
-        template["envs"] = {k: np.zeros(v.shape, v.dtype) for k, v in saved["envs"].items()}
-        return template
 
     # -- the loop ------------------------------------------------------------------------------
 
