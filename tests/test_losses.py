@@ -3,9 +3,11 @@ import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from wm_jax import losses
+from wm_jax.networks.heads import ValueFunction
 from wm_jax.types import Imagined
 
 
@@ -243,3 +245,39 @@ def test_every_loss_jits_and_returns_a_scalar_with_named_metrics(name):
     np.testing.assert_allclose(jit_loss, eager_loss, rtol=1e-5)
     assert set(jit_metrics) == set(eager_metrics)
     assert any(key.startswith(name) or key == "actor_loss" for key in jit_metrics)
+
+
+def test_distributional_critic_loss_is_cross_entropy_to_two_hot_symlog_targets():
+    centers = jnp.linspace(-2.0, 2.0, 5)
+    targets = jnp.array([np.e - 1.0])  # symlog → exactly 1.0, the fourth bin
+    logits = jnp.log(jnp.array([[0.1, 0.1, 0.1, 0.6, 0.1]]))
+    values = jnp.array([0.0])  # the read-out does not enter the loss
+    loss, _ = losses.critic_loss(values, targets, jnp.ones(1), logits, centers)
+    np.testing.assert_allclose(loss, -np.log(0.6), rtol=1e-5)
+    g = jax.grad(lambda t: losses.critic_loss(values, t, jnp.ones(1), logits, centers)[0])(targets)
+    np.testing.assert_allclose(g, 0.0)
+
+
+def test_distributional_critic_fits_returns_of_very_different_sizes():
+    critic = ValueFunction((16,), bins=41)
+    states = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    targets = jnp.array([3.0, 400.0])
+    params = critic.init(jax.random.PRNGKey(0), states)
+    opt = optax.adam(1e-2)
+
+    def loss_fn(p):
+        logits = critic.apply(p, states, method=critic.logits)
+        return losses.critic_loss(
+            critic.readout(logits), targets, jnp.ones(2), logits, critic.bin_centers
+        )[0]
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(loss_fn)(p)
+        u, s = opt.update(g, s)
+        return optax.apply_updates(p, u), s
+
+    opt_state = opt.init(params)
+    for _ in range(300):
+        params, opt_state = step(params, opt_state)
+    np.testing.assert_allclose(critic.apply(params, states), targets, rtol=0.05)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wm_jax.returns import discount_weights, lambda_returns, td_targets
+from wm_jax.returns import discount_weights, lambda_returns, symexp, symlog, td_targets, two_hot
 
 
 def python_lambda_returns(rewards, continues, values_tp1, gamma, lambda_):
@@ -101,3 +101,20 @@ def test_return_scale_is_the_percentile_spread_but_never_below_one():
     # Padded entries (weight 0) are ignored.
     weights = (returns <= 10).astype(jnp.float32)
     np.testing.assert_allclose(return_scale(returns, weights), 9.0, rtol=1e-5)
+
+
+def test_symexp_inverts_symlog_across_magnitudes():
+    x = jnp.array([-1e4, -3.0, -0.1, 0.0, 0.1, 3.0, 500.0, 1e4])
+    np.testing.assert_allclose(symexp(symlog(x)), x, rtol=1e-5)
+    np.testing.assert_allclose(symlog(jnp.array([0.0, np.e - 1])), [0.0, 1.0], rtol=1e-6)
+
+
+def test_two_hot_puts_mass_on_the_bracketing_bins_and_keeps_the_mean():
+    centers = jnp.linspace(-2.0, 2.0, 5)  # -2, -1, 0, 1, 2
+    w = two_hot(jnp.array([0.25, -1.0, 7.0, -7.0]), centers)
+    np.testing.assert_allclose(w[0], [0, 0, 0.75, 0.25, 0], atol=1e-6)
+    np.testing.assert_allclose(w[1], [0, 1, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(w[2], [0, 0, 0, 0, 1], atol=1e-6)  # clipped to the range
+    np.testing.assert_allclose(w[3], [1, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose((w * centers).sum(-1)[:2], [0.25, -1.0], rtol=1e-6)

@@ -104,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
     # τ of the target critic, θ' <- (1 - τ)·θ' + τ·θ after each critic update; 1.0 bootstraps
     # from the online critic itself (the seeds); ~0.02 gives the usual slow target network.
     cr.target_update_rate = 1.0
+    # 0: regress V directly with MSE (the seeds); > 0: DreamerV3's distributional critic, a
+    # softmax over this many symlog-spaced bins trained on two-hot targets (255 in DreamerV3).
+    cr.bins = 0
 
     # --- schedule (seeds Diagram 5) ------------------------------------------------------
     s = c.schedule = ml_collections.ConfigDict()
@@ -191,6 +194,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(0.0 <= c.imagination.lambda_ <= 1.0, "imagination.lambda_", "must lie in [0, 1]")
     _require(
         0.0 < c.critic.target_update_rate <= 1.0, "critic.target_update_rate", "must lie in (0, 1]"
+    )
+    _require(
+        c.critic.bins == 0 or c.critic.bins >= 2,
+        "critic.bins",
+        f"must be 0 (scalar critic) or >= 2 bins, got {c.critic.bins}",
     )
     _require(c.actor.entropy_coef >= 0, "actor.entropy_coef", "must be >= 0")
     _require(0.0 <= c.actor.unimix < 1.0, "actor.unimix", "must lie in [0, 1)")

@@ -17,6 +17,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from wm_jax.returns import symlog, two_hot
 from wm_jax.types import Imagined, Metrics
 
 sg = jax.lax.stop_gradient
@@ -292,16 +293,29 @@ def actor_loss(
 
 
 def critic_loss(
-    values: chex.Array, targets: chex.Array, weights: chex.Array
+    values: chex.Array,
+    targets: chex.Array,
+    weights: chex.Array,
+    logits: chex.Array | None = None,
+    bin_centers: chex.Array | None = None,
 ) -> tuple[chex.Array, Metrics]:
     """Loss 7 — regress ``V(s)`` on held-fixed return targets::
 
-        L = mean w·(V(s) − sg(R))²
+        L = mean w·(V(s) − sg(R))²                                  (scalar critic, the seeds)
+        L = mean w·(−Σ_k twohot(symlog(sg(R)))_k · log softmax(logits)_k)   (``logits`` given)
+
+    The second form is DreamerV3's distributional critic (``values`` are then its read-out).
 
     Metrics: ``critic_loss``, ``critic_value_mean``, ``critic_value_std``.
     """
     chex.assert_equal_shape([values, targets, weights])
-    loss = masked_mean((values - sg(targets)) ** 2, weights)
+    if logits is None:
+        loss = masked_mean((values - sg(targets)) ** 2, weights)
+    else:
+        chex.assert_shape(logits, (*values.shape, bin_centers.shape[0]))
+        target_probs = two_hot(symlog(sg(targets)), bin_centers)
+        nll = -jnp.sum(target_probs * jax.nn.log_softmax(logits, -1), -1)
+        loss = masked_mean(nll, weights)
     mean = masked_mean(values, weights)
     std = jnp.sqrt(masked_mean((values - mean) ** 2, weights))
     return loss, {"critic_loss": loss, "critic_value_mean": sg(mean), "critic_value_std": sg(std)}

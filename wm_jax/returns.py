@@ -68,3 +68,24 @@ def return_scale(
     lo = jnp.nanpercentile(jnp.where(valid, returns, jnp.nan), low)
     hi = jnp.nanpercentile(jnp.where(valid, returns, jnp.nan), high)
     return jax.lax.stop_gradient(jnp.maximum(1.0, jnp.nan_to_num(hi - lo)))
+
+
+def symlog(x: jax.Array) -> jax.Array:
+    """``sign(x)·log(1 + |x|)``: compresses large magnitudes, identity-like near 0."""
+    return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+
+
+def symexp(x: jax.Array) -> jax.Array:
+    """The inverse of :func:`symlog`: ``sign(x)·(exp(|x|) − 1)``."""
+    return jnp.sign(x) * jnp.expm1(jnp.abs(x))
+
+
+def two_hot(x: jax.Array, centers: jax.Array) -> jax.Array:
+    """``[..., K]`` weights on the two bin centers that bracket ``x`` (linear interpolation),
+    summing to 1, with ``Σ_k w_k·b_k = x`` for ``x`` inside the bin range (clipped outside)."""
+    x = jnp.clip(x, centers[0], centers[-1])
+    hi = jnp.clip(jnp.searchsorted(centers, x, side="right"), 1, centers.shape[0] - 1)
+    lo = hi - 1
+    frac = (x - centers[lo]) / (centers[hi] - centers[lo])
+    k = centers.shape[0]
+    return jax.nn.one_hot(lo, k) * (1.0 - frac)[..., None] + jax.nn.one_hot(hi, k) * frac[..., None]

@@ -362,6 +362,20 @@ def real_value_targets(
     return states, sg(td_targets(batch.reward, batch.cont, next_values, cfg.gamma)), batch.mask
 
 
+def _critic_fit(critic, params, states, targets, weights) -> tuple[chex.Array, Metrics]:
+    """:func:`wm_jax.losses.critic_loss` of ``V(states)`` against ``targets``, scalar or
+    distributional (``config.critic.bins``), plus the TD-error monitor."""
+    if critic.bins > 0:
+        logits = critic.apply(params, states, method=critic.logits)
+        values = critic.readout(logits)
+        loss, metrics = losses.critic_loss(values, targets, weights, logits, critic.bin_centers)
+    else:
+        values = critic.apply(params, states)
+        loss, metrics = losses.critic_loss(values, targets, weights)
+    metrics.update(losses.td_error_monitor(values, targets, weights))
+    return loss, metrics
+
+
 def critic_loss_fn(
     critic_params: Params,
     agent: Agent,
@@ -379,14 +393,9 @@ def critic_loss_fn(
     returns = sg(
         lambda_returns(imagined.rewards, imagined.continues, bootstrap, cfg.gamma, cfg.lambda_)
     )
-    values = critic.apply(critic_params, imagined.states[:-1])
     w = jnp.broadcast_to(weights[None], returns.shape)
-    imag_loss, metrics = losses.critic_loss(values, returns, w)
-    metrics.update(losses.td_error_monitor(values, returns, w))
-    real_states, real_targets, real_weights = real
-    real_loss, _ = losses.critic_loss(
-        critic.apply(critic_params, real_states), real_targets, real_weights
-    )
+    imag_loss, metrics = _critic_fit(critic, critic_params, imagined.states[:-1], returns, w)
+    real_loss, _ = _critic_fit(critic, critic_params, *real)
     loss = real_mix * real_loss + (1.0 - real_mix) * imag_loss
     metrics.update(
         critic_loss=loss,

@@ -140,7 +140,7 @@ def build_networks(config, spec) -> Networks:
         max_std=config.actor.max_std,
         **_common(m),
     )
-    critic = ValueFunction(_hidden(m), **_common(m))
+    critic = ValueFunction(_hidden(m), bins=config.critic.bins, **_common(m))
     return Networks(world_model, actor, critic)
 
 

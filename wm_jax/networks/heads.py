@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from wm_jax.networks.common import MLP
+from wm_jax.returns import symexp
 
 
 class RewardPredictor(nn.Module):
@@ -86,14 +87,41 @@ class PolicyHead(nn.Module):
 
 
 class ValueFunction(nn.Module):
-    """``V(s)``: one scalar per state (Loss 7)."""
+    """``V(s)``: one scalar per state (Loss 7).
+
+    ``bins = 0`` regresses the value directly (the seeds).  ``bins > 0`` makes it DreamerV3's
+    distributional critic: logits over ``bins`` equally spaced points of symlog space, read out
+    as ``V = symexp(Σ_k softmax(logits)_k · b_k)`` and trained by cross-entropy against the
+    two-hot encoding of ``symlog(target)`` (:func:`wm_jax.losses.critic_loss`).  Its gradients do
+    not grow with the size of the returns, which keeps a critic of 0–500 returns trainable.
+    """
 
     hidden: Sequence[int] = (256, 256)
     activation: str = "elu"
     layer_norm: bool = True
+    bins: int = 0
+    bin_range: float = 20.0  # symlog(±20) ≈ ±4.9e8: far beyond any return
 
-    @nn.compact
+    def setup(self):
+        # A zero-initialised output starts every value at exactly 0 (uniform logits for bins).
+        self.net = MLP(
+            self.hidden, max(self.bins, 1), self.activation, self.layer_norm, output_scale=0.0
+        )
+
+    @property
+    def bin_centers(self) -> jax.Array:
+        return jnp.linspace(-self.bin_range, self.bin_range, self.bins)
+
+    def logits(self, state: jax.Array) -> jax.Array:
+        """``[..., bins]`` logits of the symlog-space value distribution (``bins > 0`` only)."""
+        if self.bins <= 0:
+            raise ValueError("ValueFunction.logits needs bins > 0 (config.critic.bins)")
+        return self.net(state)
+
+    def readout(self, logits: jax.Array) -> jax.Array:
+        """The value ``symexp(E[b])`` of ``[..., bins]`` logits (needs no parameters)."""
+        return symexp(jnp.sum(jax.nn.softmax(logits, -1) * self.bin_centers, -1))
+
     def __call__(self, state: jax.Array) -> jax.Array:
-        return MLP(self.hidden, 1, self.activation, self.layer_norm, output_scale=0.0)(state)[
-            ..., 0
-        ]
+        out = self.net(state)
+        return out[..., 0] if self.bins <= 0 else self.readout(out)
