@@ -72,3 +72,12 @@ def test_critic_real_mix_anneals_from_one_to_zero_over_the_transition():
     assert critic_real_mix(7_500, s) == pytest.approx(0.5)
     assert critic_real_mix(10_000, s) == 0.0
     assert critic_real_mix(50_000, s) == 0.0
+
+
+def test_critic_real_mix_can_keep_a_floor_of_real_targets():
+    s = get_config().schedule
+    s.final_real_mix = 0.25
+    assert critic_real_mix(5_000, s) == 1.0
+    assert critic_real_mix(7_500, s) == pytest.approx(0.625)
+    assert critic_real_mix(50_000, s) == pytest.approx(0.25)
+    assert float(critic_real_mix(jnp.asarray(50_000), s)) == pytest.approx(0.25)

@@ -111,7 +111,8 @@ def get_config() -> ml_collections.ConfigDict:
     # --- schedule (seeds Diagram 5) ------------------------------------------------------
     s = c.schedule = ml_collections.ConfigDict()
     s.warmup_steps = 5_000  # world model only
-    s.transition_steps = 10_000  # critic_real_mix anneals 1 -> 0 between warmup and here
+    s.transition_steps = 10_000  # critic_real_mix anneals 1 -> final_real_mix by here
+    s.final_real_mix = 0.0  # weight of real-data critic targets after the transition (seeds: 0)
     s.wm_updates = 1
     s.actor_updates = 1
     s.critic_updates = 1
@@ -199,6 +200,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         c.critic.bins == 0 or c.critic.bins >= 2,
         "critic.bins",
         f"must be 0 (scalar critic) or >= 2 bins, got {c.critic.bins}",
+    )
+    _require(
+        0.0 <= c.schedule.final_real_mix <= 1.0, "schedule.final_real_mix", "must lie in [0, 1]"
     )
     _require(c.actor.entropy_coef >= 0, "actor.entropy_coef", "must be >= 0")
     _require(0.0 <= c.actor.unimix < 1.0, "actor.unimix", "must lie in [0, 1)")

@@ -3,7 +3,7 @@
     env step:  0 ── warmup ──┬── transition ──┬──────── full training ────────
     WM updates:   n_wm       │   n_wm         │  n_wm  (early_wm_updates before the
     actor/critic: 0          │   n_a / n_c    │         early/late boundary, late_* after,
-    critic_real_mix:         1 ─────────────► 0         when multi_update is on)
+    critic_real_mix:         1 ─────────────► final_real_mix (seeds: 0)  when multi_update is on)
 
 Every function accepts a Python int (host loop) or a traced integer (on-device loop).
 """
@@ -61,10 +61,12 @@ def update_counts(env_step, schedule) -> UpdateCounts:
 
 
 def critic_real_mix(env_step, schedule):
-    """Weight of real-data returns in the critic loss: 1 until warmup ends, linearly down to 0 at
-    ``transition_steps``, 0 afterwards (the seeds' "gradually trust imagined returns more")."""
+    """Weight of real-data returns in the critic loss: 1 until warmup ends, linearly down to
+    ``final_real_mix`` at ``transition_steps``, constant afterwards.  The seeds' "gradually trust
+    imagined returns more" ends at 0; a floor keeps the critic anchored to real terminations."""
     span = max(schedule.transition_steps - schedule.warmup_steps, 1)
     frac = (env_step - schedule.warmup_steps) / span
+    end = schedule.final_real_mix
     if isinstance(env_step, int):
-        return float(min(max(1.0 - frac, 0.0), 1.0))
-    return jnp.clip(1.0 - frac, 0.0, 1.0)
+        return float(end + (1.0 - end) * min(max(1.0 - frac, 0.0), 1.0))
+    return end + (1.0 - end) * jnp.clip(1.0 - frac, 0.0, 1.0)
