@@ -59,6 +59,29 @@ def policy_step(
     return jnp.clip(action, -1 + 1e-6, 1 - 1e-6), log_prob, -log_prob
 
 
+def policy_terms(
+    nets: Networks,
+    actor_params: Params,
+    states: chex.Array,
+    actions: chex.Array,
+    key: chex.PRNGKey,
+    discrete: bool,
+) -> tuple[chex.Array, chex.Array]:
+    """``(log π(a|s), entropy)`` for given states ``[..., S]`` and actions, in one batched pass.
+
+    REINFORCE needs no gradient through the rollout, so the policy is re-scored on the finished
+    trajectory instead of being differentiated through ``H`` scan steps.  Continuous entropies use
+    a fresh reparameterised sample (``-log π(a'|s)``): the score of a fixed action would have a zero
+    mean gradient.
+    """
+    dist = nets.actor.apply(actor_params, states)
+    log_prob = dist.log_prob(actions)
+    if discrete:
+        return log_prob, dist.entropy()
+    _, fresh_log_prob = dist.sample_and_log_prob(seed=key)
+    return log_prob, -fresh_log_prob
+
+
 def imagine(
     nets: Networks,
     wm_params: Params,

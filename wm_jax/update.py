@@ -27,7 +27,7 @@ import optax
 
 from wm_jax import losses
 from wm_jax.config import validate
-from wm_jax.imagination import imagine
+from wm_jax.imagination import imagine, policy_terms
 from wm_jax.networks import COMPONENTS, Networks, build_networks
 from wm_jax.networks.encoders import normalize_image
 from wm_jax.returns import discount_weights, lambda_returns, return_scale, td_targets
@@ -280,7 +280,21 @@ def actor_loss_fn(
 ) -> tuple[chex.Array, tuple[Metrics, Imagined, chex.Array]]:
     """Imagine, compute λ-returns, and score them with :func:`wm_jax.losses.actor_loss`."""
     cfg = agent.config
-    imagined, weights = imagine_from_batch(agent, state, actor_params, batch, key)
+    if cfg.actor.gradient == "reinforce":
+        # Roll out without a gradient, then re-score the policy on the whole trajectory at once.
+        key, terms_key = jax.random.split(key)
+        imagined, weights = imagine_from_batch(agent, state, sg(actor_params), batch, key)
+        log_probs, entropies = policy_terms(
+            agent.nets,
+            actor_params,
+            imagined.states[:-1],
+            imagined.actions,
+            terms_key,
+            agent.spec.discrete,
+        )
+        imagined = imagined.replace(log_probs=log_probs, entropies=entropies)
+    else:
+        imagined, weights = imagine_from_batch(agent, state, actor_params, batch, key)
     returns = lambda_returns(
         imagined.rewards,
         imagined.continues,
