@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +28,8 @@ TINY = [
     "--config.model.state_dim=8",
     "--config.model.hidden_dim=16",
     "--config.imagination.horizon=4",
+    "--config.diagnostics.open_loop_every=128",
+    "--config.diagnostics.open_loop_horizon=8",
 ]
 
 # Bit-exact CPU runs need one thread (jax issue #39741): see BUILD_NOTES.md.
@@ -70,6 +73,11 @@ def test_cli_trains_logs_and_checkpoints(cli_run):
         "continue_accuracy",
     ):
         assert name in merged, name
+    assert "open_loop_error_step1" in merged
+    checks = [json.loads(line) for line in open(workdir / "open_loop.jsonl")]
+    assert [c["env_step"] for c in checks] == [128, 256]
+    assert len(checks[-1]["error_by_step"]) == 8
+    assert np.asarray(checks[-1]["pred"]).shape == (3, 8, 4)  # raw CartPole observations
     phases = {r.get("phase") for r in records}
     assert {"warmup", "transition", "full"} <= phases
     assert any(

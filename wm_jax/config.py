@@ -122,6 +122,12 @@ def get_config() -> ml_collections.ConfigDict:
     s.late_actor_updates = 2
     s.late_critic_updates = 2
 
+    # --- diagnostics (wm_jax.open_loop, wm_jax.diagnostics) ------------------------------
+    d = c.diagnostics = ml_collections.ConfigDict()
+    d.open_loop_every = 5_000  # env steps between open-loop prediction checks; 0 disables
+    d.open_loop_horizon = 50
+    d.open_loop_batch = 16  # replayed windows per check
+
     # --- batches -------------------------------------------------------------------------
     c.batch_size = 64
     c.sequence_mode = False
@@ -163,6 +169,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "replay_capacity",
         "eval_episodes",
         "keep_checkpoints",
+        "diagnostics.open_loop_horizon",
+        "diagnostics.open_loop_batch",
     ):
         group, _, name = field.rpartition(".")
         value = c[group][name] if group else c[name]
@@ -176,6 +184,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(c.train_ratio > 0, "train_ratio", f"must be > 0, got {c.train_ratio}")
     for name in ("prefill_steps", "eval_every", "log_every", "checkpoint_every"):
         _require(c[name] >= 0, name, f"must be >= 0, got {c[name]}")
+    _require(
+        c.diagnostics.open_loop_every >= 0, "diagnostics.open_loop_every", "must be >= 0 (0: off)"
+    )
     _require(
         c.replay_capacity >= c.num_envs * max(c.sequence_length + 1, 2),
         "replay_capacity",

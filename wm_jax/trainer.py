@@ -8,6 +8,7 @@ key and a resumed run draws exactly what the uninterrupted one would have drawn.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from wm_jax.checkpoint import Checkpointer
 from wm_jax.config import ConfigError, validate
 from wm_jax.envs import VectorEnv, make_env_spec
 from wm_jax.normalizer import RunningMeanStd, normalize
+from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.schedule import critic_real_mix, phase, update_counts
@@ -111,6 +113,7 @@ class Trainer:
         self.agent = make_agent(c, self.spec)
         self.steps = make_steps(self.agent)
         self.act_fn = make_act_fn(self.agent)
+        self.open_loop_fn = make_open_loop_fn(self.agent)
         self.envs = VectorEnv(c.env_id, c.num_envs, c.seed, c.vector_mode, dict(c.env_kwargs))
         self.replay = ReplayBuffer(
             c.replay_capacity,
@@ -222,6 +225,42 @@ class Trainer:
         self.updates += 1
         history.append(metrics)
 
+    def open_loop_check(self) -> dict[str, Any] | None:
+        """The open-loop prediction check on replayed windows (:mod:`wm_jax.open_loop`); writes
+        one line of ``open_loop.jsonl`` and returns scalar summaries for the metrics, or None
+        while the replay holds no window of the configured horizon."""
+        d = self.config.diagnostics
+        rng = np.random.default_rng([self.config.seed, self.env_step, 13])
+        try:
+            windows = self.replay.sample_sequences(rng, d.open_loop_batch, d.open_loop_horizon)
+        except ValueError:
+            return None
+        mean, std = self.normalizer.stats()
+        batch = _prepare_batch_jit(windows, mean, std, np.float32(self.config.reward_scale))
+        out = jax.device_get(self.open_loop_fn(self.state.wm_params, batch))
+        obs_err = out["obs_error_by_step"]
+        record: dict[str, Any] = {
+            "env_step": self.env_step,
+            "error_by_step": obs_err.tolist(),
+            "state_error_by_step": out["state_error_by_step"].tolist(),
+            "valid_by_step": out["valid_by_step"].tolist(),
+        }
+        if len(self.spec.obs_shape) == 1:  # a few trajectories in raw observation units
+            n = min(3, windows.obs.shape[0])
+            std_np, mean_np = np.asarray(std), np.asarray(mean)
+            record["true"] = windows.obs[:n, 1:].tolist()
+            record["pred"] = (out["pred_obs"][:n] * std_np + mean_np).tolist()
+            record["mask"] = windows.mask[:n].tolist()
+        with open(os.path.join(self.workdir, "open_loop.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        valid = out["valid_by_step"] > 0
+        last = int(np.nonzero(valid)[0][-1]) if valid.any() else 0
+        return {
+            "open_loop_error_step1": float(obs_err[0]),
+            "open_loop_error_last": float(obs_err[last]),
+            "open_loop_error_mean": float(np.mean(obs_err[valid])) if valid.any() else 0.0,
+        }
+
     def run(self, stop_at: int | None = None) -> RunResult:
         """Trains until ``config.total_env_steps`` (or ``stop_at``, to simulate an interruption)."""
         c = self.config
@@ -271,6 +310,9 @@ class Trainer:
                         record["train_return"] = float(np.mean(train_returns))
                     if self.eval_returns:
                         record["eval_return"] = self.eval_returns[-1][1]
+                    every = c.diagnostics.open_loop_every
+                    if every and self.env_step % every < c.log_every and self.updates:
+                        record.update(self.open_loop_check() or {})
                     writer.write(
                         self.env_step, {k: v for k, v in record.items() if k != "eval_return"}
                     )
