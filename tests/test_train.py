@@ -162,3 +162,17 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(tmp_path):
     b = np.load(interrupted / "final_params.npy")
     assert a.shape == b.shape
     assert np.array_equal(a, b), f"max abs diff {np.max(np.abs(a - b))}"
+
+
+def test_cli_stops_after_consecutive_nonfinite_updates_with_a_pointer_to_the_cause(tmp_path):
+    # An absurd learning rate blows the world model up; every later update is non-finite.
+    result = run_cli(
+        str(tmp_path / "nan"),
+        "--config.world_model.lr=1e30",
+        "--config.max_nonfinite_updates=3",
+        "--config.checkpoint_every=64",
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "consecutive" in result.stderr and "non-finite" in result.stderr
+    assert "config.world_model.lr" in result.stderr
+    assert "last good checkpoint" in result.stderr

@@ -20,6 +20,7 @@ from wm_jax.update import (
     init_state,
     make_agent,
     make_steps,
+    nonfinite_streak,
     world_model_loss,
 )
 
@@ -259,3 +260,26 @@ def test_every_metric_is_a_finite_scalar(setup):
         "critic",
     ):
         assert f"{name}_grad_norm" in metrics
+
+
+def test_nonfinite_batch_skips_every_update_and_leaves_the_state_unchanged(discrete_setup):
+    """A NaN in the batch makes every loss and gradient non-finite: all three optimisers must skip
+    (parameters and Adam moments bit-identical), count the skip, and resume on a clean batch."""
+    agent, steps, state, batch = discrete_setup
+    bad = batch.replace(obs=batch.obs.at[0, 0].set(jnp.nan))
+    new, metrics = steps.train_step(state, bad, UpdateCounts(1, 1, 1), 0.0)
+    for name in ("wm", "actor", "critic"):
+        assert trees_equal(getattr(new, f"{name}_params"), getattr(state, f"{name}_params"))
+        assert trees_equal(
+            getattr(new, f"{name}_opt_state").inner_state,
+            getattr(state, f"{name}_opt_state").inner_state,
+        )
+    for group in ("world_model", "actor", "critic"):
+        assert float(metrics[f"{group}_update_skipped"]) == 1.0
+    assert int(nonfinite_streak(new.wm_opt_state)) == 1
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new.critic_target_params))
+
+    recovered, metrics = steps.train_step(new, batch, UpdateCounts(1, 1, 1), 0.0)
+    assert float(metrics["world_model_update_skipped"]) == 0.0
+    assert int(nonfinite_streak(recovered.wm_opt_state)) == 0
+    assert not trees_equal(recovered.wm_params, state.wm_params)

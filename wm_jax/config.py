@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 1_000  # env steps
     c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
     c.keep_checkpoints = 3
+    # Non-finite losses/gradients skip that optimiser's update; this many in a row stop the run.
+    c.max_nonfinite_updates = 100
     c.report = True  # write report plots at the end of a run
 
     # --- components (chosen by name: see wm_jax.networks registries) ---------------------
@@ -169,6 +171,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "replay_capacity",
         "eval_episodes",
         "keep_checkpoints",
+        "max_nonfinite_updates",
         "diagnostics.open_loop_horizon",
         "diagnostics.open_loop_batch",
     ):

@@ -12,6 +12,7 @@ automatically from the newest checkpoint in ``--workdir``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -37,7 +38,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from wm_jax.config import ConfigError
-    from wm_jax.trainer import train
+    from wm_jax.trainer import NonFiniteError, train
 
     config = _CONFIG.value
     if _SEED.value is not None:
@@ -51,6 +52,10 @@ def main(argv):
         result = train(config, workdir)
     except ConfigError as err:
         raise app.UsageError(str(err)) from None
+    except NonFiniteError as err:
+        logging.error("%s", err)
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(3)
     final = result.eval_returns[-1] if result.eval_returns else None
     summary = f"trained {result.env_steps} env steps"
     if final is not None:

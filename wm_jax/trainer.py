@@ -28,7 +28,7 @@ from wm_jax.policy import make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.types import Sequence
-from wm_jax.update import make_agent, make_steps
+from wm_jax.update import make_agent, make_steps, nonfinite_streak
 
 LOG_KEYS = (
     "eval_return",
@@ -42,6 +42,10 @@ LOG_KEYS = (
     "critic_loss",
     "env_steps_per_s",
 )
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates had non-finite losses or gradients; the run stopped."""
 
 
 @dataclasses.dataclass
@@ -261,6 +265,34 @@ class Trainer:
             "open_loop_error_mean": float(np.mean(obs_err[valid])) if valid.any() else 0.0,
         }
 
+    def _check_nonfinite(self) -> None:
+        """Stops the run after ``max_nonfinite_updates`` consecutive skipped updates of any
+        optimiser (each skip left that optimiser's parameters and state unchanged)."""
+        streaks = jax.device_get(
+            {
+                "world_model": nonfinite_streak(self.state.wm_opt_state),
+                "actor": nonfinite_streak(self.state.actor_opt_state),
+                "critic": nonfinite_streak(self.state.critic_opt_state),
+            }
+        )
+        group, streak = max(streaks.items(), key=lambda kv: int(kv[1]))
+        limit = self.config.max_nonfinite_updates
+        if int(streak) < limit:
+            return
+        last = self.checkpointer.latest_step() if self.checkpointer is not None else None
+        where = (
+            f"the last good checkpoint is env step {last} in {self.checkpointer.directory}"
+            if last is not None
+            else "no checkpoint was written"
+        )
+        raise NonFiniteError(
+            f"{int(streak)} consecutive {group} updates had a non-finite loss or gradient at env "
+            f"step {self.env_step} (limit config.max_nonfinite_updates={limit}); every one was "
+            f"skipped, so no NaN reached the parameters, and {where}.  Likely causes: a "
+            f"learning rate too high for config.{group}.lr={self.config[group].lr}, or NaN/Inf "
+            "in the observations or rewards the environment returns."
+        )
+
     def run(self, stop_at: int | None = None) -> RunResult:
         """Trains until ``config.total_env_steps`` (or ``stop_at``, to simulate an interruption)."""
         c = self.config
@@ -282,9 +314,12 @@ class Trainer:
                 train_returns.extend(out.episode_returns)
                 if self._ready_to_train():
                     self.update_budget += c.num_envs * c.train_ratio
+                    trained = self.update_budget >= 1.0
                     while self.update_budget >= 1.0:
                         self._train(history)
                         self.update_budget -= 1.0
+                    if trained:
+                        self._check_nonfinite()
                 if c.eval_every and self.env_step % c.eval_every < c.num_envs:
                     mean, std, _ = evaluate(
                         c,

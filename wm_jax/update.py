@@ -65,10 +65,29 @@ class Agent(NamedTuple):
 
 
 def make_optimizer(group) -> optax.GradientTransformation:
-    """``clip_by_global_norm(grad_clip)`` then Adam(lr, eps): one per optimiser group."""
-    return optax.chain(
+    """``clip_by_global_norm(grad_clip)`` then Adam(lr, eps): one per optimiser group.
+
+    Wrapped in ``optax.apply_if_finite``: a non-finite gradient skips that update (zero update,
+    Adam moments untouched) and is counted in the state; the trainer stops the run after
+    ``config.max_nonfinite_updates`` consecutive skips, so the wrapper itself never gives up and
+    applies a NaN (its ``max_consecutive_errors`` is effectively infinite).
+    """
+    inner = optax.chain(
         optax.clip_by_global_norm(group.grad_clip), optax.adam(group.lr, eps=group.eps)
     )
+    return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
+
+
+def nonfinite_streak(opt_state) -> chex.Array:
+    """Consecutive skipped (non-finite) updates of one optimiser, from its state."""
+    return opt_state.notfinite_count
+
+
+def _skip_metrics(opt_state, prefix: str) -> Metrics:
+    return {
+        f"{prefix}_update_skipped": 1.0 - opt_state.last_finite.astype(jnp.float32),
+        f"{prefix}_nonfinite_total": opt_state.total_notfinite.astype(jnp.float32),
+    }
 
 
 def make_agent(config, spec) -> Agent:
@@ -216,6 +235,7 @@ def world_model_update(agent: Agent, state: TrainState, batch: Batch) -> tuple[T
     )
     updates, opt_state = agent.wm_optimizer.update(grads, state.wm_opt_state, state.wm_params)
     metrics.update(_grad_norms(grads, "world_model", COMPONENTS))
+    metrics.update(_skip_metrics(opt_state, "world_model"))
     return (
         state.replace(
             wm_params=optax.apply_updates(state.wm_params, updates),
@@ -334,6 +354,7 @@ def actor_update(
         grads, state.actor_opt_state, state.actor_params
     )
     metrics.update(_grad_norms(grads, "actor"))
+    metrics.update(_skip_metrics(opt_state, "actor"))
     new_state = state.replace(
         actor_params=optax.apply_updates(state.actor_params, updates),
         actor_opt_state=opt_state,
@@ -440,6 +461,7 @@ def critic_update(
     tau = agent.config.critic.target_update_rate
     target = optax.incremental_update(params, state.critic_target_params, tau)
     metrics.update(_grad_norms(grads, "critic"))
+    metrics.update(_skip_metrics(opt_state, "critic"))
     return (
         state.replace(
             critic_params=params,
