@@ -78,6 +78,8 @@ def test_cli_trains_logs_and_checkpoints(cli_run):
     assert [c["env_step"] for c in checks] == [128, 256]
     assert len(checks[-1]["error_by_step"]) == 8
     assert np.asarray(checks[-1]["pred"]).shape == (3, 8, 4)  # raw CartPole observations
+    assert (workdir / "report" / "report.html").exists()  # written at the end of every run
+    assert json.load(open(workdir / "config.json"))["env_id"] == "CartPole-v1"
     phases = {r.get("phase") for r in records}
     assert {"warmup", "transition", "full"} <= phases
     assert any(

@@ -7,7 +7,11 @@ warmup 5k env steps, transition to 10k, early/late multi-update boundary at 50k.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from wm_jax.diagnostics import Thresholds
 
 
 class ConfigError(ValueError):
@@ -129,6 +133,9 @@ def get_config() -> ml_collections.ConfigDict:
     d.open_loop_every = 5_000  # env steps between open-loop prediction checks; 0 disables
     d.open_loop_horizon = 50
     d.open_loop_batch = 16  # replayed windows per check
+    # Failure-mode detector thresholds (see wm_jax/diagnostics.py for what each one means).
+    for name, value in dataclasses.asdict(Thresholds()).items():
+        d[name] = value
 
     # --- batches -------------------------------------------------------------------------
     c.batch_size = 64

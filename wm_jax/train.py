@@ -61,7 +61,10 @@ def main(argv):
     if final is not None:
         summary += f"; final eval return {final[1]:.1f} ± {final[2]:.1f}"
     print(summary)
-    print(f"results in {os.path.abspath(workdir)} (metrics.jsonl, tensorboard/, checkpoints/)")
+    print(
+        f"results in {os.path.abspath(workdir)} "
+        "(metrics.jsonl, tensorboard/, checkpoints/, report/report.html)"
+    )
 
 
 def run():

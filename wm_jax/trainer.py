@@ -21,6 +21,7 @@ from absl import logging
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
 from wm_jax.config import ConfigError, validate
+from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import VectorEnv, make_env_spec
 from wm_jax.normalizer import RunningMeanStd, normalize
 from wm_jax.open_loop import make_open_loop_fn
@@ -54,6 +55,18 @@ class RunResult:
     env_steps: int
     eval_returns: list[tuple[int, float, float]]  # (env_step, mean, std)
     resumed_from: int | None
+
+
+def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
+    """Metric values as the jsonl stores them: floats, None for non-finite, strings kept."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, str):
+            out[k] = v
+        else:
+            v = float(np.asarray(v))
+            out[k] = v if np.isfinite(v) else None
+    return out
 
 
 def _prepare_batch(batch, obs_mean, obs_std, reward_scale):
@@ -143,6 +156,9 @@ class Trainer:
             else None
         )
         self.resumed_from = None
+        self.detector = Detector(Thresholds.from_config(c))
+        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            f.write(c.to_json_best_effort(indent=1))
         self.obs = self.envs.reset()
         if self.checkpointer is not None and self.checkpointer.latest_step() is not None:
             self._restore()
@@ -330,7 +346,9 @@ class Trainer:
                         seed=c.seed + 100_000 + self.env_step,
                     )
                     self.eval_returns.append((self.env_step, mean, std))
-                    writer.write(self.env_step, {"eval_return": mean, "eval_return_std": std})
+                    eval_record = {"eval_return": mean, "eval_return_std": std}
+                    writer.write(self.env_step, eval_record)
+                    self.detector.update({"env_step": self.env_step, **eval_record})
                     bar.set_postfix(eval_return=f"{mean:.1f}")
                 if c.log_every and self.env_step % c.log_every < c.num_envs:
                     now = time.time()
@@ -348,8 +366,10 @@ class Trainer:
                     every = c.diagnostics.open_loop_every
                     if every and self.env_step % every < c.log_every and self.updates:
                         record.update(self.open_loop_check() or {})
-                    writer.write(
-                        self.env_step, {k: v for k, v in record.items() if k != "eval_return"}
+                    train_record = {k: v for k, v in record.items() if k != "eval_return"}
+                    writer.write(self.env_step, train_record)
+                    self.detector.update(
+                        {"env_step": self.env_step, **_jsonable(train_record)}
                     )
                     metrics_lib.log_line(self.env_step, record, LOG_KEYS)
                     history, train_returns = [], []
@@ -364,6 +384,10 @@ class Trainer:
             if self.checkpointer.latest_step() != self.env_step:
                 self.save()
             self.checkpointer.wait()
+        if c.report and self.env_step >= c.total_env_steps:
+            from wm_jax.report import write_report  # matplotlib only when a report is written
+
+            logging.info("report: %s", write_report(self.workdir))
         return RunResult(self.workdir, self.env_step, list(self.eval_returns), self.resumed_from)
 
     def close(self) -> None:

@@ -1,0 +1,122 @@
+"""The failure-mode detector on hand-made metric streams: each signature is named, a healthy
+stream is not flagged, thresholds come from the config, and findings are reported once."""
+
+import math
+
+import ml_collections
+import pytest
+
+from wm_jax.diagnostics import MODES, Detector, Thresholds, default_config_group, detect
+
+
+def stream(n=12, **overrides):
+    """A healthy-looking run: world model learning, imagined and real returns rising together,
+    entropy falling gently, a critic that explains its targets.  ``overrides`` maps a metric to
+    a function of the row index that replaces it."""
+    records = []
+    for i in range(n):
+        step = 1000 * (i + 1)
+        row = {
+            "env_step": step,
+            "dynamics_mse": 1.0 / (1 + i),
+            "world_model_loss": 2.0 / (1 + i),
+            "actor_grad_norm": 0.5,
+            "critic_grad_norm": 5.0,
+            "world_model_grad_norm": 3.0,
+        }
+        if i >= 2:  # actor and critic train after a warmup
+            row.update(
+                mean_imagined_return=5.0 + 3 * i,
+                entropy=0.69 - 0.02 * i,
+                critic_loss=1.0 + 0.1 * i,
+                critic_explained_variance=0.8,
+                actor_loss=0.1,
+            )
+        for key, fn in overrides.items():
+            row[key] = fn(i)
+        records.append(row)
+        if i % 2 == 1:
+            records.append({"env_step": step, "eval_return": 10.0 + 40 * i, "eval_return_std": 1})
+    return records
+
+
+def modes(records, thresholds=None):
+    return [f.mode for f in detect(records, thresholds)]
+
+
+def test_a_healthy_stream_is_not_flagged():
+    assert modes(stream()) == []
+
+
+def test_flat_dynamics_error_is_world_model_not_learning():
+    found = detect(stream(dynamics_mse=lambda i: 0.8 + 0.01 * (i % 2)))
+    assert [f.mode for f in found] == ["world_model_not_learning"]
+    assert found[0].env_step == 5000 and "dynamics_mse" in found[0].message and found[0].remedy
+
+
+def test_imagined_return_rising_while_eval_stays_flat_is_exploitation():
+    records = [r for r in stream() if "eval_return_std" not in r]
+    for i in range(12):
+        if i % 2 == 1:
+            records.append({"env_step": 1000 * (i + 1), "eval_return": 12.0, "eval_return_std": 1})
+    assert "policy_exploiting_model" in modes(records)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"actor_grad_norm": lambda i: None if i >= 6 else 0.5},  # became NaN
+        {"critic_grad_norm": lambda i: 1e9 if i == 7 else 5.0},  # huge
+        {"world_model_update_skipped": lambda i: 0.25 if i == 8 else 0.0},  # guard fired
+    ],
+)
+def test_nan_huge_or_skipped_gradients_are_gradient_explosion(override):
+    assert modes(stream(**override)) == ["gradient_explosion"]
+
+
+def test_negative_explained_variance_with_growing_loss_is_critic_divergence():
+    bad = stream(
+        critic_explained_variance=lambda i: 0.8 if i < 6 else -3.0,
+        critic_loss=lambda i: 1.0 if i < 6 else 1e3 * i,
+    )
+    assert modes(bad) == ["critic_divergence"]
+    # Loss growth alone (values rising with a good policy) is not divergence.
+    assert modes(stream(critic_loss=lambda i: 10.0**i)) == []
+
+
+def test_entropy_gone_before_the_return_improves_is_collapse():
+    flat_eval = [r for r in stream(entropy=lambda i: 0.69 if i < 4 else 0.01)]
+    for r in flat_eval:
+        if "eval_return_std" in r:
+            r["eval_return"] = 9.5
+    assert "entropy_collapse" in modes(flat_eval)
+    # The same entropy drop with a rising return is a policy that became good.
+    assert "entropy_collapse" not in modes(stream(entropy=lambda i: 0.69 if i < 4 else 0.01))
+
+
+def test_continuous_entropy_going_negative_in_a_learning_run_is_not_collapse():
+    assert modes(stream(entropy=lambda i: 0.5 - 0.6 * i)) == []
+
+
+def test_missing_metrics_and_nones_are_tolerated():
+    assert detect([]) == []
+    assert detect([{"env_step": 1000, "dynamics_mse": None}]) == []
+
+
+def test_thresholds_from_config_change_the_outcome():
+    records = stream(dynamics_mse=lambda i: 1.0 - 0.12 * i)  # > 30 % down by the fifth row
+    assert "world_model_not_learning" not in modes(records)
+    config = ml_collections.ConfigDict({"diagnostics": default_config_group()})
+    config.diagnostics.wm_min_drop = 0.9
+    strict = Thresholds.from_config(config)
+    assert strict.wm_min_drop == 0.9
+    assert "world_model_not_learning" in modes(records, strict)
+
+
+def test_detector_reports_each_finding_once():
+    detector = Detector()
+    new = [f for r in stream(actor_grad_norm=lambda i: math.nan if i >= 6 else 0.5)
+           for f in detector.update({k: (None if v != v else v) for k, v in r.items()})]
+    assert [f.mode for f in new] == ["gradient_explosion"]
+    assert [f.mode for f in detector.findings] == ["gradient_explosion"]
+    assert set(MODES) >= {f.mode for f in detector.findings}

@@ -1,0 +1,332 @@
+"""The seeds' five failure signatures, detected from the metric stream (``metrics.jsonl`` rows).
+
+Each signature compares robust summaries (medians over ``window`` log rows) of the run so far:
+
+1. ``world_model_not_learning`` — after ``wm_check_rows`` training rows, the dynamics error
+   (``dynamics_mse``, else ``dynamics_loss``) has not fallen by ``wm_min_drop`` (a fraction) from
+   its first logged value.  Remedy: check the world-model learning rate and that the states carry
+   information (state_std not ~0), lower the dynamics loss scale's competitors, train the world
+   model longer before the actor (longer warmup).
+2. ``policy_exploiting_model`` — since actor training began, the imagined return rose by more than
+   ``exploit_min_imagined_rise`` (relative) while the real return (eval, else train) rose by less
+   than ``exploit_max_real_rise`` (relative).  Remedy: improve the model where the policy goes
+   (more world-model updates, the multi-step loss / sequence mode, an ensemble), shorten the
+   imagination horizon, add real-data critic targets.
+3. ``gradient_explosion`` — any skipped non-finite update (``*_update_skipped`` or
+   ``*_nonfinite_total`` > 0), a loss or gradient norm that was finite and became NaN/Inf
+   (``None`` in the jsonl), or a gradient norm above ``grad_norm_max``.  Remedy: gradient clipping
+   (``*.grad_clip``), a lower learning rate, check observations/rewards for NaN and their scale.
+4. ``critic_divergence`` — after ``critic_check_rows`` critic rows the critic explains less than
+   ``critic_min_explained_variance`` of its targets' variance (median over the last window) while
+   its loss grew ``critic_loss_growth``-fold from its first window.  Remedy: lower the critic
+   learning rate, a slow target critic (``critic.target_update_rate``), clip its gradients,
+   return normalisation / symlog critic (``critic.bins``).
+5. ``entropy_collapse`` — the policy entropy fell below ``entropy_min_fraction`` of its first
+   value (continuous policies, whose single-sample entropy can be negative: by more than
+   ``entropy_max_drop`` nats) and stayed there for ``entropy_patience`` rows while the real return
+   has not improved by ``entropy_min_real_rise`` (relative): the policy became deterministic
+   before it became good.  Remedy: a larger entropy
+   coefficient, a lower actor learning rate, uniform mixing (``actor.unimix``), return
+   normalisation so the entropy bonus keeps its weight.
+
+Thresholds are config values (``config.diagnostics``).  The detector is a pure function of the
+records; :class:`Detector` wraps it for the training loop and logs new findings as warnings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+MODES = (
+    "world_model_not_learning",
+    "policy_exploiting_model",
+    "gradient_explosion",
+    "critic_divergence",
+    "entropy_collapse",
+)
+
+REMEDIES = {
+    "world_model_not_learning": (
+        "check world_model.lr (0 or far too small?) and that states are not collapsed "
+        "(state_std ~ 0); warm the world model up longer before training the actor."
+    ),
+    "policy_exploiting_model": (
+        "the model is wrong where the policy goes: train the world model more (more updates, "
+        "sequence_mode with the multi-step loss, an ensemble), shorten imagination.horizon, keep "
+        "real-data critic targets (schedule.final_real_mix)."
+    ),
+    "gradient_explosion": (
+        "clip gradients (<group>.grad_clip), lower the learning rate, check observations and "
+        "rewards for NaN/Inf and for scale (obs_norm, reward_scale)."
+    ),
+    "critic_divergence": (
+        "lower critic.lr, use a slow target critic (critic.target_update_rate ~0.02), clip the "
+        "critic's gradients, normalise returns or use the symlog critic (critic.bins=255)."
+    ),
+    "entropy_collapse": (
+        "raise actor.entropy_coef, lower actor.lr, mix in a uniform policy (actor.unimix), "
+        "normalise returns (actor.return_norm) so the entropy bonus keeps its weight."
+    ),
+}
+
+LOSS_KEYS = (
+    "world_model_loss",
+    "dynamics_loss",
+    "reward_loss",
+    "continue_loss",
+    "decoder_loss",
+    "actor_loss",
+    "critic_loss",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    window: int = 3  # log rows per median
+    wm_check_rows: int = 5  # training rows before the world model is judged
+    wm_min_drop: float = 0.3  # dynamics error must fall to <= (1 - this) of its first value
+    exploit_min_rows: int = 6  # actor rows before exploitation is judged
+    exploit_min_imagined_rise: float = 1.0  # imagined return at least doubled ...
+    exploit_max_real_rise: float = 0.25  # ... while the real return rose < 25 %
+    grad_norm_max: float = 1e6
+    critic_check_rows: int = 4
+    critic_min_explained_variance: float = 0.0
+    critic_loss_growth: float = 10.0
+    entropy_min_fraction: float = 0.1
+    entropy_max_drop: float = 3.0  # nats, for continuous (possibly negative) entropies
+    entropy_patience: int = 4  # log rows the collapse must last with no real improvement
+    entropy_min_real_rise: float = 0.5  # real return up by half = "not premature"
+
+    @classmethod
+    def from_config(cls, config) -> Thresholds:
+        group = config.get("diagnostics") if config is not None else None
+        if group is None:
+            return cls()
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: group[k] for k in group.keys() if k in names})
+
+
+def default_config_group() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dataclasses.asdict(Thresholds()))
+
+
+@dataclasses.dataclass
+class Finding:
+    mode: str
+    env_step: int
+    message: str
+    remedy: str
+
+    def __str__(self) -> str:
+        return f"[{self.mode} @ env step {self.env_step}] {self.message} Remedy: {self.remedy}"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for r in rows:
+        if _finite(r.get(key)):
+            steps.append(r["env_step"])
+            values.append(float(r[key]))
+    return steps, values
+
+
+def _rel_rise(start: float, end: float) -> float:
+    return (end - start) / max(abs(start), 1e-8)
+
+
+def _real_returns(records: list[dict]) -> tuple[list[int], list[float]]:
+    evals = [r for r in records if "eval_return_std" in r or "train_return" not in r]
+    steps, values = _series(evals, "eval_return")
+    return (steps, values) if len(values) >= 2 else _series(records, "train_return")
+
+
+def _median_at(steps: list[int], values: list[float], lo: int, hi: int) -> float | None:
+    vals = [v for s, v in zip(steps, values, strict=True) if lo <= s <= hi]
+    return float(np.median(vals)) if vals else None
+
+
+def _world_model(rows, t: Thresholds) -> Finding | None:
+    key = "dynamics_mse" if any(_finite(r.get("dynamics_mse")) for r in rows) else "dynamics_loss"
+    steps, vals = _series(rows, key)
+    for i in range(max(t.wm_check_rows, t.window) - 1, len(vals)):
+        recent = float(np.median(vals[i - t.window + 1 : i + 1]))
+        if i + 1 >= t.wm_check_rows and recent > (1.0 - t.wm_min_drop) * vals[0]:
+            return Finding(
+                "world_model_not_learning",
+                steps[i],
+                f"{key} is {recent:.3g} after {i + 1} log rows, from {vals[0]:.3g} at the start "
+                f"(needs a {t.wm_min_drop:.0%} drop).",
+                REMEDIES["world_model_not_learning"],
+            )
+        if recent <= (1.0 - t.wm_min_drop) * vals[0]:
+            return None  # it learned; a later plateau is not this failure
+    return None
+
+
+def _exploit(rows, records, t: Thresholds) -> Finding | None:
+    steps, imag = _series(rows, "mean_imagined_return")
+    real_steps, real = _real_returns(records)
+    if len(imag) < t.exploit_min_rows or len(real) < 2:
+        return None
+    start = steps[0]
+    imag0 = float(np.median(imag[: t.window]))
+    real_before = [v for s, v in zip(real_steps, real, strict=True) if s <= start]
+    real0 = real_before[-1] if real_before else real[0]
+    for i in range(t.exploit_min_rows - 1, len(imag)):
+        now = steps[i]
+        imag_now = float(np.median(imag[i - t.window + 1 : i + 1]))
+        real_now = _median_at(real_steps, real, now - 3 * (now - steps[i - 1]), now)
+        if real_now is None:
+            continue
+        if (
+            _rel_rise(imag0, imag_now) > t.exploit_min_imagined_rise
+            and _rel_rise(real0, real_now) < t.exploit_max_real_rise
+        ):
+            return Finding(
+                "policy_exploiting_model",
+                now,
+                f"imagined return rose {imag0:.3g} -> {imag_now:.3g} since actor training began, "
+                f"the real return only {real0:.3g} -> {real_now:.3g}.",
+                REMEDIES["policy_exploiting_model"],
+            )
+    return None
+
+
+def _explosion(rows, t: Thresholds) -> Finding | None:
+    seen_finite: set[str] = set()
+    for r in rows:
+        for key, value in r.items():
+            if key.endswith("_update_skipped") or key.endswith("_nonfinite_total"):
+                if _finite(value) and value > 0:
+                    return Finding(
+                        "gradient_explosion",
+                        r["env_step"],
+                        f"{key} = {value:.3g}: non-finite losses or gradients, updates skipped.",
+                        REMEDIES["gradient_explosion"],
+                    )
+            if not (key in LOSS_KEYS or key.endswith("_grad_norm")):
+                continue
+            if value is None and key in seen_finite:
+                return Finding(
+                    "gradient_explosion",
+                    r["env_step"],
+                    f"{key} became NaN/Inf.",
+                    REMEDIES["gradient_explosion"],
+                )
+            if _finite(value):
+                seen_finite.add(key)
+                if key.endswith("_grad_norm") and value > t.grad_norm_max:
+                    return Finding(
+                        "gradient_explosion",
+                        r["env_step"],
+                        f"{key} = {value:.3g} > {t.grad_norm_max:.3g}.",
+                        REMEDIES["gradient_explosion"],
+                    )
+    return None
+
+
+def _critic(rows, t: Thresholds) -> Finding | None:
+    steps, ev = _series(rows, "critic_explained_variance")
+    _, loss = _series(rows, "critic_loss")
+    n = min(len(ev), len(loss))
+    if n < max(t.critic_check_rows, t.window + 1):
+        return None
+    first_loss = float(np.median(loss[: t.window]))
+    for i in range(max(t.critic_check_rows, t.window) - 1, n):
+        ev_now = float(np.median(ev[i - t.window + 1 : i + 1]))
+        loss_now = float(np.median(loss[i - t.window + 1 : i + 1]))
+        if (
+            ev_now < t.critic_min_explained_variance
+            and loss_now > t.critic_loss_growth * max(first_loss, 1e-8)
+        ):
+            return Finding(
+                "critic_divergence",
+                steps[i],
+                f"critic explained variance {ev_now:.3g} (< {t.critic_min_explained_variance}) "
+                f"while its loss grew {first_loss:.3g} -> {loss_now:.3g}.",
+                REMEDIES["critic_divergence"],
+            )
+    return None
+
+
+def _entropy(rows, records, t: Thresholds) -> Finding | None:
+    steps, ent = _series(rows, "entropy")
+    real_steps, real = _real_returns(records)
+    if len(ent) < t.window + t.entropy_patience or len(real) < 1:
+        return None
+    ent0 = ent[0]
+    # Discrete entropies are >= 0: compare fractions.  A tanh-squashed continuous policy's
+    # single-sample estimate can go far below 0 in a healthy run: compare the drop in nats.
+    continuous = ent0 <= 0 or min(ent) < 0
+    real_before = [v for s, v in zip(real_steps, real, strict=True) if s <= steps[0]]
+    real0 = real_before[-1] if real_before else real[0]
+    streak = 0
+    for i in range(t.window - 1, len(ent)):
+        now = float(np.median(ent[i - t.window + 1 : i + 1]))
+        collapsed = (
+            ent0 - now > t.entropy_max_drop if continuous else now < t.entropy_min_fraction * ent0
+        )
+        streak = streak + 1 if collapsed else 0
+        recent = [v for s, v in zip(real_steps, real, strict=True) if s <= steps[i]][-2:]
+        if streak < t.entropy_patience or not recent:
+            continue
+        real_now = float(np.median(recent))
+        if _rel_rise(real0, real_now) < t.entropy_min_real_rise:
+            return Finding(
+                "entropy_collapse",
+                steps[i],
+                f"policy entropy fell {ent0:.3g} -> {now:.3g} and stayed there for "
+                f"{streak} log rows while the real return went {real0:.3g} -> {real_now:.3g}: "
+                "deterministic before it is good.",
+                REMEDIES["entropy_collapse"],
+            )
+    return None
+
+
+def detect(records: list[dict[str, Any]], thresholds: Thresholds | None = None) -> list[Finding]:
+    """All failure signatures in ``records`` (``metrics.jsonl`` rows), at most one per mode, each
+    at the first env step it is seen.  Missing metrics and ``None`` values are tolerated."""
+    t = thresholds or Thresholds()
+    records = sorted(records, key=lambda r: r.get("env_step", 0))
+    rows = [r for r in records if "eval_return_std" not in r]  # training rows
+    actor_rows = [r for r in rows if "mean_imagined_return" in r]
+    critic_rows = [r for r in rows if "critic_loss" in r]
+    found = [
+        _world_model(rows, t),
+        _exploit(actor_rows, records, t),
+        _explosion(rows, t),
+        _critic(critic_rows, t),
+        _entropy(actor_rows, records, t),
+    ]
+    return sorted((f for f in found if f is not None), key=lambda f: f.env_step)
+
+
+class Detector:
+    """Watches the metric stream during training; logs each new finding once as a warning."""
+
+    def __init__(self, thresholds: Thresholds | None = None):
+        self.thresholds = thresholds or Thresholds()
+        self._records: list[dict[str, Any]] = []
+        self._found: dict[str, Finding] = {}
+
+    @property
+    def findings(self) -> list[Finding]:
+        return sorted(self._found.values(), key=lambda f: f.env_step)
+
+    def update(self, record: dict[str, Any]) -> list[Finding]:
+        self._records.append(dict(record))
+        new = [f for f in detect(self._records, self.thresholds) if f.mode not in self._found]
+        for finding in new:
+            self._found[finding.mode] = finding
+            logging.warning("failure signature: %s", finding)
+        return new

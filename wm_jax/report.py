@@ -1,0 +1,296 @@
+"""The run report: plots of every signal the seeds ask to watch, plus the failure detector's
+findings, as a self-contained HTML page (PNGs embedded) and a Markdown twin (PNG files).
+
+    python -m wm_jax.report --workdir=runs/cartpole
+
+Written into ``<workdir>/report/`` (``report.html``, ``report.md``, ``*.png``); the trainer
+writes it at the end of every run when ``config.report`` is on.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from typing import Any
+
+from absl import app, flags
+
+from wm_jax import diagnostics
+from wm_jax.metrics import read_metrics
+
+GRAD_NORMS = (
+    "encoder",
+    "representation",
+    "dynamics",
+    "reward_predictor",
+    "continue_predictor",
+    "decoder",
+    "world_model",
+    "actor",
+    "critic",
+)
+
+
+def _series(records, key):
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, int | float) and math.isfinite(v):
+            xs.append(r["env_step"])
+            ys.append(float(v))
+    return xs, ys
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _panels(plt, records, title, panels, findings=(), log_keys=()):
+    """One figure of small panels; each panel is (panel title, [metric keys]).  Panels without
+    data are dropped; returns None when nothing is left."""
+    panels = [(t, [k for k in keys if _series(records, k)[0]]) for t, keys in panels]
+    panels = [(t, keys) for t, keys in panels if keys]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (name, keys) in zip(axes.flat, panels, strict=False):
+        positive = True
+        for key in keys:
+            xs, ys = _series(records, key)
+            ax.plot(xs, ys, label=key, linewidth=1.3)
+            positive &= key in log_keys and min(ys) > 0
+        if positive:
+            ax.set_yscale("log")
+        for f in findings:
+            ax.axvline(f.env_step, color="red", alpha=0.3, linestyle=":")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("env step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(keys) > 1:
+            ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _returns_figure(plt, records, findings):
+    evals = [r for r in records if "eval_return_std" in r]
+    train = [r for r in records if "eval_return_std" not in r]
+    xs_t, ys_t = _series(train, "train_return")
+    xs_i, ys_i = _series(train, "mean_imagined_return")
+    if not (evals or xs_t or xs_i):
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    if evals:
+        xs, ys = _series(evals, "eval_return")
+        _, sd = _series(evals, "eval_return_std")
+        ax.plot(xs, ys, "o-", color="black", label="eval return (deterministic)")
+        if len(sd) == len(ys):
+            ax.fill_between(
+                xs, [y - s for y, s in zip(ys, sd, strict=True)],
+                [y + s for y, s in zip(ys, sd, strict=True)], color="black", alpha=0.12,
+            )
+    if xs_t:
+        ax.plot(xs_t, ys_t, color="tab:blue", alpha=0.7, label="train return (episodes)")
+    if xs_i:
+        ax.plot(xs_i, ys_i, color="tab:orange", label="mean imagined return (λ-return)")
+    for f in findings:
+        ax.axvline(f.env_step, color="red", linestyle="--", alpha=0.7)
+        ax.text(f.env_step, ax.get_ylim()[1], f.mode, color="red", fontsize=7, rotation=90,
+                va="top", ha="right")
+    ax.set_xlabel("env step")
+    ax.set_ylabel("return")
+    ax.set_title("Returns: real vs imagined")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _open_loop_figures(plt, workdir):
+    path = os.path.join(workdir, "open_loop.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        checks = [json.loads(line) for line in f if line.strip()]
+    if not checks:
+        return []
+    figs = []
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    shown = checks if len(checks) <= 4 else [checks[0], *checks[-3:]]
+    for c in shown:
+        err, valid = c["error_by_step"], c.get("valid_by_step", [1] * len(c["error_by_step"]))
+        steps = [t for t in range(len(err)) if valid[t] > 0]  # no window reaches the rest
+        ax.plot([t + 1 for t in steps], [err[t] for t in steps], label=f"env step {c['env_step']}")
+    ax.set_yscale("log")
+    ax.set_xlabel("open-loop step")
+    ax.set_ylabel("MSE (normalised obs)")
+    ax.set_title("Open-loop prediction error by horizon step")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figs.append(("open_loop_error", fig))
+    last = checks[-1]
+    if "true" in last and "pred" in last:
+        true, pred = last["true"], last["pred"]
+        dims = min(4, len(true[0][0]))
+        n = min(3, len(true))
+        fig, axes = plt.subplots(n, dims, figsize=(3.2 * dims, 2.2 * n), squeeze=False)
+        for i in range(n):
+            mask = last.get("mask", [[1] * len(true[i])] * n)[i]
+            steps = [t for t in range(len(true[i])) if mask[t] > 0]
+            for d in range(dims):
+                ax = axes[i][d]
+                ax.plot(steps, [true[i][t][d] for t in steps], color="black", label="true")
+                ax.plot(steps, [pred[i][t][d] for t in steps], color="tab:orange",
+                        linestyle="--", label="open-loop prediction")
+                ax.tick_params(labelsize=6)
+                if i == 0:
+                    ax.set_title(f"obs dim {d}", fontsize=8)
+        axes[0][0].legend(fontsize=6)
+        fig.suptitle(f"Predicted vs true trajectories (env step {last['env_step']})", fontsize=10)
+        fig.tight_layout()
+        figs.append(("open_loop_trajectories", fig))
+    return figs
+
+
+def _config(workdir) -> dict[str, Any]:
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+    return {}
+
+
+def write_report(workdir: str, findings: list | None = None) -> str:
+    """Writes ``<workdir>/report/report.html`` (+ ``report.md`` and PNGs); returns the HTML path.
+    ``findings=None`` runs the detector on the run's metrics (thresholds from its config.json)."""
+    plt = _plt()
+    records = read_metrics(workdir)
+    config = _config(workdir)
+    if findings is None:
+        thresholds = diagnostics.Thresholds()
+        group = config.get("diagnostics")
+        if isinstance(group, dict):
+            names = {f.name for f in __import__("dataclasses").fields(thresholds)}
+            thresholds = diagnostics.Thresholds(**{k: v for k, v in group.items() if k in names})
+        findings = diagnostics.detect(records, thresholds)
+    train = [r for r in records if "eval_return_std" not in r]
+    figures = [("returns", _returns_figure(plt, records, findings))]
+    figures.append(("world_model_losses", _panels(plt, train, "World model", [
+        ("dynamics", ["dynamics_mse", "dynamics_loss"]),
+        ("reward NLL", ["reward_loss"]),
+        ("reward MAE", ["reward_mae"]),
+        ("continue", ["continue_loss"]),
+        ("decoder / representation", ["decoder_loss", "representation_loss"]),
+        ("multi-step (open loop)", ["multi_step_loss"]),
+        ("state statistics (collapse check)", ["state_mean", "state_std"]),
+    ], findings, log_keys=("dynamics_mse", "dynamics_loss", "decoder_loss", "multi_step_loss",
+                           "representation_loss", "reward_mae", "continue_loss"))))
+    figures.append(("actor_critic", _panels(plt, train, "Actor and critic", [
+        ("actor loss", ["actor_loss"]),
+        ("critic loss", ["critic_loss", "critic_loss_imagined", "critic_loss_real"]),
+        ("values", ["critic_value_mean", "critic_value_std"]),
+        ("TD error", ["critic_td_error_mean", "critic_td_error_abs_mean"]),
+        ("explained variance", ["critic_explained_variance"]),
+        ("policy entropy", ["entropy"]),
+        ("return scale S", ["return_scale"]),
+    ], findings)))
+    grad_keys = [f"{g}_grad_norm" for g in GRAD_NORMS]
+    figures.append(("grad_norms", _panels(plt, train, "Gradient norms (before clipping)", [
+        ("world-model modules", grad_keys[:6]),
+        ("optimisers (global norms)", grad_keys[6:]),
+    ], findings, log_keys=tuple(grad_keys))))
+    figures.append(("continue_predictor", _panels(plt, train, "Continue predictor", [
+        ("accuracy / termination precision / recall", [
+            "continue_accuracy", "continue_termination_precision",
+            "continue_termination_recall",
+        ]),
+        ("imagined continue / reward", ["imagined_continue_mean", "imagined_reward_mean"]),
+    ], findings)))
+    figures.extend(_open_loop_figures(plt, workdir))
+
+    out = os.path.join(workdir, "report")
+    os.makedirs(out, exist_ok=True)
+    images = []
+    for name, fig in figures:
+        if fig is None:
+            continue
+        path = os.path.join(out, f"{name}.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        images.append((name, path))
+
+    evals = [(r["env_step"], r["eval_return"]) for r in records
+             if "eval_return_std" in r and isinstance(r.get("eval_return"), int | float)]
+    summary = [f"workdir: {os.path.abspath(workdir)}"]
+    if config.get("env_id"):
+        summary.append(f"environment: {config['env_id']}")
+    if records:
+        summary.append(f"env steps: {max(r['env_step'] for r in records)}")
+    if evals:
+        best = max(evals, key=lambda e: e[1])
+        summary.append(f"final eval return: {evals[-1][1]:.1f} (env step {evals[-1][0]})")
+        summary.append(f"best eval return: {best[1]:.1f} (env step {best[0]})")
+    if findings:
+        finding_lines = [str(f) for f in findings]
+    else:
+        finding_lines = ["No failure signature detected."]
+
+    md = ["# Run report", "", *[f"- {s}" for s in summary], "", "## Failure-mode detector", ""]
+    md += [f"- {line}" for line in finding_lines]
+    md += ["", "## Plots", ""]
+    md += [f"![{name}]({os.path.basename(path)})" for name, path in images]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+
+    body = ["<h1>Run report</h1><ul>"]
+    body += [f"<li>{html.escape(s)}</li>" for s in summary]
+    body.append("</ul><h2>Failure-mode detector</h2>")
+    cls = "bad" if findings else "good"
+    body += [f"<p class='{cls}'>{html.escape(line)}</p>" for line in finding_lines]
+    body.append("<h2>Plots</h2>")
+    for name, path in images:
+        with open(path, "rb") as f:
+            data = base64.b64encode(f.read()).decode("ascii")
+        body.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption>{name}</figcaption></figure>")
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>wm_jax run report</title>"
+        "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
+        "img{max-width:100%;border:1px solid #ddd}.bad{color:#b00;font-weight:bold}"
+        ".good{color:#070}figcaption{color:#666;font-size:0.8em}</style></head><body>"
+        + "\n".join(body) + "</body></html>"
+    )
+    path = os.path.join(out, "report.html")
+    with open(path, "w") as f:
+        f.write(page)
+    return path
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = flags.FLAGS.workdir
+    if not workdir or not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        raise app.UsageError("--workdir must be a run directory containing metrics.jsonl")
+    print(f"report written to {write_report(workdir)}")
+
+
+if __name__ == "__main__":
+    # Defined here, not at import: the trainer imports this module under its own --workdir flag.
+    flags.DEFINE_string("workdir", None, "run directory with metrics.jsonl")
+    app.run(main)
