@@ -165,13 +165,11 @@ def test_actor_gradient_reaches_policy_through_the_dynamics(setup):
     assert float(optax.global_norm(grad0)) < 1e-6 * max(norm, 1.0)
 
 
-def test_reinforce_rescoring_matches_differentiating_through_the_rollout(setup):
+def test_reinforce_rescoring_matches_differentiating_through_the_rollout(discrete_setup):
     """REINFORCE re-scores the policy on the finished trajectory in one batched pass; its loss and
     gradient must equal those of log-probs taken inside the scan with detached actions (for the
     discrete policy, whose entropy is exact; the continuous entropy uses a fresh sample)."""
-    agent, _, state, batch = setup
-    if not agent.spec.discrete:
-        pytest.skip("continuous entropy is a single-sample estimate with a fresh sample")
+    agent, _, state, batch = discrete_setup
     cfg = small_config(**{"actor.gradient": "reinforce", "actor.return_norm": True})
     agent_r = make_agent(cfg, agent.spec)
     key = jax.random.PRNGKey(5)
