@@ -178,3 +178,8 @@ def test_cli_stops_after_consecutive_nonfinite_updates_with_a_pointer_to_the_cau
     assert "consecutive" in result.stderr and "non-finite" in result.stderr
     assert "config.world_model.lr" in result.stderr
     assert "last good checkpoint" in result.stderr
+    # The skipped updates are on record for the detector before the run stops.
+    records = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]
+    assert any(
+        (r.get(k) or 0) > 0 for r in records for k in r if k.endswith("_update_skipped")
+    )

@@ -377,6 +377,11 @@ class Trainer:
                 if c.checkpoint_every and self.env_step % c.checkpoint_every < c.num_envs:
                     self.save()
                 bar.update(c.num_envs)
+        except NonFiniteError:
+            # Leave the skipped updates on record before stopping (the detector reads them).
+            if history:
+                writer.write(self.env_step, metrics_lib.aggregate(history))
+            raise
         finally:
             bar.close()
             writer.close()
