@@ -281,3 +281,16 @@ def test_distributional_critic_fits_returns_of_very_different_sizes():
     for _ in range(300):
         params, opt_state = step(params, opt_state)
     np.testing.assert_allclose(critic.apply(params, states), targets, rtol=0.05)
+
+
+def test_reward_correlation_on_hand_made_predictions():
+    rewards = jnp.array([0.0, 1.0, 2.0, 3.0, 100.0])
+    mask = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0])  # the padded outlier must not count
+    perfect = distrax.Normal(2.0 * rewards + 1.0, jnp.ones(5))
+    _, m = losses.reward_loss(perfect, rewards, mask)
+    np.testing.assert_allclose(m["reward_correlation"], 1.0, rtol=1e-5)
+    flipped = distrax.Normal(-rewards, jnp.ones(5))
+    _, m = losses.reward_loss(flipped, rewards, mask)
+    np.testing.assert_allclose(m["reward_correlation"], -1.0, rtol=1e-5)
+    _, m = losses.reward_loss(perfect, jnp.ones(5), mask)  # constant rewards: undefined
+    assert np.isnan(m["reward_correlation"])

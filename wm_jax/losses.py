@@ -80,15 +80,23 @@ def reward_loss(
 
         L = mean_b [ ½·log(2πσ²) + (r - μ)² / (2σ²) ]
 
-    Metrics: ``reward_loss`` (= ``reward_nll``), ``reward_mae`` = mean |μ - r|, ``reward_std``.
+    Metrics: ``reward_loss`` (= ``reward_nll``), ``reward_mae`` = mean |μ - r|, ``reward_std``,
+    ``reward_correlation`` = Pearson corr(μ, r) over the batch (NaN when the batch's rewards are
+    constant, e.g. CartPole's, where correlation is undefined).
     """
     chex.assert_equal_shape([reward_dist.loc, rewards])
     nll = masked_mean(-reward_dist.log_prob(rewards), mask)
+    pred = sg(reward_dist.loc)
+    dp = pred - masked_mean(pred, mask)
+    dr = rewards - masked_mean(rewards, mask)
+    var_r = masked_mean(dr**2, mask)
+    corr = masked_mean(dp * dr, mask) / jnp.sqrt(masked_mean(dp**2, mask) * var_r + 1e-12)
     return nll, {
         "reward_loss": nll,
         "reward_nll": nll,
         "reward_mae": masked_mean(jnp.abs(reward_dist.loc - rewards), mask),
         "reward_std": masked_mean(reward_dist.scale, mask),
+        "reward_correlation": jnp.where(var_r > 1e-10, corr, jnp.nan),
     }
 
 

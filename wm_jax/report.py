@@ -194,6 +194,7 @@ def write_report(workdir: str, findings: list | None = None) -> str:
         ("dynamics", ["dynamics_mse", "dynamics_loss"]),
         ("reward NLL", ["reward_loss"]),
         ("reward MAE", ["reward_mae"]),
+        ("reward corr(predicted, actual)", ["reward_correlation"]),
         ("continue", ["continue_loss"]),
         ("decoder / representation", ["decoder_loss", "representation_loss"]),
         ("multi-step (open loop)", ["multi_step_loss"]),
