@@ -1,0 +1,98 @@
+"""What the diagnostics cost: the train step with every metric vs the same step with none.
+
+    python experiments/benchmarks/metrics_overhead.py --config=experiments/configs/cartpole.py
+
+Both programs are ``update.train_step`` with ``UpdateCounts(1, 1, 1)`` on the config's batch
+shape (sequence or flat, random data for CartPole-shaped observations and actions).  The
+"without" program returns only the new state, so XLA removes every metric computation (per-module
+gradient norms, correlations, precision/recall counts, TD-error monitor, ...) as dead code; the
+"with" program also returns the metric dict and copies it to the host, as the trainer does.
+Calls alternate (round-robin) so load drift hits both; medians are reported.  Last output line:
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+import types
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from wm_jax import update
+from wm_jax.schedule import UpdateCounts
+from wm_jax.types import Sequence, Transition
+
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/cartpole.py")
+_REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
+
+
+def _batch(config, spec, rng):
+    b, t = config.batch_size, config.sequence_length
+    act = np.eye(spec.action_dim, dtype=np.float32)[rng.integers(0, spec.action_dim, (b, t))]
+    if config.sequence_mode:
+        return Sequence(
+            obs=rng.normal(size=(b, t + 1, *spec.obs_shape)).astype(np.float32),
+            action=act,
+            reward=np.ones((b, t), np.float32),
+            cont=(rng.random((b, t)) > 0.05).astype(np.float32),
+            mask=np.ones((b, t), np.float32),
+        )
+    return Transition(
+        obs=rng.normal(size=(b, *spec.obs_shape)).astype(np.float32),
+        action=act[:, 0],
+        reward=np.ones(b, np.float32),
+        next_obs=rng.normal(size=(b, *spec.obs_shape)).astype(np.float32),
+        cont=(rng.random(b) > 0.05).astype(np.float32),
+        mask=np.ones(b, np.float32),
+    )
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    spec = types.SimpleNamespace(obs_shape=(4,), obs_dtype=np.float32, action_dim=2, discrete=True)
+    agent = update.make_agent(config, spec)
+    counts = UpdateCounts(1, 1, 1)
+    step = functools.partial(update.train_step, agent, counts=counts, real_mix=0.5)
+    with_metrics = jax.jit(lambda s, b: step(s, b))
+    without = jax.jit(lambda s, b: step(s, b)[0])
+    state = jax.jit(functools.partial(update.init_state, agent))(jax.random.PRNGKey(0))
+    batch = jax.tree.map(jax.numpy.asarray, _batch(config, spec, np.random.default_rng(0)))
+
+    s_with, s_without = state, state
+    s_with, m = with_metrics(s_with, batch)
+    jax.device_get(m)
+    s_without = jax.block_until_ready(without(s_without, batch))
+    times = {"with_metrics": [], "without_metrics": []}
+    for _ in range(_REPEATS.value):
+        t0 = time.perf_counter()
+        s_with, m = with_metrics(s_with, batch)
+        jax.device_get(m)
+        times["with_metrics"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        s_without = jax.block_until_ready(without(s_without, batch))
+        times["without_metrics"].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "batch": f"{config.batch_size}x{config.sequence_length}" if config.sequence_mode
+        else str(config.batch_size),
+        "metrics": len(m),
+        "ms_with_metrics": round(1e3 * med["with_metrics"], 2),
+        "ms_without_metrics": round(1e3 * med["without_metrics"], 2),
+        "overhead": round(med["with_metrics"] / med["without_metrics"] - 1.0, 4),
+    }
+    print(
+        f"train step with {len(m)} metrics: {result['ms_with_metrics']} ms; without: "
+        f"{result['ms_without_metrics']} ms; overhead {100 * result['overhead']:.1f} %"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)
