@@ -80,6 +80,10 @@ def test_negative_explained_variance_with_growing_loss_is_critic_divergence():
         critic_loss=lambda i: 1.0 if i < 6 else 1e3 * i,
     )
     assert modes(bad) == ["critic_divergence"]
+    # Far worse than predicting the mean is divergence even without loss growth.
+    assert modes(stream(critic_explained_variance=lambda i: 0.8 if i < 6 else -20.0)) == [
+        "critic_divergence"
+    ]
     # Loss growth alone (values rising with a good policy) is not divergence.
     assert modes(stream(critic_loss=lambda i: 10.0**i)) == []
 

@@ -18,7 +18,9 @@ Each signature compares robust summaries (medians over ``window`` log rows) of t
    (``*.grad_clip``), a lower learning rate, check observations/rewards for NaN and their scale.
 4. ``critic_divergence`` — after ``critic_check_rows`` critic rows the critic explains less than
    ``critic_min_explained_variance`` of its targets' variance (median over the last window) while
-   its loss grew ``critic_loss_growth``-fold from its first window.  Remedy: lower the critic
+   its loss grew ``critic_loss_growth``-fold from its first window, or its explained variance is
+   below ``critic_severe_explained_variance`` outright (a healthy CartPole critic dips to about
+   −3 while the returns grow fastest; a critic with lr 1.0 reaches −28).  Remedy: lower the critic
    learning rate, a slow target critic (``critic.target_update_rate``), clip its gradients,
    return normalisation / symlog critic (``critic.bins``).
 5. ``entropy_collapse`` — the policy entropy fell below ``entropy_min_fraction`` of its first
@@ -98,6 +100,7 @@ class Thresholds:
     critic_check_rows: int = 4
     critic_min_explained_variance: float = 0.0
     critic_loss_growth: float = 10.0
+    critic_severe_explained_variance: float = -8.0  # this bad needs no loss growth
     entropy_min_fraction: float = 0.1
     entropy_max_drop: float = 3.0  # nats, for continuous (possibly negative) entropies
     entropy_patience: int = 4  # log rows the collapse must last with no real improvement
@@ -245,9 +248,9 @@ def _critic(rows, t: Thresholds) -> Finding | None:
     for i in range(max(t.critic_check_rows, t.window) - 1, n):
         ev_now = float(np.median(ev[i - t.window + 1 : i + 1]))
         loss_now = float(np.median(loss[i - t.window + 1 : i + 1]))
-        if (
-            ev_now < t.critic_min_explained_variance
-            and loss_now > t.critic_loss_growth * max(first_loss, 1e-8)
+        grew = loss_now > t.critic_loss_growth * max(first_loss, 1e-8)
+        if ev_now < t.critic_severe_explained_variance or (
+            ev_now < t.critic_min_explained_variance and grew
         ):
             return Finding(
                 "critic_divergence",
