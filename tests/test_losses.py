@@ -294,3 +294,21 @@ def test_reward_correlation_on_hand_made_predictions():
     np.testing.assert_allclose(m["reward_correlation"], -1.0, rtol=1e-5)
     _, m = losses.reward_loss(perfect, jnp.ones(5), mask)  # constant rewards: undefined
     assert np.isnan(m["reward_correlation"])
+
+
+def test_termination_precision_and_recall_on_a_known_confusion_matrix():
+    """4 true terminations, the predictor flags 5 states, 3 of them right: precision 3/5 and
+    recall 3/4, aggregated across two batches from summed counts (not a mean of ratios)."""
+    from wm_jax.metrics import aggregate
+
+    # P(continue) per state; < 0.5 predicts a termination.  c = 0 marks a true termination.
+    p1 = jnp.array([0.1, 0.2, 0.9, 0.9, 0.3, 0.9])
+    c1 = jnp.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # TP, TP, FN, TN, FP, TN
+    p2 = jnp.array([0.1, 0.4, 0.9])
+    c2 = jnp.array([0.0, 1.0, 1.0])  # TP, FP, TN
+    m1 = losses.continue_loss(distrax.Bernoulli(probs=p1), c1, jnp.ones(6))[1]
+    m2 = losses.continue_loss(distrax.Bernoulli(probs=p2), c2, jnp.ones(3))[1]
+    out = aggregate([m1, m2])
+    assert out["continue_termination_precision"] == pytest.approx(3 / 5)
+    assert out["continue_termination_recall"] == pytest.approx(3 / 4)
+    assert out["continue_accuracy"] == pytest.approx((4 / 6 + 2 / 3) / 2)
