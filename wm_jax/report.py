@@ -106,10 +106,11 @@ def _returns_figure(plt, records, findings):
         ax.plot(xs_t, ys_t, color="tab:blue", alpha=0.7, label="train return (episodes)")
     if xs_i:
         ax.plot(xs_i, ys_i, color="tab:orange", label="mean imagined return (λ-return)")
-    for f in findings:
+    for i, f in enumerate(findings):  # labels stacked so findings at one step stay readable
         ax.axvline(f.env_step, color="red", linestyle="--", alpha=0.7)
-        ax.text(f.env_step, ax.get_ylim()[1], f.mode, color="red", fontsize=7, rotation=90,
-                va="top", ha="right")
+        ax.text(f.env_step, 0.98 - 0.45 * (i // 2 % 2), f.mode, color="red", fontsize=7,
+                rotation=90, va="top", ha="right" if i % 2 == 0 else "left",
+                transform=ax.get_xaxis_transform())
     ax.set_xlabel("env step")
     ax.set_ylabel("return")
     ax.set_title("Returns: real vs imagined")
