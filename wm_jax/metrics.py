@@ -34,6 +34,18 @@ def aggregate(history: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metric values as ``metrics.jsonl`` stores them: floats, None for NaN/Inf, strings kept."""
+    clean: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if isinstance(value, str):
+            clean[name] = value
+            continue
+        value = float(np.asarray(value))
+        clean[name] = value if math.isfinite(value) else None
+    return clean
+
+
 class MetricsWriter:
     """Writes metric dicts keyed by environment step to the workdir."""
 
@@ -47,17 +59,16 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-    def write(self, env_step: int, metrics: dict[str, Any]) -> None:
-        clean = {}
-        for name, value in metrics.items():
-            if isinstance(value, str):
-                clean[name] = value
-                continue
-            value = float(np.asarray(value))
-            clean[name] = value if math.isfinite(value) else None
-            if self._tb is not None and math.isfinite(value):
-                self._tb.add_scalar(name, value, env_step)
-        self._file.write(json.dumps({"env_step": int(env_step), **clean}) + "\n")
+    def write(self, env_step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Appends one record; returns it as written (see :func:`jsonable`)."""
+        clean = jsonable(metrics)
+        if self._tb is not None:
+            for name, value in clean.items():
+                if isinstance(value, float):
+                    self._tb.add_scalar(name, value, env_step)
+        record = {"env_step": int(env_step), **clean}
+        self._file.write(json.dumps(record) + "\n")
+        return record
 
     def close(self) -> None:
         self._file.close()

@@ -20,18 +20,10 @@ from absl import app, flags
 
 from wm_jax import diagnostics
 from wm_jax.metrics import read_metrics
+from wm_jax.networks.world_model import COMPONENTS
 
-GRAD_NORMS = (
-    "encoder",
-    "representation",
-    "dynamics",
-    "reward_predictor",
-    "continue_predictor",
-    "decoder",
-    "world_model",
-    "actor",
-    "critic",
-)
+# Per-module norms first (the world model's components), then the three optimisers' global norms.
+GRAD_NORMS = (*COMPONENTS, "world_model", "actor", "critic")
 
 
 def _series(records, key):
@@ -212,9 +204,10 @@ def write_report(workdir: str, findings: list | None = None) -> str:
         ("return scale S", ["return_scale"]),
     ], findings)))
     grad_keys = [f"{g}_grad_norm" for g in GRAD_NORMS]
+    n = len(COMPONENTS)
     figures.append(("grad_norms", _panels(plt, train, "Gradient norms (before clipping)", [
-        ("world-model modules", grad_keys[:6]),
-        ("optimisers (global norms)", grad_keys[6:]),
+        ("world-model modules", grad_keys[:n]),
+        ("optimisers (global norms)", grad_keys[n:]),
     ], findings, log_keys=tuple(grad_keys))))
     figures.append(("continue_predictor", _panels(plt, train, "Continue predictor", [
         ("accuracy / termination precision / recall", [

@@ -57,18 +57,6 @@ class RunResult:
     resumed_from: int | None
 
 
-def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
-    """Metric values as the jsonl stores them: floats, None for non-finite, strings kept."""
-    out = {}
-    for k, v in record.items():
-        if isinstance(v, str):
-            out[k] = v
-        else:
-            v = float(np.asarray(v))
-            out[k] = v if np.isfinite(v) else None
-    return out
-
-
 def _prepare_batch(batch, obs_mean, obs_std, reward_scale):
     """Host numpy batch -> device batch with normalised observations and scaled rewards."""
     batch = jax.tree.map(jax.numpy.asarray, batch)
@@ -346,9 +334,9 @@ class Trainer:
                         seed=c.seed + 100_000 + self.env_step,
                     )
                     self.eval_returns.append((self.env_step, mean, std))
-                    eval_record = {"eval_return": mean, "eval_return_std": std}
-                    writer.write(self.env_step, eval_record)
-                    self.detector.update({"env_step": self.env_step, **eval_record})
+                    self.detector.update(
+                        writer.write(self.env_step, {"eval_return": mean, "eval_return_std": std})
+                    )
                     bar.set_postfix(eval_return=f"{mean:.1f}")
                 if c.log_every and self.env_step % c.log_every < c.num_envs:
                     now = time.time()
@@ -366,10 +354,10 @@ class Trainer:
                     every = c.diagnostics.open_loop_every
                     if every and self.env_step % every < c.log_every and self.updates:
                         record.update(self.open_loop_check() or {})
-                    train_record = {k: v for k, v in record.items() if k != "eval_return"}
-                    writer.write(self.env_step, train_record)
                     self.detector.update(
-                        {"env_step": self.env_step, **_jsonable(train_record)}
+                        writer.write(
+                            self.env_step, {k: v for k, v in record.items() if k != "eval_return"}
+                        )
                     )
                     metrics_lib.log_line(self.env_step, record, LOG_KEYS)
                     history, train_returns = [], []
