@@ -28,6 +28,20 @@ def test_defaults_follow_the_seeds():
         ),
         ({"critic.target_update_rate": 0.0}, "critic.target_update_rate"),
         ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 512, "replay_capacity": 256}, "batch_size"),
+        (
+            {
+                "sequence_mode": True,
+                "sequence_length": 32,
+                "batch_size": 16,
+                "replay_capacity": 500,
+            },
+            "batch_size",
+        ),
+        ({"critic.lr": -3e-4}, "critic.lr"),
+        ({"world_model.lr": -1.0}, "world_model.lr"),
+        ({"env_check": "ignore"}, "env_check"),
+        ({"max_abs_reward": 0.0}, "max_abs_reward"),
     ],
 )
 def test_impossible_values_are_rejected_naming_the_field(overrides, field):
@@ -81,3 +95,18 @@ def test_critic_real_mix_can_keep_a_floor_of_real_targets():
     assert critic_real_mix(7_500, s) == pytest.approx(0.625)
     assert critic_real_mix(50_000, s) == pytest.approx(0.25)
     assert float(critic_real_mix(jnp.asarray(50_000), s)) == pytest.approx(0.25)
+
+
+def test_a_sequence_longer_than_any_episode_is_rejected_before_training(tmp_path):
+    from wm_jax.trainer import Trainer
+
+    c = small_config(sequence_mode=True, sequence_length=16)
+    c.env_kwargs.max_episode_steps = 10
+    with pytest.raises(ConfigError, match=r"config.sequence_length: 16 .*max_episode_steps=10"):
+        Trainer(c, str(tmp_path))
+    c = small_config(**{"diagnostics.open_loop_horizon": 50})
+    c.env_kwargs.max_episode_steps = 10
+    with pytest.raises(
+        ConfigError, match="config.diagnostics.open_loop_horizon.*open_loop_every=0"
+    ):
+        Trainer(c, str(tmp_path))

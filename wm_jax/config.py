@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     # Non-finite losses/gradients skip that optimiser's update; this many in a row stop the run.
     c.max_nonfinite_updates = 100
+    # NaN/Inf or out-of-range observations/rewards from the env: "raise" | "sanitize" | "off"
+    # (wm_jax.env_guard); |reward| above max_abs_reward counts as out of range.
+    c.env_check = "raise"
+    c.max_abs_reward = 1e6
     c.report = True  # write report plots at the end of a run
 
     # --- components (chosen by name: see wm_jax.networks registries) ---------------------
@@ -191,6 +195,12 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     _require(c.model.hidden_layers >= 0, "model.hidden_layers", "must be >= 0")
     _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
+    _require(
+        c.env_check in ("raise", "sanitize", "off"),
+        "env_check",
+        f"{c.env_check!r} is not one of ('raise', 'sanitize', 'off')",
+    )
+    _require(c.max_abs_reward > 0, "max_abs_reward", f"must be > 0, got {c.max_abs_reward}")
     _require(c.train_ratio > 0, "train_ratio", f"must be > 0, got {c.train_ratio}")
     for name in ("prefill_steps", "eval_every", "log_every", "checkpoint_every"):
         _require(c[name] >= 0, name, f"must be >= 0, got {c[name]}")
@@ -202,6 +212,15 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "replay_capacity",
         f"must hold at least a sequence per env ({c.num_envs} envs × "
         f"{c.sequence_length + 1} steps), got {c.replay_capacity}",
+    )
+    per_batch = c.batch_size * (c.sequence_length if c.sequence_mode else 1)
+    _require(
+        per_batch <= c.replay_capacity,
+        "batch_size",
+        f"a batch of {per_batch} transitions (batch_size={c.batch_size}"
+        + (f" × sequence_length={c.sequence_length}" if c.sequence_mode else "")
+        + f") does not fit in replay_capacity={c.replay_capacity}: lower batch_size or raise "
+        "replay_capacity",
     )
     _require(c.reward_scale > 0, "reward_scale", "must be > 0")
     _require(c.world_model.termination_weight > 0, "world_model.termination_weight", "must be > 0")
@@ -252,3 +271,24 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ):
         _require(s[name] >= 0, f"schedule.{name}", "must be >= 0")
     return c
+
+
+def validate_for_env(c: ml_collections.ConfigDict, max_episode_steps: int | None) -> None:
+    """The checks that need the environment: windows longer than any episode can be."""
+    if max_episode_steps is None:
+        return
+    _require(
+        not c.sequence_mode or c.sequence_length <= max_episode_steps,
+        "sequence_length",
+        f"{c.sequence_length} is longer than {c.env_id}'s episodes can be (max_episode_steps="
+        f"{max_episode_steps}), so no sampled sequence could be full: use at most "
+        f"{max_episode_steps}, or raise the limit with --config.env_kwargs.max_episode_steps",
+    )
+    d = c.diagnostics
+    _require(
+        not d.open_loop_every or d.open_loop_horizon <= max_episode_steps,
+        "diagnostics.open_loop_horizon",
+        f"{d.open_loop_horizon} is longer than {c.env_id}'s episodes can be (max_episode_steps="
+        f"{max_episode_steps}): use at most {max_episode_steps}, or "
+        "--config.diagnostics.open_loop_every=0 to turn the open-loop check off",
+    )

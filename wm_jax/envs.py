@@ -48,9 +48,12 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from wm_jax.env_guard import EnvGuard, InvalidEnvDataError
+
 __all__ = [
     "EnvSpec",
     "EnvTransition",
+    "InvalidEnvDataError",
     "StepOutput",
     "UnsupportedSpaceError",
     "VectorEnv",
@@ -81,6 +84,7 @@ class EnvSpec:
         action_low: Box lower bounds (``[action_dim]``), ``None`` for ``Discrete``.
         action_high: Box upper bounds (``[action_dim]``), ``None`` for ``Discrete``.
         action_start: First integer action of a ``Discrete`` space (0 for a ``Box``).
+        max_episode_steps: The env's time limit, if it has one (not part of equality).
     """
 
     obs_shape: tuple[int, ...]
@@ -90,6 +94,7 @@ class EnvSpec:
     action_low: np.ndarray | None = None
     action_high: np.ndarray | None = None
     action_start: int = 0
+    max_episode_steps: int | None = None
 
     # ndarray fields make the generated __eq__ ambiguous; compare by value instead.
     def __eq__(self, other: object) -> bool:
@@ -244,7 +249,9 @@ def make_env_spec(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvS
     except (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv) as err:
         raise _unknown_env_error(env_id, err) from err
     try:
-        return spec_from_spaces(env.observation_space, env.action_space)
+        spec = spec_from_spaces(env.observation_space, env.action_space)
+        limit = env.spec.max_episode_steps if env.spec is not None else None
+        return dataclasses.replace(spec, max_episode_steps=limit)
     finally:
         env.close()
 
@@ -323,6 +330,9 @@ class VectorEnv:
         seed: Base seed, an integer in ``[0, 2**63)``.
         mode: ``"sync"`` (in-process) or ``"async"`` (one subprocess per env).
         env_kwargs: Keyword arguments for ``gymnasium.make`` (e.g. ``max_episode_steps``).
+        check: What to do with NaN/Inf or out-of-range observations and rewards: ``"raise"``,
+            ``"sanitize"`` or ``"off"`` (see :mod:`wm_jax.env_guard`).
+        max_abs_reward: Rewards of larger magnitude are out of range.
 
     Raises:
         ValueError: Unknown ``env_id`` or ``mode``, ``num_envs < 1`` or a bad ``seed``.
@@ -336,6 +346,8 @@ class VectorEnv:
         seed: int,
         mode: str = "sync",
         env_kwargs: dict[str, Any] | None = None,
+        check: str = "raise",
+        max_abs_reward: float = 1e6,
     ) -> None:
         if mode not in _VECTOR_MODES:
             raise ValueError(f"mode must be one of {_VECTOR_MODES}, got {mode!r}.")
@@ -359,6 +371,8 @@ class VectorEnv:
         except UnsupportedSpaceError:
             self._env.close()
             raise
+        space = self._env.single_observation_space
+        self.guard = EnvGuard(check, env_id, space.low, space.high, max_abs_reward)
         self._env_action_dtype = np.dtype(self._env.single_action_space.dtype)
         self._env_action_shape = tuple(self._env.single_action_space.shape)
         self.env_id = env_id
@@ -394,10 +408,25 @@ class VectorEnv:
         Every episode start goes through this one call shape (a masked reset, which passes
         ``options={}`` to the env), so an episode begins identically however it was reached.
         """
-        obs, _ = self._env.reset(
-            seed=self._episode_seeds(), options={"reset_mask": np.array(mask, dtype=np.bool_)}
+        obs, _ = self._guarded(
+            self._env.reset,
+            seed=self._episode_seeds(),
+            options={"reset_mask": np.array(mask, dtype=np.bool_)},
         )
-        return np.array(obs, dtype=self._spec.obs_dtype)
+        obs = np.array(obs, dtype=self._spec.obs_dtype)
+        return self.guard.observations(obs, "a reset")
+
+    def _guarded(self, fn, *args, **kwargs):
+        """Calls the vector env, turning gymnasium's shape errors into a message about spaces."""
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            space = self._env.single_observation_space
+            raise InvalidEnvDataError(
+                f"{self.env_id} returned data that does not fit its declared spaces ({err}). Its "
+                f"observation_space is {space} (shape {space.shape}, dtype {space.dtype}): make "
+                "reset() and step() return observations of exactly that shape, or fix the space."
+            ) from err
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Starts a new episode in every env and returns the first observations ``[N, ...]``.
@@ -427,12 +456,13 @@ class VectorEnv:
         if actions.shape[0] != self.num_envs:
             raise ValueError(f"Expected actions for {self.num_envs} envs, got {actions.shape[0]}.")
         env_actions = to_env_action(actions, self._spec).astype(self._env_action_dtype)
-        next_obs, reward, terminated, truncated, _ = self._env.step(env_actions)
+        next_obs, reward, terminated, truncated, _ = self._guarded(self._env.step, env_actions)
 
-        next_obs = np.array(next_obs, dtype=self._spec.obs_dtype)
+        where = f"episode step {int(self._lengths.max()) + 1}"
+        next_obs = self.guard.observations(np.array(next_obs, dtype=self._spec.obs_dtype), where)
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)
-        reward = np.asarray(reward, dtype=np.float32)
+        reward = self.guard.rewards(np.asarray(reward, dtype=np.float32), where)
         self._record(env_actions)
         self._returns += reward
         self._lengths += 1
@@ -635,9 +665,11 @@ class VectorEnv:
             rows = np.flatnonzero(live)
             step_actions[rows] = actions[rows, k - start[rows]]
             obs, reward, terminated, truncated, _ = self._env.step(step_actions)
-            obs = np.array(obs, dtype=self._spec.obs_dtype)
+            # The same guard as step(), so sanitised runs replay to the same saved values.
+            obs = self.guard.observations(np.array(obs, dtype=self._spec.obs_dtype))
+            reward = self.guard.rewards(np.asarray(reward, dtype=np.float32))
             done = np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)
-            returns[live] += np.asarray(reward, dtype=np.float32)[live]
+            returns[live] += reward[live]
             if np.any(done & live):
                 raise RuntimeError(
                     f"Replaying the saved actions ended an episode early (envs "

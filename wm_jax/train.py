@@ -38,6 +38,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from wm_jax.config import ConfigError
+    from wm_jax.envs import InvalidEnvDataError
     from wm_jax.trainer import NonFiniteError, train
 
     config = _CONFIG.value
@@ -56,6 +57,10 @@ def main(argv):
         logging.error("%s", err)
         print(f"stopped: {err}", file=sys.stderr)
         sys.exit(3)
+    except InvalidEnvDataError as err:
+        logging.error("%s", err)
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(4)
     final = result.eval_returns[-1] if result.eval_returns else None
     summary = f"trained {result.env_steps} env steps"
     if final is not None:

@@ -20,7 +20,7 @@ from absl import logging
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
-from wm_jax.config import ConfigError, validate
+from wm_jax.config import ConfigError, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import VectorEnv, make_env_spec
 from wm_jax.normalizer import RunningMeanStd, normalize
@@ -74,13 +74,25 @@ def _prepare_batch(batch, obs_mean, obs_std, reward_scale):
 _prepare_batch_jit = jax.jit(_prepare_batch)
 
 
+def _make_envs(config, num_envs: int, seed: int, mode: str) -> VectorEnv:
+    return VectorEnv(
+        config.env_id,
+        num_envs,
+        seed,
+        mode,
+        dict(config.env_kwargs),
+        check=config.env_check,
+        max_abs_reward=config.max_abs_reward,
+    )
+
+
 def evaluate(
     config, act_fn, state, normalizer, episodes: int, seed: int
 ) -> tuple[float, float, list[float]]:
     """Runs ``episodes`` episodes (one per eval env) with the deterministic policy."""
     mean, std = normalizer.stats()
     returns: list[float | None] = [None] * episodes
-    env = VectorEnv(config.env_id, episodes, seed, mode="sync", env_kwargs=dict(config.env_kwargs))
+    env = _make_envs(config, episodes, seed, "sync")
     try:
         obs = env.reset()
         done = np.zeros(episodes, bool)
@@ -114,12 +126,13 @@ class Trainer:
             self.spec = make_env_spec(c.env_id, dict(c.env_kwargs))
         except ValueError as err:  # unknown id or unsupported spaces: a start-up config error
             raise ConfigError(f"config.env_id={c.env_id!r}: {err}") from err
+        validate_for_env(c, self.spec.max_episode_steps)
         os.makedirs(self.workdir, exist_ok=True)
         self.agent = make_agent(c, self.spec)
         self.steps = make_steps(self.agent)
         self.act_fn = make_act_fn(self.agent)
         self.open_loop_fn = make_open_loop_fn(self.agent)
-        self.envs = VectorEnv(c.env_id, c.num_envs, c.seed, c.vector_mode, dict(c.env_kwargs))
+        self.envs = _make_envs(c, c.num_envs, c.seed, c.vector_mode)
         self.replay = ReplayBuffer(
             c.replay_capacity,
             c.num_envs,
@@ -178,6 +191,7 @@ class Trainer:
         self.replay.load_state_dict(extras["replay"])
         self.normalizer.load_state_dict(extras["normalizer"])
         self.obs = self.envs.load_state_dict(extras["envs"])
+        self.envs.guard.take_counts()  # repairs made while replaying were counted before
         loop = extras["loop"]
         self.env_step = int(loop["env_step"])
         self.updates = int(loop["updates"])
@@ -347,6 +361,16 @@ class Trainer:
                     record["updates"] = self.updates
                     record["episodes"] = self.episodes
                     record["phase"] = phase(self.env_step, c.schedule)
+                    if c.env_check == "sanitize":
+                        repaired = self.envs.guard.take_counts()
+                        if any(repaired.values()):
+                            logging.warning(
+                                "env step %d: repaired invalid env data %s (config.env_check="
+                                "sanitize)",
+                                self.env_step,
+                                repaired,
+                            )
+                        record.update(repaired)
                     if train_returns:
                         record["train_return"] = float(np.mean(train_returns))
                     if self.eval_returns:
