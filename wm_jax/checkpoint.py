@@ -7,16 +7,25 @@ counters, saved together under ``<workdir>/checkpoints/<step>``.
   normaliser are dicts of numpy arrays, counters are integer arrays.
 * Restoring goes against an abstract target built from a fresh init, so the pytree types
   (``TrainState``, optax states) come back as they were saved.
+* :meth:`Checkpointer.restore_newest_valid` walks back from the newest step past unreadable ones
+  (truncated files, missing metadata, non-finite values): once an older step loads, the newer
+  broken ones are moved to ``<workdir>/checkpoints_corrupt/`` so the run can save over their
+  step numbers again.  If no step loads, nothing is moved and the newest step's error is raised
+  (a config that no longer matches its checkpoints must not look like corruption).
+* Loading never unpickles: orbax reads array data (tensorstore) and JSON metadata only.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from wm_jax.types import TrainState
 
@@ -88,6 +97,69 @@ class Checkpointer:
         )
         extras = jax.tree.map(np.asarray, restored["extras"])
         return step, restored["state"], extras
+
+    def restore_newest_valid(
+        self,
+        state_template: TrainState,
+        load: Callable[[int, TrainState, dict[str, Any]], None],
+    ) -> int | None:
+        """Restores the newest step that reads, is finite and that ``load`` accepts.
+
+        ``load(step, state, extras)`` applies a restored checkpoint (and raises if its parts do
+        not fit).  Returns the step loaded, or None when there is no checkpoint.
+        """
+        failed: list[tuple[int, Exception]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                _, state, extras = self.restore(state_template, step)
+                bad = [
+                    jax.tree_util.keystr(path)
+                    for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+                    if np.issubdtype(np.asarray(leaf).dtype, np.floating)
+                    and not np.isfinite(np.asarray(leaf)).all()
+                ]
+                if bad:
+                    raise ValueError(f"non-finite values in {bad[:3]}")
+                load(step, state, extras)
+            except Exception as err:  # any failure to read or apply a step makes it unusable
+                logging.warning(
+                    "checkpoint %d in %s cannot be loaded: %s", step, self.directory, err
+                )
+                failed.append((step, err))
+                continue
+            for bad_step, err in failed:
+                moved = self._quarantine(bad_step)
+                logging.warning(
+                    "skipped the unreadable checkpoint %d (%s: %s); moved it to %s and resumed "
+                    "from checkpoint %d",
+                    bad_step,
+                    type(err).__name__,
+                    err,
+                    moved,
+                    step,
+                )
+            return step
+        if failed:
+            step, err = failed[0]
+            raise RuntimeError(
+                f"no checkpoint in {self.directory} could be loaded (tried {[s for s, _ in failed]}"
+                f"); the newest failed with {type(err).__name__}: {err}.  If the config changed "
+                "since these were written, use the original config or a new --workdir."
+            ) from err
+        return None
+
+    def _quarantine(self, step: int) -> str:
+        """Moves a broken step out of the manager's directory (so its number is free again)."""
+        target_root = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt")
+        os.makedirs(target_root, exist_ok=True)
+        target = os.path.join(target_root, str(step))
+        suffix = 1
+        while os.path.exists(target):
+            target = os.path.join(target_root, f"{step}.{suffix}")
+            suffix += 1
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

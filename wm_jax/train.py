@@ -12,6 +12,7 @@ automatically from the newest checkpoint in ``--workdir``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -61,6 +62,14 @@ def main(argv):
         logging.error("%s", err)
         print(f"stopped: {err}", file=sys.stderr)
         sys.exit(4)
+    if result.interrupted_by is not None:
+        name = signal.Signals(result.interrupted_by).name
+        print(
+            f"interrupted by {name} at env step {result.env_steps}; a final checkpoint is in "
+            f"{os.path.abspath(workdir)}/checkpoints: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        sys.exit(128 + result.interrupted_by)  # the shell's convention for "ended by a signal"
     final = result.eval_returns[-1] if result.eval_returns else None
     summary = f"trained {result.env_steps} env steps"
     if final is not None:

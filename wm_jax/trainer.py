@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -55,6 +57,33 @@ class RunResult:
     env_steps: int
     eval_returns: list[tuple[int, float, float]]  # (env_step, mean, std)
     resumed_from: int | None
+    interrupted_by: int | None = None  # the signal (SIGTERM/SIGINT) that stopped the run early
+
+
+class _StopOnSignal:
+    """While active, SIGTERM and SIGINT ask the loop to stop after the current env step (so a
+    final checkpoint can be written) instead of killing it; a second signal acts as usual."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        logging.warning("received %s: stopping after this step", signal.Signals(signum).name)
+        for sig, handler in self._previous.items():  # a second signal is not deferred
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signal() works only there
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _prepare_batch(batch, obs_mean, obs_std, reward_scale):
@@ -161,7 +190,7 @@ class Trainer:
         with open(os.path.join(self.workdir, "config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=1))
         self.obs = self.envs.reset()
-        if self.checkpointer is not None and self.checkpointer.latest_step() is not None:
+        if self.checkpointer is not None:
             self._restore()
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -186,19 +215,22 @@ class Trainer:
             self.checkpointer.save(self.env_step, self.state, self._extras())
 
     def _restore(self) -> None:
-        step, state, extras = self.checkpointer.restore(self.state)
-        self.state = state
+        self.resumed_from = self.checkpointer.restore_newest_valid(self.state, self._load)
+
+    def _load(self, step: int, state, extras: dict[str, Any]) -> None:
+        """Applies a restored checkpoint; raises (leaving a later load to overwrite) if a part
+        does not fit this run."""
         self.replay.load_state_dict(extras["replay"])
         self.normalizer.load_state_dict(extras["normalizer"])
         self.obs = self.envs.load_state_dict(extras["envs"])
         self.envs.guard.take_counts()  # repairs made while replaying were counted before
         loop = extras["loop"]
+        self.state = state
         self.env_step = int(loop["env_step"])
         self.updates = int(loop["updates"])
         self.update_budget = float(loop["update_budget"])
         self.episodes = int(loop["episodes"])
         self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"])[1:].tolist()]
-        self.resumed_from = step
         logging.info("resumed from checkpoint at env step %d in %s", step, self.workdir)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -320,8 +352,10 @@ class Trainer:
         train_returns: list[float] = []
         bar = _progress(end, self.env_step)
         last_time, last_step = time.time(), self.env_step
+        stop = _StopOnSignal()
         try:
-            while self.env_step < end:
+            stop.__enter__()
+            while self.env_step < end and stop.signum is None:
                 actions = self._act()
                 out = self.envs.step(actions)
                 self.replay.add(*out.transition)
@@ -395,17 +429,27 @@ class Trainer:
                 writer.write(self.env_step, metrics_lib.aggregate(history))
             raise
         finally:
+            stop.__exit__()
             bar.close()
             writer.close()
+        if stop.signum is not None:
+            logging.warning(
+                "stopped by %s at env step %d; %s",
+                signal.Signals(stop.signum).name,
+                self.env_step,
+                "saving a final checkpoint" if self.checkpointer else "checkpoints are off",
+            )
         if self.checkpointer is not None:
             if self.checkpointer.latest_step() != self.env_step:
                 self.save()
             self.checkpointer.wait()
-        if c.report and self.env_step >= c.total_env_steps:
+        if c.report and self.env_step >= c.total_env_steps and stop.signum is None:
             from wm_jax.report import write_report  # matplotlib only when a report is written
 
             logging.info("report: %s", write_report(self.workdir))
-        return RunResult(self.workdir, self.env_step, list(self.eval_returns), self.resumed_from)
+        return RunResult(
+            self.workdir, self.env_step, list(self.eval_returns), self.resumed_from, stop.signum
+        )
 
     def close(self) -> None:
         self.envs.close()
