@@ -233,7 +233,8 @@ def from_env_action(env_actions: np.ndarray, spec: EnvSpec) -> np.ndarray:
 def _unknown_env_error(env_id: str, err: Exception) -> ValueError:
     return ValueError(
         f"Unknown or unavailable environment id {env_id!r}: {err}. Use a registered id "
-        "(e.g. 'CartPole-v1'); gymnasium.pprint_registry() lists them."
+        "(e.g. 'CartPole-v1'; gymnasium.pprint_registry() lists them), or 'module:EnvId' to "
+        "import the module that registers your own env first."
     )
 
 
@@ -246,7 +247,11 @@ def make_env_spec(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvS
     """
     try:
         env = gymnasium.make(env_id, **(env_kwargs or {}))
-    except (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv) as err:
+    except (
+        gymnasium.error.UnregisteredEnv,
+        gymnasium.error.DeprecatedEnv,
+        ModuleNotFoundError,  # the module of a "module:EnvId" id
+    ) as err:
         raise _unknown_env_error(env_id, err) from err
     try:
         spec = spec_from_spaces(env.observation_space, env.action_space)
@@ -362,7 +367,11 @@ class VectorEnv:
                 vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
                 **(env_kwargs or {}),
             )
-        except (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv) as err:
+        except (
+            gymnasium.error.UnregisteredEnv,
+            gymnasium.error.DeprecatedEnv,
+            ModuleNotFoundError,  # the module of a "module:EnvId" id
+        ) as err:
             raise _unknown_env_error(env_id, err) from err
         try:
             self._spec = spec_from_spaces(

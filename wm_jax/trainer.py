@@ -216,6 +216,8 @@ class Trainer:
 
     def _restore(self) -> None:
         self.resumed_from = self.checkpointer.restore_newest_valid(self.state, self._load)
+        if self.resumed_from is None:
+            logging.info("no checkpoint in %s: starting from scratch", self.checkpointer.directory)
 
     def _load(self, step: int, state, extras: dict[str, Any]) -> None:
         """Applies a restored checkpoint; raises (leaving a later load to overwrite) if a part
