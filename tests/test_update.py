@@ -281,3 +281,24 @@ def test_nonfinite_batch_skips_every_update_and_leaves_the_state_unchanged(discr
     assert float(metrics["world_model_update_skipped"]) == 0.0
     assert int(nonfinite_streak(recovered.wm_opt_state)) == 0
     assert not trees_equal(recovered.wm_params, state.wm_params)
+
+
+def test_return_normalisation_can_use_an_ema_of_the_percentiles(discrete_setup):
+    agent, _, state, batch = discrete_setup
+    key = jax.random.PRNGKey(9)
+
+    def range_and_scale(decay, start):
+        cfg = small_config(**{"actor.return_norm": True, "actor.return_norm_decay": decay})
+        ag = make_agent(cfg, agent.spec)
+        s = state.replace(return_range=jnp.asarray(start, jnp.float32))
+        _, (metrics, _, _, new_range) = jax.jit(lambda p: actor_loss_fn(p, ag, s, batch, key))(
+            s.actor_params
+        )
+        return np.asarray(new_range), float(metrics["return_scale"])
+
+    batch_range, batch_scale = range_and_scale(0.0, [0.0, 0.0])  # this batch's P5, P95
+    assert batch_range[1] >= batch_range[0]
+    assert batch_scale == pytest.approx(max(1.0, batch_range[1] - batch_range[0]), rel=1e-6)
+    ema, ema_scale = range_and_scale(0.9, [-20.0, 40.0])
+    np.testing.assert_allclose(ema, 0.9 * np.array([-20.0, 40.0]) + 0.1 * batch_range, rtol=1e-5)
+    assert ema_scale == pytest.approx(ema[1] - ema[0], rel=1e-5)

@@ -101,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.entropy_coef = 0.01
     a.gradient = "dynamics"  # "dynamics" (reparameterised / straight-through) | "reinforce"
     a.return_norm = False  # divide returns by max(1, P95 - P5) (DreamerV3); seeds: off
+    a.return_norm_decay = 0.0  # 0: percentiles of each batch; 0.99: an EMA over batches (DreamerV3)
     a.discount_weights = False  # weight imagined steps by Π γ·c (Dreamer); seeds: plain mean
     a.unimix = 0.0
     a.min_std = 0.1
@@ -245,6 +246,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         0.0 <= c.schedule.final_real_mix <= 1.0, "schedule.final_real_mix", "must lie in [0, 1]"
     )
     _require(c.actor.entropy_coef >= 0, "actor.entropy_coef", "must be >= 0")
+    _require(
+        0.0 <= c.actor.return_norm_decay < 1.0, "actor.return_norm_decay", "must lie in [0, 1)"
+    )
     _require(0.0 <= c.actor.unimix < 1.0, "actor.unimix", "must lie in [0, 1)")
     _require(
         0 < c.actor.min_std <= c.actor.max_std,

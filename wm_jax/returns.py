@@ -58,16 +58,24 @@ def discount_weights(continues_t: chex.Array, gamma: float) -> chex.Array:
     return jnp.cumprod(jnp.concatenate([ones, gamma * continues_t[:-1]], 0), axis=0)
 
 
+def return_percentiles(
+    returns: chex.Array, weights: chex.Array, low: float = 5.0, high: float = 95.0
+) -> chex.Array:
+    """``[P_low(R), P_high(R)]`` over the entries with non-zero weight (stop-gradient)."""
+    valid = weights > 0
+    masked = jnp.where(valid, returns, jnp.nan)
+    bounds = jnp.stack([jnp.nanpercentile(masked, low), jnp.nanpercentile(masked, high)])
+    return jax.lax.stop_gradient(jnp.nan_to_num(bounds))
+
+
 def return_scale(
     returns: chex.Array, weights: chex.Array, low: float = 5.0, high: float = 95.0
 ) -> chex.Array:
     """``S = max(1, P_high(R) − P_low(R))`` over the entries with non-zero weight: DreamerV3's
     return normalisation, which divides returns by their spread only when it exceeds 1 so that
     small returns are not amplified into noise."""
-    valid = weights > 0
-    lo = jnp.nanpercentile(jnp.where(valid, returns, jnp.nan), low)
-    hi = jnp.nanpercentile(jnp.where(valid, returns, jnp.nan), high)
-    return jax.lax.stop_gradient(jnp.maximum(1.0, jnp.nan_to_num(hi - lo)))
+    lo, hi = return_percentiles(returns, weights, low, high)
+    return jnp.maximum(1.0, hi - lo)
 
 
 def symlog(x: jax.Array) -> jax.Array:

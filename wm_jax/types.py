@@ -143,3 +143,5 @@ class TrainState:
     wm_updates: chex.Array  # int32 counters of applied updates
     actor_updates: chex.Array
     critic_updates: chex.Array
+    # [2] EMA of the imagined returns' 5th and 95th percentiles (actor.return_norm_decay > 0).
+    return_range: chex.Array

@@ -30,7 +30,7 @@ from wm_jax.config import validate
 from wm_jax.imagination import imagine, policy_terms
 from wm_jax.networks import COMPONENTS, Networks, build_networks
 from wm_jax.networks.encoders import normalize_image
-from wm_jax.returns import discount_weights, lambda_returns, return_scale, td_targets
+from wm_jax.returns import discount_weights, lambda_returns, return_percentiles, td_targets
 from wm_jax.schedule import UpdateCounts
 from wm_jax.types import (
     Batch,
@@ -126,6 +126,7 @@ def init_state(agent: Agent, key: chex.PRNGKey) -> TrainState:
         wm_updates=zero,
         actor_updates=zero,
         critic_updates=zero,
+        return_range=jnp.zeros((2,), jnp.float32),
     )
 
 
@@ -326,7 +327,14 @@ def actor_loss_fn(
     if cfg.actor.discount_weights:
         # Imagined steps past a likely termination matter less (Dreamer's weighting).
         w = w * sg(discount_weights(imagined.continues, cfg.imagination.gamma))
-    scale = return_scale(returns, w) if cfg.actor.return_norm else 1.0
+    return_range = state.return_range
+    if cfg.actor.return_norm:
+        # S = max(1, P95 - P5), of this batch or (decay > 0) of an EMA over batches (DreamerV3).
+        decay = cfg.actor.return_norm_decay
+        return_range = decay * state.return_range + (1.0 - decay) * return_percentiles(returns, w)
+        scale = jnp.maximum(1.0, return_range[1] - return_range[0])
+    else:
+        scale = 1.0
     loss, metrics = losses.actor_loss(
         imagined,
         returns,
@@ -336,7 +344,7 @@ def actor_loss_fn(
         imagined.values[:-1],
         scale,
     )
-    return loss, (metrics, imagined, weights)
+    return loss, (metrics, imagined, weights, sg(return_range))
 
 
 def actor_update(
@@ -347,7 +355,7 @@ def actor_update(
     Returns the (gradient-free) imagined trajectory and its start weights for the critic.
     """
     key, loss_key = jax.random.split(state.key)
-    grads, (metrics, imagined, weights) = jax.grad(actor_loss_fn, has_aux=True)(
+    grads, (metrics, imagined, weights, return_range) = jax.grad(actor_loss_fn, has_aux=True)(
         state.actor_params, agent, state, batch, loss_key
     )
     updates, opt_state = agent.actor_optimizer.update(
@@ -360,6 +368,7 @@ def actor_update(
         actor_opt_state=opt_state,
         key=key,
         actor_updates=state.actor_updates + 1,
+        return_range=return_range,
     )
     return new_state, metrics, sg(imagined), weights
 
