@@ -3,6 +3,7 @@ terminated and corrupted runs resume to exactly the parameters of an uninterrupt
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -80,11 +81,24 @@ def run_script(tmp_path, workdir, mode, checkpoint_every=96):
 
 
 @pytest.fixture(scope="module")
-def straight_params(tmp_path_factory):
-    """The uninterrupted reference run (same seed, CPU, one thread)."""
+def straight_run(tmp_path_factory):
+    """The uninterrupted reference run (same seed, CPU, one thread): (final params, workdir)."""
     tmp = tmp_path_factory.mktemp("straight")
     assert "env_step 320" in run_script(tmp, tmp / "run", "full")
-    return np.load(tmp / "run" / "final_params.npy")
+    return np.load(tmp / "run" / "final_params.npy"), tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def straight_params(straight_run):
+    return straight_run[0]
+
+
+def metric_records(workdir):
+    """metrics.jsonl without the one wall-clock figure."""
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    for record in records:
+        record.pop("env_steps_per_s", None)
+    return records
 
 
 def assert_same_params(straight, workdir):
@@ -93,14 +107,24 @@ def assert_same_params(straight, workdir):
     assert np.array_equal(resumed, straight), f"max abs diff {np.max(np.abs(resumed - straight))}"
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted_run(tmp_path, straight_params):
+def test_interrupted_and_resumed_run_matches_uninterrupted_run_metric_for_metric(
+    tmp_path, straight_run
+):
     """Stopping at 192 env steps (mid-episode, mid-schedule) and resuming from the checkpoint
-    reaches bit-identical parameters at 320 env steps."""
+    reaches bit-identical parameters at 320 env steps, and every logged metric of the two
+    processes together equals the uninterrupted run's, step for step (determinism)."""
+    straight_params, straight_dir = straight_run
     run = tmp_path / "interrupted"
     assert "env_step 192" in run_script(tmp_path, run, "stop")
     out = run_script(tmp_path, run, "full")
     assert "resumed_from 192" in out and "env_step 320" in out
     assert_same_params(straight_params, run)
+    resumed, straight = metric_records(run), metric_records(straight_dir)
+    assert [r["env_step"] for r in resumed] == [r["env_step"] for r in straight]
+    for a, b in zip(resumed, straight, strict=True):
+        assert a == b, {
+            k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)
+        }
 
 
 def checkpoint_steps(workdir):

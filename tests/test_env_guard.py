@@ -160,3 +160,24 @@ def test_training_in_sanitize_mode_counts_repairs_and_keeps_every_parameter_fini
     records = [json.loads(line) for line in open(tmp_path / "sanitize" / "metrics.jsonl")]
     assert sum(r.get("env_invalid_obs", 0) for r in records) > 0
     assert sum(r.get("env_invalid_reward", 0) for r in records) > 0
+
+
+def test_a_state_with_a_nan_parameter_is_never_saved(tmp_path):
+    import jax
+
+    from wm_jax.trainer import NonFiniteError, Trainer
+
+    trainer = Trainer(tiny_config(env_check="sanitize", checkpoint_every=32), str(tmp_path / "c"))
+    try:
+        trainer.save()  # a finite state saves
+        trainer.checkpointer.wait()
+        poisoned = jax.tree.map(lambda x: x * np.nan, trainer.state.actor_params)
+        trainer.state = trainer.state.replace(actor_params=poisoned)
+        trainer.env_step = 32
+        with pytest.raises(
+            NonFiniteError, match="not saving it.*last good checkpoint is env step 0"
+        ):
+            trainer.save()
+        assert trainer.checkpointer.all_steps() == [0]
+    finally:
+        trainer.close()

@@ -103,6 +103,12 @@ def _prepare_batch(batch, obs_mean, obs_std, reward_scale):
 _prepare_batch_jit = jax.jit(_prepare_batch)
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    return jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))
+
+
 def _make_envs(config, num_envs: int, seed: int, mode: str) -> VectorEnv:
     return VectorEnv(
         config.env_id,
@@ -211,8 +217,17 @@ class Trainer:
         }
 
     def save(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.save(self.env_step, self.state, self._extras())
+        if self.checkpointer is None:
+            return
+        # The update guard skips non-finite updates, so this never fires unless something
+        # outside it went wrong; a NaN must still never reach a checkpoint.
+        if not bool(_all_finite(self.state)):
+            raise NonFiniteError(
+                f"the train state at env step {self.env_step} holds non-finite values; not "
+                f"saving it.  The last good checkpoint is env step "
+                f"{self.checkpointer.latest_step()} in {self.checkpointer.directory}."
+            )
+        self.checkpointer.save(self.env_step, self.state, self._extras())
 
     def _restore(self) -> None:
         self.resumed_from = self.checkpointer.restore_newest_valid(self.state, self._load)
