@@ -19,6 +19,8 @@ class ConfigError(ValueError):
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """The default configuration (the seeds' values), as an ``ml_collections.ConfigDict``; the
+    ``--config.x=y`` flags and experiment files in ``experiments/configs/`` start from it."""
     c = ml_collections.ConfigDict()
 
     # --- experiment ----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from wm_jax.checkpoint import Checkpointer
 from wm_jax.config import ConfigError, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import VectorEnv, make_env_spec
+from wm_jax.inference import spec_to_json
 from wm_jax.normalizer import RunningMeanStd, normalize
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import make_act_fn
@@ -53,6 +54,8 @@ class NonFiniteError(RuntimeError):
 
 @dataclasses.dataclass
 class RunResult:
+    """What :func:`train` returns: where the run is, how far it got, its evaluations."""
+
     workdir: str
     env_steps: int
     eval_returns: list[tuple[int, float, float]]  # (env_step, mean, std)
@@ -195,6 +198,8 @@ class Trainer:
         self.detector = Detector(Thresholds.from_config(c))
         with open(os.path.join(self.workdir, "config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=1))
+        with open(os.path.join(self.workdir, "env_spec.json"), "w") as f:  # for load_policy
+            json.dump(spec_to_json(self.spec), f, indent=1)
         self.obs = self.envs.reset()
         if self.checkpointer is not None:
             self._restore()

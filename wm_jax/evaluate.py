@@ -1,0 +1,119 @@
+"""Evaluate a trained agent::
+
+    python -m wm_jax.evaluate --workdir=runs/cartpole --episodes=10
+    python -m wm_jax.evaluate --workdir=runs/cartpole --gif=episode.gif   # + an episode's frames
+    python -m wm_jax.evaluate --workdir=exported_bundle --env_id=CartPole-v1
+
+Loads the newest checkpoint of a run (or ``--step``, or an exported bundle: see
+:mod:`wm_jax.inference`), runs ``--episodes`` episodes with the deterministic policy (or
+``--stochastic``), prints mean ± std of the return, and can write one episode as an animated GIF
+of the env's ``rgb_array`` frames (classic-control envs need ``pip install pygame`` to render).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from wm_jax.envs import VectorEnv
+from wm_jax.inference import Policy, load_policy
+
+
+def evaluate_policy(
+    policy: Policy,
+    episodes: int = 10,
+    seed: int = 0,
+    env_id: str | None = None,
+    deterministic: bool = True,
+) -> tuple[float, float, list[float]]:
+    """Runs ``episodes`` episodes (one per env of a sync vector env) and returns
+    ``(mean, std, returns)`` of their undiscounted returns."""
+    env_id = env_id or policy.config.env_id
+    env_kwargs = dict(policy.config.get("env_kwargs", {}))
+    returns: list[float | None] = [None] * episodes
+    with VectorEnv(env_id, episodes, seed, "sync", env_kwargs) as env:
+        obs = env.reset()
+        done = np.zeros(episodes, bool)
+        running = np.zeros(episodes)
+        t = 0
+        while not done.all():
+            key = jax.random.fold_in(jax.random.PRNGKey(seed), t)
+            out = env.step(policy.agent_actions(obs, key, deterministic))
+            running += np.where(done, 0.0, out.transition.reward)
+            ended = out.transition.terminated | out.transition.truncated
+            for i in np.flatnonzero(ended & ~done):
+                returns[i] = float(running[i])
+            done |= ended
+            obs = out.obs
+            t += 1
+    values = np.asarray(returns, np.float64)
+    return float(values.mean()), float(values.std()), [float(v) for v in values]
+
+
+def record_episode(
+    policy: Policy, path: str, seed: int = 0, env_id: str | None = None, fps: int = 30
+) -> tuple[float, int]:
+    """Plays one deterministic episode with ``render_mode="rgb_array"`` and writes its frames as
+    an animated GIF to ``path``; returns ``(return, frames)``."""
+    import gymnasium
+    from PIL import Image
+
+    env_id = env_id or policy.config.env_id
+    env_kwargs = dict(policy.config.get("env_kwargs", {}))
+    env = gymnasium.make(env_id, render_mode="rgb_array", **env_kwargs)
+    try:
+        obs, _ = env.reset(seed=seed)
+        frames, total, done = [env.render()], 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
+            total += float(reward)
+            done = terminated or truncated
+            frames.append(env.render())
+    finally:
+        env.close()
+    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return total, len(images)
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory or exported policy bundle")
+_EPISODES = flags.DEFINE_integer("episodes", 10, "episodes to evaluate")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the evaluation episodes")
+_ENV_ID = flags.DEFINE_string("env_id", None, "environment id (default: the run's)")
+_STOCHASTIC = flags.DEFINE_bool("stochastic", False, "sample actions instead of the mode")
+_GIF = flags.DEFINE_string(
+    "gif", None, "write one episode as a GIF here (relative paths go into --workdir)"
+)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    try:
+        policy = load_policy(_WORKDIR.value, _STEP.value)
+    except (FileNotFoundError, ValueError) as err:
+        raise app.UsageError(str(err)) from None
+    mean, std, returns = evaluate_policy(
+        policy, _EPISODES.value, _SEED.value, _ENV_ID.value, not _STOCHASTIC.value
+    )
+    print(
+        f"{_ENV_ID.value or policy.config.env_id}, checkpoint {policy.step}: return "
+        f"{mean:.1f} ± {std:.1f} over {len(returns)} episodes"
+    )
+    if _GIF.value:
+        path = _GIF.value
+        if not os.path.isabs(path):
+            path = os.path.join(_WORKDIR.value, path)
+        total, frames = record_episode(policy, path, _SEED.value, _ENV_ID.value)
+        print(f"wrote {path} ({frames} frames, return {total:.1f})")
+
+
+if __name__ == "__main__":
+    app.run(main)
