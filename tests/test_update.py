@@ -16,9 +16,11 @@ from wm_jax.returns import lambda_returns, return_scale
 from wm_jax.schedule import UpdateCounts
 from wm_jax.update import (
     actor_loss_fn,
+    expected_updates,
     imagine_from_batch,
     init_state,
     make_agent,
+    make_optimizer,
     make_steps,
     nonfinite_streak,
     world_model_loss,
@@ -302,3 +304,30 @@ def test_return_normalisation_can_use_an_ema_of_the_percentiles(discrete_setup):
     ema, ema_scale = range_and_scale(0.9, [-20.0, 40.0])
     np.testing.assert_allclose(ema, 0.9 * np.array([-20.0, 40.0]) + 0.1 * batch_range, rtol=1e-5)
     assert ema_scale == pytest.approx(ema[1] - ema[0], rel=1e-5)
+
+
+def test_learning_rate_anneals_linearly_to_its_final_scale_then_holds():
+    group = small_config().actor
+    group.lr, group.lr_final_scale, group.grad_clip = 1e-2, 0.1, 1e6
+    opt = make_optimizer(group, anneal_updates=10)
+    params = jnp.zeros(3)
+    state = opt.init(params)
+    steps = []
+    for _ in range(14):
+        # A constant gradient makes Adam's step equal to the learning rate.
+        updates, state = opt.update(jnp.ones(3), state, params)
+        steps.append(float(-updates[0]))
+    expected = [1e-2 - 9e-3 * min(k, 10) / 10 for k in range(14)]
+    np.testing.assert_allclose(steps, expected, rtol=1e-3)
+    # lr_final_scale = 1 keeps the plain constant-lr Adam (same state structure as before).
+    group.lr_final_scale = 1.0
+    flat_state = make_optimizer(group, anneal_updates=10).init(params)
+    assert jax.tree.structure(flat_state) != jax.tree.structure(state)
+
+
+def test_expected_updates_follow_the_schedule():
+    c = small_config(total_env_steps=10_000, prefill_steps=1_000, train_ratio=0.5)
+    c.schedule.warmup_steps, c.schedule.critic_updates = 2_000, 2
+    assert expected_updates(c, "world_model") == 4_500
+    assert expected_updates(c, "actor") == 4_000
+    assert expected_updates(c, "critic") == 8_000

@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_envs = 4
     c.vector_mode = "sync"  # "sync" | "async" (exact resume needs "sync")
     c.total_env_steps = 30_000
+    # "host": gymnasium envs stepped by Python, replay in numpy (any env).  "device": the whole
+    # loop compiled into one program (wm_jax.device_loop; gymnax envs only, "gymnax:<name>").
+    c.loop = "host"
+    c.num_seeds = 1  # device loop: seeds seed, seed+1, ... trained at once with jax.vmap
 
     # --- the training loop (wm_jax.trainer) ----------------------------------------------
     c.replay_capacity = 100_000
@@ -51,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.report = True  # write report plots at the end of a run
 
     # --- components (chosen by name: see wm_jax.networks registries) ---------------------
+    # Comma-separated modules imported before the networks are built; importing them registers
+    # your own components (docs/custom_dynamics.md), e.g. "experiments.custom_dynamics".
+    c.imports = ""
     m = c.model = ml_collections.ConfigDict()
     m.encoder = "auto"  # "mlp" | "cnn" | "auto" (cnn for rank-3 observations)
     m.representation = "autoencoder"  # "autoencoder" | "vae"
@@ -74,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
     wm.lr = 1e-4
     wm.eps = 1e-8
     wm.grad_clip = 1.0
+    # Linear learning-rate anneal to lr·lr_final_scale over the run's expected updates of this
+    # optimiser (1.0: constant, the seeds); PPO-style annealing steadies late policy updates.
+    wm.lr_final_scale = 1.0
     wm.dynamics_loss = "mse"  # "mse" (seeds Loss 1) | "nll" (seeds Interface 2)
     wm.dynamics_target_grad = False  # let the dynamics loss pull on the target state's encoder
     wm.dynamics_scale = 1.0
@@ -100,6 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.lr = 3e-5
     a.eps = 1e-8
     a.grad_clip = 1.0
+    a.lr_final_scale = 1.0
     a.entropy_coef = 0.01
     a.gradient = "dynamics"  # "dynamics" (reparameterised / straight-through) | "reinforce"
     a.return_norm = False  # divide returns by max(1, P95 - P5) (DreamerV3); seeds: off
@@ -114,6 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
     cr.lr = 3e-5
     cr.eps = 1e-8
     cr.grad_clip = 1.0
+    cr.lr_final_scale = 1.0
     # τ of the target critic, θ' <- (1 - τ)·θ' + τ·θ after each critic update; 1.0 bootstraps
     # from the online critic itself (the seeds); ~0.02 gives the usual slow target network.
     cr.target_update_rate = 1.0
@@ -148,6 +160,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.sequence_mode = False
     c.sequence_length = 16
+
+    # --- offline training from a fixed dataset (wm_jax.offline), counted in updates ---------
+    o = c.offline = ml_collections.ConfigDict()
+    o.updates = 10_000  # train steps (one batch each) of an offline run
+    o.world_model_only_updates = 2_000  # the schedule's warmup: world model only
+    o.transition_updates = 2_000  # then critic_real_mix anneals 1 -> schedule.final_real_mix
+    o.train_world_model = True  # keep training the world model with actor and critic afterwards
+    # Imagination-only fine-tuning: start from the dataset run's checkpoint and never update its
+    # world model (needs a run: dataset; world_model_only_updates is then skipped).
+    o.freeze_world_model = False
+    o.log_every = 100  # updates
+    o.checkpoint_every = 1_000  # updates; a final checkpoint is always written
+    o.open_loop_every = 1_000  # updates between open-loop checks; 0 disables
     return c
 
 
@@ -159,7 +184,16 @@ def _require(cond: bool, field: str, message: str) -> None:
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raises :class:`ConfigError` naming the first impossible value; returns ``c``."""
     # Component names (model.encoder, ...) are checked against the registries when the networks
-    # are built, so components registered by users are accepted.
+    # are built (after config.imports ran), so components registered by users are accepted.
+    imports = c.get("imports", "")  # absent from the config.json of runs made before it existed
+    _require(isinstance(imports, str), "imports", f"must be a string, got {imports!r}")
+    for name in (n.strip() for n in imports.split(",")):
+        _require(
+            not name or all(part.isidentifier() for part in name.split(".")),
+            "imports",
+            f"{name!r} is not a module name: give dotted module names separated by commas, e.g. "
+            "'experiments.custom_dynamics'",
+        )
     choices = {
         "model.state_norm": ("layernorm", "tanh", "none"),
         "model.dynamics_std": ("learned", "fixed"),
@@ -198,6 +232,17 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     _require(c.model.hidden_layers >= 0, "model.hidden_layers", "must be >= 0")
     _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
+    _require(c.loop in ("host", "device"), "loop", f"{c.loop!r} is not one of ('host', 'device')")
+    _require(
+        isinstance(c.num_seeds, int) and c.num_seeds >= 1,
+        "num_seeds",
+        f"must be a positive integer, got {c.num_seeds!r}",
+    )
+    _require(
+        c.num_seeds == 1 or c.loop == "device",
+        "num_seeds",
+        "several seeds in one program need --config.loop=device (the host loop runs one seed)",
+    )
     _require(
         c.env_check in ("raise", "sanitize", "off"),
         "env_check",
@@ -229,6 +274,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(c.world_model.termination_weight > 0, "world_model.termination_weight", "must be > 0")
     for group in ("world_model", "actor", "critic"):
         _require(c[group].lr >= 0, f"{group}.lr", f"must be >= 0, got {c[group].lr}")
+        _require(
+            0.0 <= c[group].lr_final_scale <= 1.0,
+            f"{group}.lr_final_scale",
+            f"must lie in [0, 1] (1: constant lr), got {c[group].lr_final_scale}",
+        )
         _require(
             c[group].grad_clip > 0,
             f"{group}.grad_clip",
@@ -276,6 +326,21 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "late_critic_updates",
     ):
         _require(s[name] >= 0, f"schedule.{name}", "must be >= 0")
+    o = c.get("offline")  # absent from the config.json of runs made before it existed
+    if o is not None:
+        _require(
+            isinstance(o.updates, int) and o.updates >= 1,
+            "offline.updates",
+            f"must be a positive integer, got {o.updates!r}",
+        )
+        for name in (
+            "world_model_only_updates",
+            "transition_updates",
+            "log_every",
+            "checkpoint_every",
+            "open_loop_every",
+        ):
+            _require(o[name] >= 0, f"offline.{name}", f"must be >= 0, got {o[name]}")
     return c
 
 

@@ -3,10 +3,12 @@
     python -m wm_jax.train                                   # CartPole-v1, default config
     python -m wm_jax.train --config=experiments/configs/pendulum.py --workdir=runs/pendulum
     python -m wm_jax.train --config.actor.lr=1e-4 --config.total_env_steps=50000 --seed=3
+    python -m wm_jax.train --config.imports=my_models --config.model.dynamics=my_dynamics
 
 ``--config`` takes any Python file with a ``get_config()`` returning an ``ml_collections``
 ConfigDict (default: :mod:`wm_jax.config`); ``--config.x=y`` overrides any field.  A run resumes
-automatically from the newest checkpoint in ``--workdir``.
+automatically from the newest checkpoint in ``--workdir``.  ``--config.imports`` names modules
+that register your own components (docs/custom_dynamics.md).
 """
 
 from __future__ import annotations

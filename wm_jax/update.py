@@ -64,17 +64,34 @@ class Agent(NamedTuple):
         return self is other
 
 
-def make_optimizer(group) -> optax.GradientTransformation:
+def expected_updates(config, group: str) -> int:
+    """How many updates optimiser ``group`` gets over ``config.total_env_steps``: one train step
+    per ``1 / train_ratio`` env steps after prefill (world model) or warmup (actor, critic), each
+    with the schedule's updates per batch (the early/late multi-update split is ignored)."""
+    s = config.schedule
+    start = config.prefill_steps
+    per_batch = s.wm_updates
+    if group != "world_model":
+        start = max(start, s.warmup_steps)
+        per_batch = s.actor_updates if group == "actor" else s.critic_updates
+    return max(1, int((config.total_env_steps - start) * config.train_ratio * per_batch))
+
+
+def make_optimizer(group, anneal_updates: int = 1) -> optax.GradientTransformation:
     """``clip_by_global_norm(grad_clip)`` then Adam(lr, eps): one per optimiser group.
+
+    With ``lr_final_scale < 1`` the learning rate falls linearly from ``lr`` to
+    ``lr·lr_final_scale`` over ``anneal_updates`` updates and stays there.
 
     Wrapped in ``optax.apply_if_finite``: a non-finite gradient skips that update (zero update,
     Adam moments untouched) and is counted in the state; the trainer stops the run after
     ``config.max_nonfinite_updates`` consecutive skips, so the wrapper itself never gives up and
     applies a NaN (its ``max_consecutive_errors`` is effectively infinite).
     """
-    inner = optax.chain(
-        optax.clip_by_global_norm(group.grad_clip), optax.adam(group.lr, eps=group.eps)
-    )
+    lr = group.lr
+    if group.get("lr_final_scale", 1.0) < 1.0:
+        lr = optax.linear_schedule(lr, lr * group.lr_final_scale, anneal_updates)
+    inner = optax.chain(optax.clip_by_global_norm(group.grad_clip), optax.adam(lr, eps=group.eps))
     return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
 
 
@@ -97,9 +114,9 @@ def make_agent(config, spec) -> Agent:
         nets=build_networks(config, spec),
         config=config,
         spec=spec,
-        wm_optimizer=make_optimizer(config.world_model),
-        actor_optimizer=make_optimizer(config.actor),
-        critic_optimizer=make_optimizer(config.critic),
+        wm_optimizer=make_optimizer(config.world_model, expected_updates(config, "world_model")),
+        actor_optimizer=make_optimizer(config.actor, expected_updates(config, "actor")),
+        critic_optimizer=make_optimizer(config.critic, expected_updates(config, "critic")),
     )
 
 

@@ -1,15 +1,19 @@
 """Flax modules only: one file per seed component, and the registries that build them by name.
 
 Adding a component is one module plus one ``register_*`` call; the update steps never change.
+A module outside the package that registers components is named in ``config.imports`` and is
+imported when the networks are built (docs/custom_dynamics.md walks through one).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 
+from wm_jax.config import ConfigError
 from wm_jax.networks.decoders import CNNDecoder, MLPDecoder
 from wm_jax.networks.dynamics import EnsembleDynamics, MLPDynamics
 from wm_jax.networks.encoders import CNNEncoder, MLPEncoder
@@ -28,7 +32,11 @@ DECODERS: dict[str, Builder] = {}
 
 def _register(table: dict[str, Builder], kind: str, name: str, builder: Builder) -> None:
     if name in table:
-        raise ValueError(f"{kind} {name!r} is already registered")
+        owner = getattr(table[name], "__module__", "?")
+        raise ValueError(
+            f"{kind} {name!r} is already registered (by {owner}): pick another name; a module "
+            "imported under two names (e.g. run as a script and imported) registers twice"
+        )
     table[name] = builder
 
 
@@ -113,15 +121,35 @@ def _lookup(table: dict[str, Builder], kind: str, name: str) -> Builder:
     try:
         return table[name]
     except KeyError:
-        raise ValueError(
-            f"config.model.{kind}={name!r} is not registered; choose one of {sorted(table)} "
-            f"or add yours with wm_jax.networks.register_{kind}()"
+        raise ConfigError(
+            f"config.model.{kind}={name!r} is not registered; choose one of {sorted(table)}, "
+            f"or register yours with wm_jax.networks.register_{kind}() in a module named in "
+            "--config.imports"
         ) from None
+
+
+def import_modules(names: str) -> None:
+    """Imports the comma-separated modules of ``config.imports``, whose import registers their
+    components.  Done where the networks are built, so the CLI, ``load_policy`` (the run's
+    config.json names them) and library callers all see the same registries."""
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            raise ConfigError(
+                f"config.imports: cannot import {name!r} ({err}); it must be on sys.path: an "
+                "installed package, or run `python -m wm_jax.train` from the directory that "
+                "holds it (or add that directory to PYTHONPATH)"
+            ) from err
 
 
 def build_networks(config, spec) -> Networks:
     """Builds the modules named in ``config.model`` for an environment described by ``spec``
-    (anything with ``obs_shape``, ``action_dim`` and ``discrete``)."""
+    (anything with ``obs_shape``, ``action_dim`` and ``discrete``), after importing the modules
+    of ``config.imports``."""
+    import_modules(config.get("imports", ""))
     m = config.model
     world_model = WorldModel(
         encoder=_lookup(ENCODERS, "encoder", resolve_auto(m.encoder, spec))(m, spec),
@@ -161,6 +189,7 @@ __all__ = [
     "ValueFunction",
     "WorldModel",
     "build_networks",
+    "import_modules",
     "register_decoder",
     "register_dynamics",
     "register_encoder",
