@@ -1,0 +1,223 @@
+"""The on-device ("Anakin") loop: device replay, gymnax boundaries, exact resume, vmapped seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_spec
+
+pytest.importorskip("gymnax")
+
+from wm_jax.config import ConfigError  # noqa: E402
+from wm_jax.device_loop import (  # noqa: E402
+    Cadence,
+    make_gymnax,
+    normalizer_init,
+    normalizer_stats,
+    normalizer_update,
+    replay_add,
+    replay_init,
+    replay_sample_flat,
+    replay_sample_sequences,
+)
+from wm_jax.normalizer import RunningMeanStd  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _filled_replay(capacity=12, num_envs=2, steps=20, episode_len=(3, 5)):
+    """A ring written with ``steps`` vector steps where env e's episodes last episode_len[e]
+    steps; obs encode (env, step) so every sampled value can be traced back."""
+    spec = make_spec(obs_shape=(2,), action_dim=2)
+    r = replay_init(capacity, num_envs, spec)
+    episode = np.zeros(num_envs, np.int32)
+    for t in range(steps):
+        obs = np.stack([[e, t] for e in range(num_envs)]).astype(np.float32)
+        next_obs = obs + np.array([0, 0.5], np.float32)  # the "final" obs differs from the reset
+        ended = np.array([(t + 1) % episode_len[e] == 0 for e in range(num_envs)])
+        r = replay_add(
+            r,
+            jnp.asarray(obs),
+            jnp.zeros((num_envs, 2)),
+            jnp.full((num_envs,), float(t)),
+            jnp.asarray(1.0 - ended),
+            jnp.asarray(next_obs),
+            jnp.asarray(episode),
+        )
+        episode = episode + ended
+    return r
+
+
+def test_device_replay_sequences_never_mix_episodes_or_cross_the_write_head():
+    r = _filled_replay()
+    assert int(r.size) == 12 and int(r.head) == 20 % 12
+    seq = jax.device_get(replay_sample_sequences(r, jax.random.PRNGKey(0), 256, 4))
+    oldest = 20 - 12
+    for b in range(256):
+        env = int(seq.obs[b, 0, 0])
+        steps = seq.reward[b].astype(int)
+        # Consecutive steps of one env, all inside what the ring still holds.
+        assert steps[0] >= oldest and steps[-1] <= 19
+        np.testing.assert_array_equal(np.diff(steps), 1)
+        length = (3, 5)[env]
+        same_episode = (steps // length) == (steps[0] // length)
+        np.testing.assert_array_equal(seq.mask[b], same_episode.astype(np.float32))
+        # obs[k + 1] is the observation step k lands in (the final one at an episode's end).
+        np.testing.assert_array_equal(seq.obs[b, 1:, 1], steps + 0.5)
+        valid = seq.mask[b] > 0
+        ends = ((steps + 1) % length == 0) & valid
+        np.testing.assert_array_equal(seq.cont[b][valid], (~ends[valid]).astype(np.float32))
+
+
+def test_device_replay_flat_samples_come_from_the_filled_slots_only():
+    r = _filled_replay(capacity=50, steps=7)
+    flat = jax.device_get(replay_sample_flat(r, jax.random.PRNGKey(1), 512))
+    assert flat.reward.min() >= 0 and flat.reward.max() <= 6
+    np.testing.assert_array_equal(flat.obs[:, 1], flat.reward)
+    np.testing.assert_array_equal(flat.next_obs[:, 1], flat.reward + 0.5)
+
+
+def test_device_normaliser_matches_the_host_running_mean_std():
+    rng = np.random.default_rng(0)
+    host, device = RunningMeanStd((3,)), normalizer_init((3,))
+    for _ in range(5):
+        batch = rng.normal(2.0, 3.0, size=(4, 3)).astype(np.float32)
+        host.update(batch)
+        device = normalizer_update(device, jnp.asarray(batch))
+    mean, std = normalizer_stats(device, True)
+    np.testing.assert_allclose(mean, host.stats()[0], rtol=1e-5)
+    np.testing.assert_allclose(std, host.stats()[1], rtol=1e-5)
+
+
+def test_gymnax_steps_keep_the_final_observation_and_tell_truncation_from_termination():
+    task = make_gymnax("gymnax:CartPole-v1", {"max_steps_in_episode": 3})
+    assert task.max_episode_steps == 3 and task.spec.action_dim == 2
+    obs, state = jax.vmap(task.env.reset, in_axes=(0, None))(
+        jax.random.split(jax.random.PRNGKey(0), 2), task.params
+    )
+    actions = jax.nn.one_hot(jnp.array([0, 1]), 2)
+    for t in range(3):
+        out = task.step(jax.random.PRNGKey(t), state, actions)
+        if t < 2:  # mid-episode: the next obs is the obs the step landed in
+            np.testing.assert_array_equal(out.obs, out.final_obs)
+            assert not out.truncated.any()
+        state = out.env_state
+    # The third step hits the 3-step limit: truncated (cont stays 1), not terminated, and the
+    # returned obs is a fresh reset while final_obs is where the episode ended.
+    assert out.truncated.all() and not out.terminated.any()
+    assert not np.allclose(out.obs, out.final_obs)
+    assert (np.abs(np.asarray(out.obs)) <= 0.05).all()  # CartPole resets in [-0.05, 0.05]
+
+
+def test_gymnax_termination_sets_terminated():
+    task = make_gymnax("CartPole-v1")
+    obs, state = task.env.reset(jax.random.PRNGKey(0), task.params)
+    state = jax.tree.map(lambda x: x[None], state)
+    push = jax.nn.one_hot(jnp.array([1]), 2)
+    for t in range(100):  # always pushing right topples the pole within ~10 steps
+        out = task.step(jax.random.PRNGKey(t), state, push)
+        if bool(out.terminated[0]):
+            break
+        state = out.env_state
+    assert bool(out.terminated[0]) and not bool(out.truncated[0]) and t < 60
+    assert abs(float(out.final_obs[0, 2])) > 0.2  # the pole angle past the 12° limit
+
+
+def test_unknown_gymnax_ids_and_train_ratios_the_device_loop_cannot_run_are_refused():
+    with pytest.raises(ValueError, match="registered"):
+        make_gymnax("gymnax:NoSuchEnv-v0")
+    from conftest import small_config
+
+    assert Cadence.from_config(small_config(num_envs=4, train_ratio=0.25)) == Cadence(1, 1)
+    assert Cadence.from_config(small_config(num_envs=4, train_ratio=0.125)) == Cadence(2, 1)
+    assert Cadence.from_config(small_config(num_envs=8, train_ratio=0.5)) == Cadence(1, 4)
+    with pytest.raises(ConfigError, match="train_ratio"):
+        Cadence.from_config(small_config(num_envs=4, train_ratio=17.0))
+
+
+# The runs below go through a subprocess with single-threaded XLA, the setting under which
+# CPU results are bit-reproducible (BUILD_NOTES, "Determinism guarantee").
+_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, "tests")
+from conftest import small_config
+from wm_jax.device_loop import train_device
+from wm_jax import load_policy
+
+def config(**kw):
+    c = small_config(env_id="gymnax:CartPole-v1", loop="device", total_env_steps=480,
+                     prefill_steps=160, eval_every=240, log_every=80, checkpoint_every=240,
+                     report=False, **{"schedule.warmup_steps": 160,
+                     "schedule.transition_steps": 320, "diagnostics.open_loop_every": 0})
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+root = sys.argv[1]
+flat = lambda p: np.concatenate([np.ravel(x) for x in jax.tree.leaves(p)])
+out = {}
+# Two seeds vmapped, interrupted at 240 and resumed; the same uninterrupted; seed 1 alone.
+train_device(config(num_seeds=2), root + "/resumed", stop_at=240)
+resumed = train_device(config(num_seeds=2), root + "/resumed")
+straight = train_device(config(num_seeds=2), root + "/straight")
+alone = train_device(config(seed=1), root + "/alone")
+for name, runs in (("resumed", resumed), ("straight", straight), ("alone", alone)):
+    for r in runs:
+        p = load_policy(r.workdir)
+        out[f"{name}/{p.config.seed}"] = {
+            "actor": flat(p.actor_params).tolist(), "wm": flat(p.wm_params).tolist(),
+            "evals": r.eval_returns, "resumed_from": r.resumed_from, "steps": r.env_steps}
+json.dump(out, open(root + "/out.json", "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def device_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("device_loop")
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(root)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root, json.loads((root / "out.json").read_text())
+
+
+def test_device_loop_resumes_exactly_where_an_uninterrupted_run_would_be(device_runs):
+    root, out = device_runs
+    for seed in (0, 1):
+        resumed, straight = out[f"resumed/{seed}"], out[f"straight/{seed}"]
+        assert resumed["resumed_from"] == 240 and resumed["steps"] == straight["steps"] == 480
+        np.testing.assert_array_equal(resumed["actor"], straight["actor"])
+        np.testing.assert_array_equal(resumed["wm"], straight["wm"])
+        assert resumed["evals"] == straight["evals"]
+    # Each seed has its own workdir with metrics and checkpoints.
+    for seed in (0, 1):
+        lines = (root / "straight" / f"seed_{seed}" / "metrics.jsonl").read_text().splitlines()
+        steps = [json.loads(line)["env_step"] for line in lines]
+        assert max(steps) == 480 and 80 in steps
+
+
+def test_vmapped_seeds_equal_the_same_seeds_run_one_at_a_time(device_runs):
+    _, out = device_runs
+    vmapped, alone = out["straight/1"], out["alone/1"]
+    np.testing.assert_allclose(vmapped["wm"], alone["wm"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(vmapped["actor"], alone["actor"], rtol=1e-4, atol=1e-5)
+    assert [e[0] for e in vmapped["evals"]] == [240, 480]
+    # Different seeds really are different runs.
+    assert not np.allclose(out["straight/0"]["wm"], out["straight/1"]["wm"])
