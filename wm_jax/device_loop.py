@@ -47,7 +47,7 @@ from wm_jax.envs import EnvSpec, spec_from_spaces
 from wm_jax.inference import spec_to_json
 from wm_jax.policy import act
 from wm_jax.schedule import critic_real_mix, phase, update_counts
-from wm_jax.trainer import RunResult, _all_finite, _prepare_batch
+from wm_jax.trainer import RunResult, _all_finite, _prepare_batch, _StopOnSignal
 from wm_jax.types import Sequence, TrainState, Transition
 from wm_jax.update import init_state, make_agent, train_step
 
@@ -663,8 +663,10 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
         boundaries += (s.early_late_boundary,)
     per_iteration = loop.cadence.env_repeat * c.num_envs
     last_time, last_step = time.time(), env_step
+    signals = _StopOnSignal()  # SIGTERM/SIGINT: finish the segment, save, return
     try:
-        while env_step < end:
+        signals.__enter__()
+        while env_step < end and signals.signum is None:
             stop = _next_stop(
                 env_step, end, (c.log_every, c.eval_every, c.checkpoint_every), boundaries
             )
@@ -705,17 +707,18 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
             if any(r.checkpointer.latest_step() != env_step for r in runs):
                 _save(runs, ls, num_seeds)
     finally:
+        signals.__exit__()
         for run in runs:
             run.writer.close()
             if run.checkpointer is not None:
                 run.checkpointer.close()
-    if c.report and env_step >= c.total_env_steps:
+    if c.report and env_step >= c.total_env_steps and signals.signum is None:
         from wm_jax.report import write_report
 
         for run in runs:
             logging.info("report: %s", write_report(run.workdir))
     return [
-        RunResult(run.workdir, env_step, list(run.eval_returns), resumed[i], None)
+        RunResult(run.workdir, env_step, list(run.eval_returns), resumed[i], signals.signum)
         for i, run in enumerate(runs)
     ]
 

@@ -53,7 +53,12 @@ def main(argv):
     )
     logging.set_verbosity(logging.INFO)
     try:
-        result = train(config, workdir)
+        if config.loop == "device":
+            from wm_jax.device_loop import train_device
+
+            results = train_device(config, workdir)
+        else:
+            results = [train(config, workdir)]
     except ConfigError as err:
         raise app.UsageError(str(err)) from None
     except NonFiniteError as err:
@@ -64,6 +69,7 @@ def main(argv):
         logging.error("%s", err)
         print(f"stopped: {err}", file=sys.stderr)
         sys.exit(4)
+    result = results[0]
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name
         print(
@@ -72,15 +78,16 @@ def main(argv):
             file=sys.stderr,
         )
         sys.exit(128 + result.interrupted_by)  # the shell's convention for "ended by a signal"
-    final = result.eval_returns[-1] if result.eval_returns else None
-    summary = f"trained {result.env_steps} env steps"
-    if final is not None:
-        summary += f"; final eval return {final[1]:.1f} ± {final[2]:.1f}"
-    print(summary)
-    print(
-        f"results in {os.path.abspath(workdir)} "
-        "(metrics.jsonl, tensorboard/, checkpoints/, report/report.html)"
-    )
+    for result in results:
+        final = result.eval_returns[-1] if result.eval_returns else None
+        summary = f"trained {result.env_steps} env steps"
+        if final is not None:
+            summary += f"; final eval return {final[1]:.1f} ± {final[2]:.1f}"
+        print(summary)
+        print(
+            f"results in {result.workdir} "
+            "(metrics.jsonl, tensorboard/, checkpoints/, report/report.html)"
+        )
 
 
 def run():

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import statistics
+import sys
 import time
 import types
 
@@ -26,31 +28,12 @@ from ml_collections import config_flags
 
 from wm_jax import update
 from wm_jax.schedule import UpdateCounts
-from wm_jax.types import Sequence, Transition
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import random_batch  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/cartpole.py")
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
-
-
-def _batch(config, spec, rng):
-    b, t = config.batch_size, config.sequence_length
-    act = np.eye(spec.action_dim, dtype=np.float32)[rng.integers(0, spec.action_dim, (b, t))]
-    if config.sequence_mode:
-        return Sequence(
-            obs=rng.normal(size=(b, t + 1, *spec.obs_shape)).astype(np.float32),
-            action=act,
-            reward=np.ones((b, t), np.float32),
-            cont=(rng.random((b, t)) > 0.05).astype(np.float32),
-            mask=np.ones((b, t), np.float32),
-        )
-    return Transition(
-        obs=rng.normal(size=(b, *spec.obs_shape)).astype(np.float32),
-        action=act[:, 0],
-        reward=np.ones(b, np.float32),
-        next_obs=rng.normal(size=(b, *spec.obs_shape)).astype(np.float32),
-        cont=(rng.random(b) > 0.05).astype(np.float32),
-        mask=np.ones(b, np.float32),
-    )
 
 
 def main(argv):
@@ -63,7 +46,7 @@ def main(argv):
     with_metrics = jax.jit(lambda s, b: step(s, b))
     without = jax.jit(lambda s, b: step(s, b)[0])
     state = jax.jit(functools.partial(update.init_state, agent))(jax.random.PRNGKey(0))
-    batch = jax.tree.map(jax.numpy.asarray, _batch(config, spec, np.random.default_rng(0)))
+    batch = jax.tree.map(jax.numpy.asarray, random_batch(config, spec, np.random.default_rng(0)))
 
     s_with, s_without = state, state
     s_with, m = with_metrics(s_with, batch)
