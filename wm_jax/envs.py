@@ -36,6 +36,14 @@ carried over from earlier episodes (true of gymnasium's own envs); :meth:`load_s
 checks the replayed returns, lengths and observations against the saved ones and raises if they
 differ.  The cost is memory and restore time proportional to the current episodes' lengths:
 an env whose episodes never end (no time limit) keeps a growing action history.
+
+Env ids
+-------
+A registered gymnasium id (``"CartPole-v1"``); ``"module:EnvId"`` to import the module that
+registers your own env first (gymnasium's own syntax); or ``"gymnax:Name"`` for a gymnax env
+(``"gymnax:Catch-bsuite"``), run through :class:`wm_jax.gymnax_env.GymnaxVectorEnv` under the same
+seeding, boundary and resume rules.  The ``gymnax:`` prefix is checked first, because gymnasium
+would otherwise read it as "import the gymnax module, then make its own CartPole-v1".
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from gymnasium import spaces
 from wm_jax.env_guard import EnvGuard, InvalidEnvDataError
 
 __all__ = [
+    "GYMNAX_PREFIX",
     "EnvSpec",
     "EnvTransition",
     "InvalidEnvDataError",
@@ -65,6 +74,7 @@ __all__ = [
 ]
 
 _VECTOR_MODES = ("sync", "async")
+GYMNAX_PREFIX = "gymnax:"  # env ids run by wm_jax.gymnax_env rather than gymnasium
 
 
 class UnsupportedSpaceError(ValueError):
@@ -242,9 +252,15 @@ def make_env_spec(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvS
     """Makes one env, reads its spaces, closes it: validates an env id before training starts.
 
     Raises:
-        ValueError: If ``env_id`` is not registered.
+        ValueError: If ``env_id`` is not registered (or gymnax is missing for a ``gymnax:`` id).
         UnsupportedSpaceError: If its spaces are not supported.
     """
+    if env_id.startswith(GYMNAX_PREFIX):
+        from wm_jax.gymnax_env import gymnax_spaces  # jax-only; gymnax imported lazily
+
+        observation_space, action_space, limit = gymnax_spaces(env_id, env_kwargs)
+        spec = spec_from_spaces(observation_space, action_space)
+        return dataclasses.replace(spec, max_episode_steps=limit)
     try:
         env = gymnasium.make(env_id, **(env_kwargs or {}))
     except (
@@ -330,11 +346,14 @@ class VectorEnv:
     :meth:`load_state_dict` resume it exactly.
 
     Args:
-        env_id: A registered gymnasium id.
+        env_id: A registered gymnasium id, ``"module:EnvId"`` or ``"gymnax:Name"`` (see the
+            module docstring).
         num_envs: Number of parallel envs ``N``.
         seed: Base seed, an integer in ``[0, 2**63)``.
-        mode: ``"sync"`` (in-process) or ``"async"`` (one subprocess per env).
-        env_kwargs: Keyword arguments for ``gymnasium.make`` (e.g. ``max_episode_steps``).
+        mode: ``"sync"`` (in-process) or ``"async"`` (one subprocess per env); gymnax envs
+            always run in-process, vmapped on the JAX device.
+        env_kwargs: Keyword arguments for ``gymnasium.make`` (e.g. ``max_episode_steps``), or
+            for a gymnax id its ``EnvParams`` fields and constructor arguments.
         check: What to do with NaN/Inf or out-of-range observations and rewards: ``"raise"``,
             ``"sanitize"`` or ``"off"`` (see :mod:`wm_jax.env_guard`).
         max_abs_reward: Rewards of larger magnitude are out of range.
@@ -360,13 +379,18 @@ class VectorEnv:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
         seed = _check_seed(seed)
         try:
-            self._env = gymnasium.make_vec(
-                env_id,
-                num_envs=num_envs,
-                vectorization_mode=mode,
-                vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
-                **(env_kwargs or {}),
-            )
+            if env_id.startswith(GYMNAX_PREFIX):
+                from wm_jax.gymnax_env import GymnaxVectorEnv
+
+                self._env = GymnaxVectorEnv(env_id, num_envs, env_kwargs)
+            else:
+                self._env = gymnasium.make_vec(
+                    env_id,
+                    num_envs=num_envs,
+                    vectorization_mode=mode,
+                    vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
+                    **(env_kwargs or {}),
+                )
         except (
             gymnasium.error.UnregisteredEnv,
             gymnasium.error.DeprecatedEnv,
