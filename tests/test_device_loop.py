@@ -18,7 +18,7 @@ pytest.importorskip("gymnax")
 from wm_jax.config import ConfigError  # noqa: E402
 from wm_jax.device_loop import (  # noqa: E402
     Cadence,
-    make_gymnax,
+    make_task,
     normalizer_init,
     normalizer_stats,
     normalizer_update,
@@ -97,11 +97,9 @@ def test_device_normaliser_matches_the_host_running_mean_std():
 
 
 def test_gymnax_steps_keep_the_final_observation_and_tell_truncation_from_termination():
-    task = make_gymnax("gymnax:CartPole-v1", {"max_steps_in_episode": 3})
+    task = make_task("gymnax:CartPole-v1", {"max_steps_in_episode": 3})
     assert task.max_episode_steps == 3 and task.spec.action_dim == 2
-    obs, state = jax.vmap(task.env.reset, in_axes=(0, None))(
-        jax.random.split(jax.random.PRNGKey(0), 2), task.params
-    )
+    _, state = task.reset(jax.random.PRNGKey(0), 2)
     actions = jax.nn.one_hot(jnp.array([0, 1]), 2)
     for t in range(3):
         out = task.step(jax.random.PRNGKey(t), state, actions)
@@ -117,9 +115,8 @@ def test_gymnax_steps_keep_the_final_observation_and_tell_truncation_from_termin
 
 
 def test_gymnax_termination_sets_terminated():
-    task = make_gymnax("CartPole-v1")
-    obs, state = task.env.reset(jax.random.PRNGKey(0), task.params)
-    state = jax.tree.map(lambda x: x[None], state)
+    task = make_task("gymnax:CartPole-v1")
+    _, state = task.reset(jax.random.PRNGKey(0), 1)
     push = jax.nn.one_hot(jnp.array([1]), 2)
     for t in range(100):  # always pushing right topples the pole within ~10 steps
         out = task.step(jax.random.PRNGKey(t), state, push)
@@ -130,9 +127,11 @@ def test_gymnax_termination_sets_terminated():
     assert abs(float(out.final_obs[0, 2])) > 0.2  # the pole angle past the 12° limit
 
 
-def test_unknown_gymnax_ids_and_train_ratios_the_device_loop_cannot_run_are_refused():
-    with pytest.raises(ValueError, match="registered"):
-        make_gymnax("gymnax:NoSuchEnv-v0")
+def test_ids_and_train_ratios_the_device_loop_cannot_run_are_refused():
+    with pytest.raises(ValueError, match="Registered gymnax ids"):
+        make_task("gymnax:NoSuchEnv-v0")
+    with pytest.raises(ValueError, match="loop=host"):
+        make_task("CartPole-v1")
     from conftest import small_config
 
     assert Cadence.from_config(small_config(num_envs=4, train_ratio=0.25)) == Cadence(1, 1)

@@ -105,3 +105,20 @@ def test_cnn_is_chosen_automatically_for_images():
 def test_unknown_component_names_the_field_and_the_choices():
     with pytest.raises(ValueError, match=r"config.model.dynamics='transformr'.*ensemble"):
         build_networks(small_config(**{"model.dynamics": "transformr"}), make_spec())
+
+
+def test_mlp_encoder_and_decoder_handle_matrix_observations():
+    """A 2-D Box observation (e.g. a 10×5 board without a channel axis) is flattened whole,
+    with the leading [B, T] axes kept, and decoded back to its shape."""
+    from wm_jax.networks import MLPDecoder, MLPEncoder
+
+    obs = jnp.zeros((2, 3, 10, 5))
+    enc = MLPEncoder(feature_dim=16, hidden=(8,), obs_rank=2)
+    features, _ = jax.eval_shape(enc.init_with_output, jax.random.PRNGKey(0), obs)
+    assert features.shape == (2, 3, 16)
+    recon, _ = jax.eval_shape(
+        MLPDecoder((10, 5), (8,)).init_with_output, jax.random.PRNGKey(1), jnp.zeros((2, 3, 4))
+    )
+    assert recon.shape == (2, 3, 10, 5)
+    nets = build_networks(small_config(), make_spec(obs_shape=(10, 5)))
+    assert nets.world_model.encoder.obs_rank == 2

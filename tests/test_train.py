@@ -101,6 +101,20 @@ def test_cli_rejects_an_unknown_environment_id(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_env_kwargs_reach_the_environment_and_bad_json_is_refused(tmp_path):
+    # A 12-step time limit makes the 16-step windows impossible: the env got the kwarg.
+    result = run_cli(
+        str(tmp_path / "short"),
+        '--env_kwargs={"max_episode_steps": 12}',
+        "--config.sequence_mode=True",
+        "--config.sequence_length=16",
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "config.sequence_length" in result.stderr and "max_episode_steps=12" in result.stderr
+    result = run_cli(str(tmp_path / "json"), "--env_kwargs={max_episode_steps: 12}")
+    assert result.returncode != 0 and "--env_kwargs is not valid JSON" in result.stderr
+
+
 def test_cli_stops_after_consecutive_nonfinite_updates_with_a_pointer_to_the_cause(tmp_path):
     # An absurd learning rate blows the world model up; every later update is non-finite.
     result = run_cli(

@@ -353,7 +353,7 @@ def validate_for_env(c: ml_collections.ConfigDict, max_episode_steps: int | None
         "sequence_length",
         f"{c.sequence_length} is longer than {c.env_id}'s episodes can be (max_episode_steps="
         f"{max_episode_steps}), so no sampled sequence could be full: use at most "
-        f"{max_episode_steps}, or raise the limit with --config.env_kwargs.max_episode_steps",
+        f"{max_episode_steps}, or raise the limit with --env_kwargs='{{\"max_episode_steps\": N}}'",
     )
     d = c.diagnostics
     _require(

@@ -43,7 +43,8 @@ from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
 from wm_jax.config import ConfigError, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.envs import EnvSpec, spec_from_spaces
+from wm_jax.envs import GYMNAX_PREFIX, EnvSpec, make_env_spec
+from wm_jax.gymnax_env import make_gymnax
 from wm_jax.inference import spec_to_json
 from wm_jax.policy import act
 from wm_jax.schedule import critic_real_mix, phase, update_counts
@@ -54,9 +55,6 @@ from wm_jax.update import init_state, make_agent, train_step
 # --------------------------------------------------------------------------------------------
 # gymnax environments, stepped on the device
 # --------------------------------------------------------------------------------------------
-
-GYMNAX_PREFIX = "gymnax:"
-
 
 class EnvOutput(NamedTuple):
     obs: chex.Array  # [N, ...] the next observation (a reset one where an episode ended)
@@ -69,7 +67,9 @@ class EnvOutput(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class GymnaxTask:
-    """A gymnax environment with its params and wm_jax's :class:`~wm_jax.envs.EnvSpec`."""
+    """A gymnax environment with its params and wm_jax's :class:`~wm_jax.envs.EnvSpec`,
+    stepped inside jitted code (the host loop's twin: :class:`wm_jax.gymnax_env.GymnaxVectorEnv`).
+    """
 
     env: Any
     params: Any
@@ -95,60 +95,37 @@ class GymnaxTask:
         obs, env_state, reward, terminated, truncated, info = jax.vmap(
             self.env.step, in_axes=(0, 0, 0, None)
         )(keys, env_state, self.env_actions(actions), self.params)
-        dtype = self.spec.obs_dtype
         return EnvOutput(
-            obs=obs.astype(dtype),
+            obs=self.observation(obs),
             env_state=env_state,
             reward=reward.astype(jnp.float32),
             terminated=terminated.astype(bool),
             truncated=truncated.astype(bool) & ~terminated.astype(bool),
-            final_obs=info["final_observation"].astype(dtype),
+            final_obs=self.observation(info["final_observation"]),
         )
 
+    def observation(self, obs: chex.Array) -> chex.Array:
+        """gymnax observations ``[N, ...]`` in the spec's shape and dtype (2-D boards get
+        their channel axis)."""
+        return obs.reshape((obs.shape[0], *self.spec.obs_shape)).astype(self.spec.obs_dtype)
 
-def _gymnasium_space(space):
-    from gymnasium import spaces
-
-    name = type(space).__name__
-    if name == "Discrete":
-        return spaces.Discrete(int(space.n))
-    if name == "Box":
-        shape = tuple(space.shape)
-        low = np.broadcast_to(np.asarray(space.low, np.float32), shape)
-        high = np.broadcast_to(np.asarray(space.high, np.float32), shape)
-        dtype = np.dtype(space.dtype)
-        if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
-            dtype = np.dtype(np.float32)  # bool / int grids (Catch, MinAtar) as float features
-        return spaces.Box(low, high, shape, dtype)
-    raise ValueError(f"gymnax space {space} is not supported (Discrete or Box only)")
+    def reset(self, key: chex.PRNGKey, num_envs: int):
+        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(
+            jax.random.split(key, num_envs), self.params
+        )
+        return self.observation(obs), env_state
 
 
-def make_gymnax(env_id: str, env_kwargs: dict[str, Any] | None = None) -> GymnaxTask:
-    """``"gymnax:CartPole-v1"`` (or the bare gymnax name) as a :class:`GymnaxTask`."""
-    try:
-        import gymnax
-    except ImportError as err:  # pragma: no cover - gymnax is in the test extra
-        raise ValueError('the device loop needs gymnax: pip install "wm_jax[gymnax]"') from err
-    name = env_id.removeprefix(GYMNAX_PREFIX)
-    if name not in gymnax.registered_envs:
+def make_task(env_id: str, env_kwargs: dict[str, Any] | None = None) -> GymnaxTask:
+    """A ``"gymnax:Name"`` id as a :class:`GymnaxTask`, with the same spaces, params and
+    ``env_kwargs`` handling as the host loop's :class:`wm_jax.gymnax_env.GymnaxVectorEnv`."""
+    if not env_id.startswith(GYMNAX_PREFIX):
         raise ValueError(
-            f"{name!r} is not a gymnax environment; registered: {sorted(gymnax.registered_envs)}"
+            f"the device loop steps gymnax envs on the device: use a 'gymnax:<name>' id (e.g. "
+            f"'gymnax:CartPole-v1'), or --config.loop=host for the gymnasium id {env_id!r}"
         )
-    # Keys naming an EnvParams field (max_steps_in_episode, ...) set params; the rest go to
-    # the env's constructor, as --config.env_kwargs.* do for gymnasium.make.
-    kwargs = dict(env_kwargs or {})
-    env, params = gymnax.make(name)
-    fields = {f.name for f in dataclasses.fields(params)}
-    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
-    if kwargs:
-        env, params = gymnax.make(name, **kwargs)
-    params = params.replace(**overrides)
-    spec = spec_from_spaces(
-        _gymnasium_space(env.observation_space(params)),
-        _gymnasium_space(env.action_space(params)),
-    )
-    spec = dataclasses.replace(spec, max_episode_steps=int(params.max_steps_in_episode))
-    return GymnaxTask(env=env, params=params, spec=spec)
+    env, params = make_gymnax(env_id, env_kwargs)
+    return GymnaxTask(env=env, params=params, spec=make_env_spec(env_id, env_kwargs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,7 +312,7 @@ class DeviceLoop:
     def __init__(self, config):
         self.config = c = validate(config)
         try:
-            self.task = make_gymnax(c.env_id, dict(c.env_kwargs))
+            self.task = make_task(c.env_id, dict(c.env_kwargs))
         except ValueError as err:
             raise ConfigError(f"config.env_id={c.env_id!r}: {err}") from err
         self.spec = self.task.spec
@@ -356,14 +333,11 @@ class DeviceLoop:
     def init(self, seed: int) -> LoopState:
         c = self.config
         seed_key = jax.random.PRNGKey(seed)
-        reset_keys = jax.random.split(jax.random.fold_in(seed_key, 3), c.num_envs)
-        obs, env_state = jax.vmap(self.task.env.reset, in_axes=(0, None))(
-            reset_keys, self.task.params
-        )
+        obs, env_state = self.task.reset(jax.random.fold_in(seed_key, 3), c.num_envs)
         ls = LoopState(
             train=init_state(self.agent, jax.random.fold_in(seed_key, 1)),
             env_state=env_state,
-            obs=obs.astype(self.spec.obs_dtype),
+            obs=obs,
             replay=replay_init(self.capacity, c.num_envs, self.spec),
             norm=normalizer_init(self.spec.obs_shape),
             episode=jnp.zeros((c.num_envs,), jnp.int32),
@@ -480,9 +454,7 @@ class DeviceLoop:
     def _evaluate_impl(self, train: TrainState, norm: DeviceNormalizer, key, episodes: int):
         """``episodes`` deterministic episodes on fresh envs; returns their returns ``[M]``."""
         reset_key, step_key = jax.random.split(key)
-        obs, env_state = jax.vmap(self.task.env.reset, in_axes=(0, None))(
-            jax.random.split(reset_key, episodes), self.task.params
-        )
+        obs, env_state = self.task.reset(reset_key, episodes)
         mean, std = normalizer_stats(norm, self.norm_enabled)
 
         def step(carry, k):
@@ -494,7 +466,7 @@ class DeviceLoop:
             return (out.obs, out.env_state, alive, total), None
 
         alive = jnp.ones((episodes,), bool)
-        init = (obs.astype(self.spec.obs_dtype), env_state, alive, jnp.zeros((episodes,)))
+        init = (obs, env_state, alive, jnp.zeros((episodes,)))
         keys = jax.random.split(step_key, self.task.max_episode_steps)
         (_, _, _, total), _ = jax.lax.scan(step, init, keys)
         return total

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from wm_jax.envs import VectorEnv
+from wm_jax.envs import GYMNAX_PREFIX, VectorEnv
 from wm_jax.inference import Policy, load_policy
 
 
@@ -62,6 +62,11 @@ def record_episode(
     from PIL import Image
 
     env_id = env_id or policy.config.env_id
+    if env_id.startswith(GYMNAX_PREFIX):
+        raise ValueError(
+            f"{env_id} cannot be rendered: GIFs need a gymnasium env with rgb_array rendering "
+            "(gymnax envs have none); evaluate without --gif, or pass --env_id of a gymnasium twin"
+        )
     env_kwargs = dict(policy.config.get("env_kwargs", {}))
     env = gymnasium.make(env_id, render_mode="rgb_array", **env_kwargs)
     try:
@@ -111,7 +116,10 @@ def main(argv):
         path = _GIF.value
         if not os.path.isabs(path):
             path = os.path.join(_WORKDIR.value, path)
-        total, frames = record_episode(policy, path, _SEED.value, _ENV_ID.value)
+        try:
+            total, frames = record_episode(policy, path, _SEED.value, _ENV_ID.value)
+        except ValueError as err:
+            raise app.UsageError(str(err)) from None
         print(f"wrote {path} ({frames} frames, return {total:.1f})")
 
 

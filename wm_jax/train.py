@@ -13,6 +13,7 @@ that register your own components (docs/custom_dynamics.md).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -35,6 +36,22 @@ _WORKDIR = flags.DEFINE_string(
     "Run directory (metrics, TensorBoard, checkpoints). Default: runs/<env>-<time>.",
 )
 _SEED = flags.DEFINE_integer("seed", None, "Overrides config.seed.")
+_ENV_KWARGS = flags.DEFINE_string(
+    "env_kwargs",
+    None,
+    'JSON object merged into config.env_kwargs, e.g. \'{"max_episode_steps": 1000}\' '
+    "(--config.env_kwargs.X can only change keys the config file already sets).",
+)
+
+
+def _env_kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise app.UsageError(f"--env_kwargs is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise app.UsageError(f"--env_kwargs must be a JSON object, got {text!r}")
+    return value
 
 
 def main(argv):
@@ -45,9 +62,11 @@ def main(argv):
     from wm_jax.trainer import NonFiniteError, train
 
     config = _CONFIG.value
-    if _SEED.value is not None:
-        with config.unlocked():
+    with config.unlocked():
+        if _SEED.value is not None:
             config.seed = _SEED.value
+        if _ENV_KWARGS.value:
+            config.env_kwargs.update(_env_kwargs(_ENV_KWARGS.value))
     workdir = _WORKDIR.value or os.path.join(
         "runs", f"{config.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     )

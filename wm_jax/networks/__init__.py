@@ -75,7 +75,12 @@ def _dynamics_kwargs(m) -> dict[str, Any]:
     )
 
 
-register_encoder("mlp", lambda m, spec: MLPEncoder(m.feature_dim, (m.hidden_dim,), **_common(m)))
+register_encoder(
+    "mlp",
+    lambda m, spec: MLPEncoder(
+        m.feature_dim, (m.hidden_dim,), obs_rank=len(spec.obs_shape), **_common(m)
+    ),
+)
 register_encoder(
     "cnn",
     lambda m, spec: CNNEncoder(m.feature_dim, m.cnn_depth, layer_norm=m.layer_norm),

@@ -13,16 +13,18 @@ from wm_jax.networks.common import MLP, get_activation
 
 
 class MLPEncoder(nn.Module):
-    """Vector observations ``[..., D]`` -> features ``[..., feature_dim]``."""
+    """Observations ``[..., *obs_shape]`` (``obs_rank`` trailing axes, flattened) -> features
+    ``[..., feature_dim]``."""
 
     feature_dim: int = 256
     hidden: Sequence[int] = (256,)
     activation: str = "elu"
     layer_norm: bool = True
+    obs_rank: int = 1
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = obs.reshape(obs.shape[:-1] + (-1,)).astype(jnp.float32)
+        x = obs.reshape(obs.shape[: obs.ndim - self.obs_rank] + (-1,)).astype(jnp.float32)
         x = MLP(self.hidden, activation=self.activation, layer_norm=self.layer_norm)(x)
         x = nn.Dense(self.feature_dim)(x)
         return get_activation(self.activation)(x)
