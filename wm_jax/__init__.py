@@ -11,6 +11,7 @@ The public API (imported lazily, so ``import wm_jax`` stays cheap)::
     action = policy.act(obs)                          # env action for one observation (or a batch)
     mean, std, _ = wm_jax.evaluate_policy(policy, episodes=10)
     wm_jax.export_policy(policy, "exported/pendulum") # self-contained, no pickle
+    wm_jax.train_offline(config, "runs/offline", "run:runs/pendulum")  # no env steps
 
 Lower level: ``make_agent`` / ``make_steps`` give the jitted pure update steps over a
 ``TrainState`` (see README "As a library").
@@ -46,6 +47,8 @@ _API = {
     "make_env_spec": "wm_jax.envs",
     "InvalidEnvDataError": "wm_jax.envs",
     "write_report": "wm_jax.report",
+    "train_offline": "wm_jax.offline",
+    "train_device": "wm_jax.device_loop",
 }
 _ALIASES = {"validate_config": "validate"}
 

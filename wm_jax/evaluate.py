@@ -123,5 +123,10 @@ def main(argv):
         print(f"wrote {path} ({frames} frames, return {total:.1f})")
 
 
-if __name__ == "__main__":
+def run():
+    """Console-script entry point (``wm-jax-evaluate``)."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

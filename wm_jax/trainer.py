@@ -153,6 +153,85 @@ def evaluate(
     return float(values.mean()), float(values.std()), [float(v) for v in values]
 
 
+def sample_batch(replay: ReplayBuffer, config, updates: int):
+    """The host batch of update number ``updates``: its generator is derived from
+    ``(seed, updates)``, so a resumed run draws exactly what the uninterrupted one would have."""
+    rng = np.random.default_rng([config.seed, updates, 11])
+    if config.sequence_mode:
+        return replay.sample_sequences(rng, config.batch_size, config.sequence_length)
+    return replay.sample_flat(rng, config.batch_size)
+
+
+def open_loop_check(
+    open_loop_fn, wm_params, replay: ReplayBuffer, normalizer, config, step: int, workdir: str
+) -> dict[str, Any] | None:
+    """The open-loop prediction check on replayed windows (:mod:`wm_jax.open_loop`); writes
+    one line of ``open_loop.jsonl`` and returns scalar summaries for the metrics, or None
+    while the replay holds no window of the configured horizon."""
+    d = config.diagnostics
+    rng = np.random.default_rng([config.seed, step, 13])
+    try:
+        windows = replay.sample_sequences(rng, d.open_loop_batch, d.open_loop_horizon)
+    except ValueError:
+        return None
+    mean, std = normalizer.stats()
+    batch = _prepare_batch_jit(windows, mean, std, np.float32(config.reward_scale))
+    out = jax.device_get(open_loop_fn(wm_params, batch))
+    obs_err = out["obs_error_by_step"]
+    record: dict[str, Any] = {
+        "env_step": step,
+        "error_by_step": obs_err.tolist(),
+        "state_error_by_step": out["state_error_by_step"].tolist(),
+        "valid_by_step": out["valid_by_step"].tolist(),
+    }
+    if len(replay.obs_shape) == 1:  # a few trajectories in raw observation units
+        n = min(3, windows.obs.shape[0])
+        std_np, mean_np = np.asarray(std), np.asarray(mean)
+        record["true"] = windows.obs[:n, 1:].tolist()
+        record["pred"] = (out["pred_obs"][:n] * std_np + mean_np).tolist()
+        record["mask"] = windows.mask[:n].tolist()
+    with open(os.path.join(workdir, "open_loop.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    valid = out["valid_by_step"] > 0
+    last = int(np.nonzero(valid)[0][-1]) if valid.any() else 0
+    return {
+        "open_loop_error_step1": float(obs_err[0]),
+        "open_loop_error_last": float(obs_err[last]),
+        "open_loop_error_mean": float(np.mean(obs_err[valid])) if valid.any() else 0.0,
+    }
+
+
+def check_nonfinite(
+    state, config, step: int, checkpointer: Checkpointer | None, unit: str = "env step"
+) -> None:
+    """Stops a run after ``max_nonfinite_updates`` consecutive skipped updates of any
+    optimiser (each skip left that optimiser's parameters and state unchanged)."""
+    streaks = jax.device_get(
+        {
+            "world_model": nonfinite_streak(state.wm_opt_state),
+            "actor": nonfinite_streak(state.actor_opt_state),
+            "critic": nonfinite_streak(state.critic_opt_state),
+        }
+    )
+    group, streak = max(streaks.items(), key=lambda kv: int(kv[1]))
+    limit = config.max_nonfinite_updates
+    if int(streak) < limit:
+        return
+    last = checkpointer.latest_step() if checkpointer is not None else None
+    where = (
+        f"the last good checkpoint is {unit} {last} in {checkpointer.directory}"
+        if last is not None
+        else "no checkpoint was written"
+    )
+    raise NonFiniteError(
+        f"{int(streak)} consecutive {group} updates had a non-finite loss or gradient at {unit} "
+        f"{step} (limit config.max_nonfinite_updates={limit}); every one was "
+        f"skipped, so no NaN reached the parameters, and {where}.  Likely causes: a "
+        f"learning rate too high for config.{group}.lr={config[group].lr}, or NaN/Inf "
+        "in the observations or rewards the environment returns."
+    )
+
+
 class Trainer:
     """Owns the envs, replay, normaliser, jitted steps and checkpointer of one run."""
 
@@ -280,11 +359,7 @@ class Trainer:
         )
 
     def _sample(self):
-        c = self.config
-        rng = np.random.default_rng([c.seed, self.updates, 11])
-        if c.sequence_mode:
-            return self.replay.sample_sequences(rng, c.batch_size, c.sequence_length)
-        return self.replay.sample_flat(rng, c.batch_size)
+        return sample_batch(self.replay, self.config, self.updates)
 
     def _ready_to_train(self) -> bool:
         c = self.config
@@ -302,68 +377,19 @@ class Trainer:
         history.append(metrics)
 
     def open_loop_check(self) -> dict[str, Any] | None:
-        """The open-loop prediction check on replayed windows (:mod:`wm_jax.open_loop`); writes
-        one line of ``open_loop.jsonl`` and returns scalar summaries for the metrics, or None
-        while the replay holds no window of the configured horizon."""
-        d = self.config.diagnostics
-        rng = np.random.default_rng([self.config.seed, self.env_step, 13])
-        try:
-            windows = self.replay.sample_sequences(rng, d.open_loop_batch, d.open_loop_horizon)
-        except ValueError:
-            return None
-        mean, std = self.normalizer.stats()
-        batch = _prepare_batch_jit(windows, mean, std, np.float32(self.config.reward_scale))
-        out = jax.device_get(self.open_loop_fn(self.state.wm_params, batch))
-        obs_err = out["obs_error_by_step"]
-        record: dict[str, Any] = {
-            "env_step": self.env_step,
-            "error_by_step": obs_err.tolist(),
-            "state_error_by_step": out["state_error_by_step"].tolist(),
-            "valid_by_step": out["valid_by_step"].tolist(),
-        }
-        if len(self.spec.obs_shape) == 1:  # a few trajectories in raw observation units
-            n = min(3, windows.obs.shape[0])
-            std_np, mean_np = np.asarray(std), np.asarray(mean)
-            record["true"] = windows.obs[:n, 1:].tolist()
-            record["pred"] = (out["pred_obs"][:n] * std_np + mean_np).tolist()
-            record["mask"] = windows.mask[:n].tolist()
-        with open(os.path.join(self.workdir, "open_loop.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-        valid = out["valid_by_step"] > 0
-        last = int(np.nonzero(valid)[0][-1]) if valid.any() else 0
-        return {
-            "open_loop_error_step1": float(obs_err[0]),
-            "open_loop_error_last": float(obs_err[last]),
-            "open_loop_error_mean": float(np.mean(obs_err[valid])) if valid.any() else 0.0,
-        }
+        """The open-loop prediction check at the current env step (see :func:`open_loop_check`)."""
+        return open_loop_check(
+            self.open_loop_fn,
+            self.state.wm_params,
+            self.replay,
+            self.normalizer,
+            self.config,
+            self.env_step,
+            self.workdir,
+        )
 
     def _check_nonfinite(self) -> None:
-        """Stops the run after ``max_nonfinite_updates`` consecutive skipped updates of any
-        optimiser (each skip left that optimiser's parameters and state unchanged)."""
-        streaks = jax.device_get(
-            {
-                "world_model": nonfinite_streak(self.state.wm_opt_state),
-                "actor": nonfinite_streak(self.state.actor_opt_state),
-                "critic": nonfinite_streak(self.state.critic_opt_state),
-            }
-        )
-        group, streak = max(streaks.items(), key=lambda kv: int(kv[1]))
-        limit = self.config.max_nonfinite_updates
-        if int(streak) < limit:
-            return
-        last = self.checkpointer.latest_step() if self.checkpointer is not None else None
-        where = (
-            f"the last good checkpoint is env step {last} in {self.checkpointer.directory}"
-            if last is not None
-            else "no checkpoint was written"
-        )
-        raise NonFiniteError(
-            f"{int(streak)} consecutive {group} updates had a non-finite loss or gradient at env "
-            f"step {self.env_step} (limit config.max_nonfinite_updates={limit}); every one was "
-            f"skipped, so no NaN reached the parameters, and {where}.  Likely causes: a "
-            f"learning rate too high for config.{group}.lr={self.config[group].lr}, or NaN/Inf "
-            "in the observations or rewards the environment returns."
-        )
+        check_nonfinite(self.state, self.config, self.env_step, self.checkpointer)
 
     def run(self, stop_at: int | None = None) -> RunResult:
         """Trains until ``config.total_env_steps`` (or ``stop_at``, to simulate an interruption)."""
@@ -500,7 +526,17 @@ def _progress(total: int, initial: int):
 
 
 def train(config, workdir: str, stop_at: int | None = None) -> RunResult:
-    """Builds a :class:`Trainer` (resuming from a checkpoint in ``workdir``) and runs it."""
+    """Builds a :class:`Trainer` (resuming from a checkpoint in ``workdir``) and runs it; with
+    ``config.loop = "device"`` runs :func:`wm_jax.device_loop.train_device` instead."""
+    if config.get("loop", "host") == "device":
+        if config.num_seeds > 1:
+            raise ConfigError(
+                "config.num_seeds: several seeds give several results; call "
+                "wm_jax.train_device(config, workdir), which returns one per seed"
+            )
+        from wm_jax.device_loop import train_device
+
+        return train_device(config, workdir, stop_at)[0]
     trainer = Trainer(config, workdir)
     try:
         return trainer.run(stop_at)

@@ -1,0 +1,737 @@
+"""Offline training and imagination-only fine-tuning: learn from a fixed dataset, no env steps.
+
+    import wm_jax
+    from wm_jax.offline import train_offline
+
+    config = wm_jax.get_config()
+    config.offline.updates = 20_000
+    # World model first, then actor and critic in imagination, from another run's replay:
+    train_offline(config, "runs/offline", dataset="run:runs/cartpole")
+    # ... or from a minari dataset (pip install "minari[hdf5]"; `minari download <id>` first):
+    train_offline(config, "runs/offline_minari", dataset="minari:cartpole/random-v0")
+    # Imagination-only fine-tuning: the run's world model stays frozen, actor and critic go on
+    # (the config must build the run's networks: start from the config the run was trained with).
+    config.offline.freeze_world_model = True
+    train_offline(config, "runs/finetuned", dataset="run:runs/cartpole")
+    policy = wm_jax.load_policy("runs/finetuned")  # as for an online run
+
+or from the shell::
+
+    python -m wm_jax.offline --config=experiments/configs/cartpole.py --workdir=runs/offline \\
+        --dataset=run:runs/cartpole [--freeze_world_model]
+    python -m wm_jax.offline --workdir=runs/offline_minari --dataset=minari:cartpole/random-v0
+
+A dataset fills a :class:`~wm_jax.replay.ReplayBuffer`, so batches are sampled exactly as in the
+online loop (flat or sequence mode, windows stop at episode ends).  ``run:<workdir>`` restores only
+the replay of that run's newest checkpoint (a partial orbax restore, never pickle);
+``minari:<id>`` converts a local minari dataset's episodes (termination -> ``cont = 0``,
+truncation keeps ``cont = 1``; every episode's last step ends sequence windows).  The spaces come
+from the dataset (the run's ``env_spec.json``, the minari dataset's spaces): no env is created.
+
+The schedule is :mod:`wm_jax.schedule` counted in updates instead of env steps: its warmup is
+``offline.world_model_only_updates`` (world model only) and ``critic_real_mix`` anneals over the
+next ``offline.transition_updates``.  The observation normaliser is fitted on the whole dataset
+once (with a frozen world model, the run's own normaliser is kept: the model was trained on it).
+Metrics, checkpoints, ``config.json`` and ``env_spec.json`` are written as by the online trainer,
+so ``wm_jax.load_policy``, ``python -m wm_jax.evaluate`` and ``python -m wm_jax.report`` work on an
+offline workdir; the ``env_step`` column of its ``metrics.jsonl`` counts updates.  A rerun with
+the same ``--workdir`` and dataset resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+
+from wm_jax import metrics as metrics_lib
+from wm_jax.checkpoint import Checkpointer
+from wm_jax.config import ConfigError, get_config, validate, validate_for_env
+from wm_jax.diagnostics import Detector, Thresholds
+from wm_jax.envs import EnvSpec, UnsupportedSpaceError, from_env_action, spec_from_spaces
+from wm_jax.inference import _partial, spec_from_json, spec_to_json
+from wm_jax.normalizer import RunningMeanStd
+from wm_jax.open_loop import make_open_loop_fn
+from wm_jax.replay import ReplayBuffer
+from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
+from wm_jax.trainer import (
+    NonFiniteError,
+    _all_finite,
+    _prepare_batch_jit,
+    _StopOnSignal,
+    check_nonfinite,
+    open_loop_check,
+    sample_batch,
+)
+from wm_jax.types import TrainState
+from wm_jax.update import make_agent, make_steps
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "OfflineResult",
+    "OfflineTrainer",
+    "episodes_to_replay",
+    "load_dataset",
+    "offline_agent_config",
+    "offline_counts",
+    "offline_schedule",
+    "train_offline",
+]
+
+SOURCES = ("run", "minari")
+LOG_KEYS = (
+    "world_model_loss",
+    "dynamics_loss",
+    "reward_mae",
+    "continue_accuracy",
+    "mean_imagined_return",
+    "entropy",
+    "critic_loss",
+    "updates_per_s",
+)
+MINARI_HINT = 'minari datasets need the minari package: pip install "minari[hdf5]"'
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be found, read or used; the message names it and the fix."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A fixed dataset ready to train on: the replay it fills and what it was recorded in."""
+
+    source: str  # the dataset argument, e.g. "run:/abs/workdir" or "minari:cartpole/random-v0"
+    replay: ReplayBuffer
+    spec: EnvSpec
+    env_id: str | None  # the env it was recorded in (for evaluation), when known
+    env_kwargs: dict[str, Any]
+    run_dir: str | None = None  # run: sources only
+    run_step: int | None = None  # the run checkpoint the replay came from
+    run_normalizer: dict[str, np.ndarray] | None = None  # run: sources only
+
+
+@dataclasses.dataclass
+class OfflineResult:
+    """What :func:`train_offline` returns: where the run is, how far it got, its final state."""
+
+    workdir: str
+    updates: int
+    resumed_from: int | None
+    state: TrainState
+    interrupted_by: int | None = None  # the signal (SIGTERM/SIGINT) that stopped the run early
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+def parse_dataset(dataset: str) -> tuple[str, str]:
+    """``"run:<workdir>"`` or ``"minari:<dataset_id>"`` -> ``(source, value)``."""
+    source, sep, value = str(dataset).partition(":")
+    if not sep or source not in SOURCES or not value:
+        raise DatasetError(
+            f"dataset {dataset!r}: expected run:<workdir of an earlier wm_jax run> or "
+            "minari:<minari dataset id>, e.g. run:runs/cartpole or minari:cartpole/random-v0"
+        )
+    return source, value
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _run_manager(run_dir: str) -> ocp.CheckpointManager:
+    """A reading manager for another run's checkpoints: unlike :class:`Checkpointer` it never
+    cleans temporary directories, which may belong to a save of that run still in progress."""
+    return ocp.CheckpointManager(
+        os.path.join(run_dir, "checkpoints"),
+        item_handlers={
+            "state": ocp.PyTreeCheckpointHandler(),
+            "extras": ocp.PyTreeCheckpointHandler(),
+        },
+        options=ocp.CheckpointManagerOptions(create=False),
+    )
+
+
+def _check_run_dir(run_dir: str) -> None:
+    for name in ("config.json", "env_spec.json", "checkpoints"):
+        if not os.path.exists(os.path.join(run_dir, name)):
+            raise DatasetError(
+                f"dataset run:{run_dir}: not a wm_jax run directory with checkpoints ({name} is "
+                "missing); give the --workdir of an earlier wm_jax.train or wm_jax.offline run"
+            )
+
+
+def _has_checkpoints(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def _as_numpy(tree) -> Any:
+    return jax.tree.map(np.asarray, tree)
+
+
+def load_run_dataset(run_dir: str, step: int | None = None) -> Dataset:
+    """The replay (and normaliser) of a run's newest checkpoint, or ``step``'s; nothing else of
+    the checkpoint is read."""
+    run_dir = os.path.abspath(run_dir)
+    _check_run_dir(run_dir)
+    config = _read_json(os.path.join(run_dir, "config.json"))
+    spec = spec_from_json(_read_json(os.path.join(run_dir, "env_spec.json")))
+    manager = _run_manager(run_dir)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise DatasetError(
+                f"dataset run:{run_dir}: {run_dir}/checkpoints holds no checkpoint yet; train "
+                "that run until it writes one (config.checkpoint_every)"
+            )
+        meta = manager.item_metadata(step)["extras"]
+        wanted = {k: meta[k] for k in ("replay", "normalizer")}
+        # As host numpy arrays in their saved dtypes (int64 counters stay int64 without x64).
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        args = ocp.args.PyTreeRestore(item=wanted, restore_args=as_numpy, partial_restore=True)
+        restored = manager.restore(step, args=ocp.args.Composite(extras=args))["extras"]
+    finally:
+        manager.close()
+    saved = _as_numpy(restored["replay"])
+    num_envs, slots = int(saved["num_envs"]), int(saved["slots_per_env"])
+    replay = ReplayBuffer(
+        num_envs * slots, num_envs, spec.obs_shape, spec.obs_dtype, int(saved["action_dim"])
+    )
+    replay.load_state_dict(saved)
+    return Dataset(
+        source=f"run:{run_dir}",
+        replay=replay,
+        spec=spec,
+        env_id=config.get("env_id"),
+        env_kwargs=dict(config.get("env_kwargs") or {}),
+        run_dir=run_dir,
+        run_step=int(step),
+        run_normalizer=_as_numpy(restored["normalizer"]),
+    )
+
+
+def restore_run_state(run_dir: str, step: int, template: TrainState) -> TrainState:
+    """The full train state of a run's checkpoint ``step``, restored against ``template`` (a
+    fresh init of the same networks) so ``TrainState`` and the optax states come back typed."""
+    manager = _run_manager(run_dir)
+    try:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        return manager.restore(step, args=ocp.args.Composite(state=_partial(abstract)))["state"]
+    finally:
+        manager.close()
+
+
+def episodes_to_replay(episodes: Iterable[Any], spec: EnvSpec) -> ReplayBuffer:
+    """Minari-style episodes (``observations`` of length ``T + 1``, ``actions``, ``rewards``,
+    ``terminations``, ``truncations``) as one replay ring holding them in order.
+
+    Termination sets ``cont = 0``, truncation keeps ``cont = 1``; every episode's last step ends
+    sequence windows, also when the recording stopped mid-episode (neither flag set).  Actions
+    become the agent's float vectors (one-hot, or ``[-1, 1]`` for a ``Box``).
+    """
+    keys = ("obs", "next", "act", "rew", "cont", "end")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for i, ep in enumerate(episodes):
+        where = f"episode {getattr(ep, 'id', i)}"
+        if not isinstance(ep.observations, np.ndarray):
+            raise DatasetError(
+                f"{where}: observations are {type(ep.observations).__name__}, not an array; "
+                "wm_jax needs a Box observation space"
+            )
+        rewards = np.asarray(ep.rewards, np.float32)
+        steps = len(rewards)
+        obs = np.asarray(ep.observations)
+        if obs.shape != (steps + 1, *spec.obs_shape):
+            raise DatasetError(
+                f"{where}: observations have shape {obs.shape}, expected "
+                f"{(steps + 1, *spec.obs_shape)} ({steps} steps + the final observation)"
+            )
+        if steps == 0:
+            continue
+        if not (np.isfinite(rewards).all() and np.isfinite(obs.astype(np.float64)).all()):
+            raise DatasetError(f"{where}: holds NaN or Inf observations or rewards")
+        terminated = np.asarray(ep.terminations, bool).reshape(steps)
+        ended = terminated | np.asarray(ep.truncations, bool).reshape(steps)
+        ended[-1] = True
+        actions = np.asarray(ep.actions)
+        parts["obs"].append(obs[:-1].astype(spec.obs_dtype, copy=False))
+        parts["next"].append(obs[1:].astype(spec.obs_dtype, copy=False))
+        parts["act"].append(from_env_action(actions.reshape(steps, -1), spec))
+        parts["rew"].append(rewards)
+        parts["cont"].append(1.0 - terminated.astype(np.float32))
+        parts["end"].append(ended)
+    total = sum(len(r) for r in parts["rew"])
+    if total == 0:
+        raise DatasetError("the dataset holds no transitions")
+    replay = ReplayBuffer(total, 1, spec.obs_shape, spec.obs_dtype, spec.action_dim)
+    replay.load_state_dict(
+        {
+            "obs": np.concatenate(parts["obs"])[None],
+            "next_obs": np.concatenate(parts["next"])[None],
+            "action": np.concatenate(parts["act"])[None],
+            "reward": np.concatenate(parts["rew"])[None],
+            "cont": np.concatenate(parts["cont"])[None],
+            "episode_end": np.concatenate(parts["end"])[None],
+            "write_pos": np.zeros(1, np.int64),  # full ring: the oldest transition is slot 0
+            "count": np.full(1, total, np.int64),
+            "num_envs": 1,
+            "slots_per_env": total,
+            "action_dim": spec.action_dim,
+        }
+    )
+    return replay
+
+
+def _import_minari():
+    try:
+        import minari
+    except ImportError as err:
+        raise ImportError(MINARI_HINT) from err
+    return minari
+
+
+def load_minari_dataset(dataset_id: str) -> Dataset:
+    """A local minari dataset (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``) converted by
+    :func:`episodes_to_replay`; its spaces give the spec, its env spec the env for evaluation."""
+    minari = _import_minari()
+    try:
+        data = minari.load_dataset(dataset_id)
+    except FileNotFoundError as err:
+        raise DatasetError(
+            f"dataset minari:{dataset_id} is not stored locally ({err}); download it first with "
+            f"`minari download {dataset_id}` (or set MINARI_DATASETS_PATH to where it is)"
+        ) from err
+    try:
+        spec = spec_from_spaces(data.observation_space, data.action_space)
+    except UnsupportedSpaceError as err:
+        raise DatasetError(f"dataset minari:{dataset_id}: {err}") from err
+    env_spec = data.env_spec
+    env_id, env_kwargs = None, {}
+    if env_spec is not None:
+        env_id = env_spec.id
+        spec = dataclasses.replace(spec, max_episode_steps=env_spec.max_episode_steps)
+        try:
+            env_kwargs = json.loads(json.dumps(dict(env_spec.kwargs or {})))
+        except TypeError:
+            logging.warning("minari:%s: env kwargs are not JSON; not recorded", dataset_id)
+    return Dataset(
+        source=f"minari:{dataset_id}",
+        replay=episodes_to_replay(data.iterate_episodes(), spec),
+        spec=spec,
+        env_id=env_id,
+        env_kwargs=env_kwargs,
+    )
+
+
+def load_dataset(dataset: str) -> Dataset:
+    """``run:<workdir>`` or ``minari:<dataset_id>`` as a :class:`Dataset`."""
+    source, value = parse_dataset(dataset)
+    if source == "run":
+        return load_run_dataset(value)
+    return load_minari_dataset(value)
+
+
+def stored_observations(replay: ReplayBuffer) -> np.ndarray:
+    """Every stored transition's observation (each env's ring fills from slot 0, so its first
+    ``count`` slots are the stored ones)."""
+    state = replay.state_dict()
+    return np.concatenate([state["obs"][i, :n] for i, n in enumerate(state["count"])])
+
+
+# -- schedule ----------------------------------------------------------------------------------
+
+
+def offline_schedule(config) -> ml_collections.ConfigDict:
+    """``config.schedule`` with its thresholds counted in updates: warmup (world model only) for
+    ``offline.world_model_only_updates`` (none with a frozen world model, which also gets no
+    world-model updates), then ``critic_real_mix`` anneals over ``offline.transition_updates``.
+    ``schedule.early_late_boundary`` (multi_update) is read as an update count as well."""
+    o = config.offline
+    s = ml_collections.ConfigDict(config.schedule.to_dict())
+    s.warmup_steps = 0 if o.freeze_world_model else o.world_model_only_updates
+    s.transition_steps = s.warmup_steps + o.transition_updates
+    if o.freeze_world_model:
+        s.wm_updates = s.early_wm_updates = 0
+    return s
+
+
+def offline_agent_config(config) -> ml_collections.ConfigDict:
+    """The config the update steps are built from: the offline schedule in place of the online
+    one and one "env step" per update, so what :func:`wm_jax.update.expected_updates` derives
+    from a run's length (the ``lr_final_scale`` anneal) spans the offline run's updates."""
+    a = copy.deepcopy(config)
+    with a.unlocked():
+        a.schedule = offline_schedule(config)
+        a.total_env_steps = config.offline.updates
+        a.prefill_steps = 0
+        a.train_ratio = 1.0
+    return a
+
+
+def offline_counts(update: int, config, schedule=None) -> UpdateCounts:
+    """Updates per batch at offline update ``update`` (:func:`wm_jax.schedule.update_counts`);
+    with ``offline.train_world_model=False`` the world model stops after its own phase."""
+    schedule = offline_schedule(config) if schedule is None else schedule
+    counts = update_counts(update, schedule)
+    if not config.offline.train_world_model and update >= schedule.warmup_steps:
+        counts = counts._replace(world_model=0)
+    return counts
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def _prepare_config(config, data: Dataset) -> ml_collections.ConfigDict:
+    """A validated copy of ``config`` that records the dataset's env (for evaluation) and fits
+    the dataset; raises :class:`ConfigError` naming the field otherwise."""
+    c = validate(copy.deepcopy(config))
+    with c.unlocked():
+        if "offline" not in c:  # e.g. a config.json written before the section existed
+            c.offline = get_config().offline
+        if data.env_id is not None:
+            c.env_id = data.env_id
+            c.env_kwargs = ml_collections.ConfigDict(data.env_kwargs)
+    o = c.offline
+    if o.freeze_world_model and data.run_dir is None:
+        raise ConfigError(
+            f"config.offline.freeze_world_model: fine-tuning needs a run's world model, but "
+            f"{data.source} is not a run; use --dataset=run:<workdir of that run>"
+        )
+    if not o.freeze_world_model and o.world_model_only_updates == 0 and not o.train_world_model:
+        raise ConfigError(
+            "config.offline.train_world_model: with offline.world_model_only_updates=0 the "
+            "world model would never be trained; raise world_model_only_updates, set "
+            "train_world_model=True, or fine-tune a run with freeze_world_model=True"
+        )
+    check = copy.deepcopy(c)
+    check.diagnostics.open_loop_every = 0  # offline.open_loop_every is checked below
+    validate_for_env(check, data.spec.max_episode_steps)
+    slots = data.replay.slots_per_env
+    if c.sequence_mode and c.sequence_length > slots:
+        raise ConfigError(
+            f"config.sequence_length: {c.sequence_length} is longer than the dataset's "
+            f"{slots} transitions per ring ({data.source}); use at most {slots}"
+        )
+    if o.open_loop_every and c.diagnostics.open_loop_horizon > slots:
+        raise ConfigError(
+            f"config.diagnostics.open_loop_horizon: {c.diagnostics.open_loop_horizon} is longer "
+            f"than the dataset's {slots} transitions per ring ({data.source}); lower it or set "
+            "config.offline.open_loop_every=0"
+        )
+    return c
+
+
+class OfflineTrainer:
+    """Owns the dataset's replay, the fitted normaliser, jitted steps and checkpointer of one
+    offline run; :meth:`run` trains without ever creating an environment."""
+
+    def __init__(self, config, workdir: str, dataset: str | Dataset):
+        validate(config)  # before reading a possibly large dataset
+        data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+        self.workdir = os.path.abspath(workdir)
+        if data.run_dir is not None and data.run_dir == self.workdir:
+            raise ConfigError(
+                f"--workdir: {self.workdir} is the dataset's own run; write the offline run to "
+                "a new --workdir"
+            )
+        self.config = c = _prepare_config(config, data)
+        self.data, self.spec, self.replay = data, data.spec, data.replay
+        self.schedule = offline_schedule(c)
+        self._check_workdir()
+        os.makedirs(self.workdir, exist_ok=True)
+        self.agent = make_agent(offline_agent_config(c), self.spec)
+        self.steps = make_steps(self.agent)
+        self.open_loop_fn = make_open_loop_fn(self.agent)
+        self.normalizer = RunningMeanStd(
+            self.spec.obs_shape,
+            enabled=c.obs_norm and not np.issubdtype(self.spec.obs_dtype, np.integer),
+        )
+        self.state = self.steps.init(jax.random.fold_in(jax.random.PRNGKey(c.seed), 1))
+        self.updates = 0
+        self.detector = Detector(Thresholds.from_config(c))
+        self.checkpointer = Checkpointer(
+            os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints
+        )
+        try:
+            self.resumed_from = self.checkpointer.restore_newest_valid(self.state, self._load)
+            if self.resumed_from is None:
+                self._start()
+        except BaseException:
+            self.checkpointer.close()
+            raise
+        self._write_metadata()
+
+    def _check_workdir(self) -> None:
+        """Refuses a workdir that holds an online run or an offline run of another dataset:
+        resuming there would mix two runs' checkpoints."""
+        meta = os.path.join(self.workdir, "offline.json")
+        if os.path.exists(meta):
+            previous = _read_json(meta).get("dataset")
+            if previous != self.data.source:
+                raise ConfigError(
+                    f"--workdir: {self.workdir} holds an offline run of {previous}, not "
+                    f"{self.data.source}; use a new --workdir or the same dataset to resume"
+                )
+        elif _has_checkpoints(self.workdir):
+            raise ConfigError(
+                f"--workdir: {self.workdir} holds checkpoints of an online run; write the offline "
+                "run to a new --workdir"
+            )
+
+    def _start(self) -> None:
+        """A fresh start: the normaliser from the dataset, or for fine-tuning the run's state
+        and the normaliser its world model was trained with."""
+        data = self.data
+        if not self.config.offline.freeze_world_model:
+            if self.normalizer.enabled:  # (off for uint8 images: no need to copy them)
+                self.normalizer.update(stored_observations(self.replay))
+            return
+        self.normalizer.load_state_dict(data.run_normalizer)
+        try:
+            self.state = restore_run_state(data.run_dir, data.run_step, self.state)
+        except Exception as err:  # orbax names a leaf whose shape does not match
+            run_config = _read_json(os.path.join(data.run_dir, "config.json"))
+            differ = [
+                f"model.{k}={v!r} (the run's: {run_config.get('model', {}).get(k)!r})"
+                for k, v in self.config.model.to_dict().items()
+                if run_config.get("model", {}).get(k) != v
+            ]
+            raise ConfigError(
+                f"config.model: the checkpoint {data.run_step} of {data.run_dir} does not fit "
+                f"this config's networks ({', '.join(differ) or type(err).__name__ + ': '}"
+                f"{'' if differ else str(err)[:300]}); fine-tune with the config that run was "
+                f"trained with (see {data.run_dir}/config.json)"
+            ) from err
+        logging.info(
+            "fine-tuning actor and critic of %s (checkpoint %d) with its world model frozen",
+            data.run_dir,
+            data.run_step,
+        )
+
+    def _load(self, step: int, state: TrainState, extras: dict[str, Any]) -> None:
+        """Applies one of this run's own checkpoints (resume)."""
+        self.replay.load_state_dict(extras["replay"])
+        self.normalizer.load_state_dict(extras["normalizer"])
+        self.state = state
+        self.updates = int(extras["loop"]["updates"])
+        logging.info("resumed from checkpoint at update %d in %s", step, self.workdir)
+
+    def _write_metadata(self) -> None:
+        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            f.write(self.config.to_json_best_effort(indent=1))
+        with open(os.path.join(self.workdir, "env_spec.json"), "w") as f:  # for load_policy
+            json.dump(spec_to_json(self.spec), f, indent=1)
+        meta = {
+            "dataset": self.data.source,
+            "run_step": self.data.run_step,
+            "transitions": len(self.replay),
+            "freeze_world_model": bool(self.config.offline.freeze_world_model),
+        }
+        with open(os.path.join(self.workdir, "offline.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+
+    def save(self) -> None:
+        """A checkpoint in the online trainer's layout (state + replay, normaliser, counters),
+        so the workdir also serves as a ``run:`` dataset; there is no env state to save."""
+        if not bool(_all_finite(self.state)):
+            raise NonFiniteError(
+                f"the train state at update {self.updates} holds non-finite values; not saving "
+                f"it.  The last good checkpoint is update {self.checkpointer.latest_step()} in "
+                f"{self.checkpointer.directory}."
+            )
+        extras = {
+            "replay": self.replay.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "loop": {"updates": np.asarray(self.updates, np.int64)},
+        }
+        self.checkpointer.save(self.updates, self.state, extras)
+
+    def _log(self, writer, history: list, elapsed: float, done: int) -> None:
+        c, o = self.config, self.config.offline
+        record: dict[str, Any] = metrics_lib.aggregate(history)
+        record["updates_per_s"] = done / max(elapsed, 1e-9)
+        record["updates"] = self.updates
+        record["phase"] = phase(self.updates, self.schedule)
+        if o.open_loop_every and self.updates % o.open_loop_every < max(o.log_every, 1):
+            record.update(
+                open_loop_check(
+                    self.open_loop_fn,
+                    self.state.wm_params,
+                    self.replay,
+                    self.normalizer,
+                    c,
+                    self.updates,
+                    self.workdir,
+                )
+                or {}
+            )
+        self.detector.update(writer.write(self.updates, record))
+        metrics_lib.log_line(self.updates, record, LOG_KEYS)
+
+    def run(self, stop_at: int | None = None) -> OfflineResult:
+        """Trains until ``offline.updates`` (or ``stop_at``, to simulate an interruption)."""
+        c, o = self.config, self.config.offline
+        end = o.updates if stop_at is None else min(stop_at, o.updates)
+        mean, std = self.normalizer.stats()  # fixed: fitted once on the dataset
+        reward_scale = np.float32(c.reward_scale)
+        writer = metrics_lib.MetricsWriter(self.workdir)
+        history: list[dict[str, Any]] = []
+        last_time, last_updates = time.time(), self.updates
+        stop = _StopOnSignal()
+        try:
+            stop.__enter__()
+            while self.updates < end and stop.signum is None:
+                counts = offline_counts(self.updates, c, self.schedule)
+                mix = np.float32(critic_real_mix(self.updates, self.schedule))
+                batch = sample_batch(self.replay, c, self.updates)
+                batch = _prepare_batch_jit(batch, mean, std, reward_scale)
+                self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
+                self.updates += 1
+                history.append(metrics)
+                if (o.log_every and self.updates % o.log_every == 0) or self.updates == end:
+                    check_nonfinite(self.state, c, self.updates, self.checkpointer, "update")
+                    now = time.time()
+                    self._log(writer, history, now - last_time, self.updates - last_updates)
+                    history, last_time, last_updates = [], now, self.updates
+                if o.checkpoint_every and self.updates % o.checkpoint_every == 0:
+                    self.save()
+            if history:  # stopped by a signal between log rows
+                self._log(writer, history, time.time() - last_time, self.updates - last_updates)
+        except NonFiniteError:
+            if history:  # leave the skipped updates on record before stopping
+                writer.write(self.updates, metrics_lib.aggregate(history))
+            raise
+        finally:
+            stop.__exit__()
+            writer.close()
+        if stop.signum is not None:
+            logging.warning(
+                "stopped by %s at update %d; saving a final checkpoint",
+                signal.Signals(stop.signum).name,
+                self.updates,
+            )
+        if self.checkpointer.latest_step() != self.updates:
+            self.save()
+        self.checkpointer.wait()
+        if c.report and self.updates >= o.updates and stop.signum is None:
+            from wm_jax.report import write_report  # matplotlib only when a report is written
+
+            logging.info("report: %s", write_report(self.workdir))
+        return OfflineResult(self.workdir, self.updates, self.resumed_from, self.state, stop.signum)
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
+def train_offline(
+    config, workdir: str, dataset: str | Dataset, stop_at: int | None = None
+) -> OfflineResult:
+    """Trains from ``dataset`` (``"run:<workdir>"``, ``"minari:<id>"`` or a :class:`Dataset`)
+    for ``config.offline.updates`` updates without creating an environment; resumes from the
+    newest checkpoint in ``workdir``.
+
+    Example::
+
+        config = wm_jax.get_config()
+        config.offline.updates = 5_000
+        result = train_offline(config, "runs/offline", "minari:cartpole/random-v0")
+        policy = wm_jax.load_policy(result.workdir)
+    """
+    trainer = OfflineTrainer(config, workdir, dataset)
+    try:
+        return trainer.run(stop_at)
+    finally:
+        trainer.close()
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def _define_flags() -> None:
+    """The CLI's flags, defined only when run as a program: a library import must not claim
+    absl flag names (--config, --workdir, --seed) that other entry points define too."""
+    from ml_collections import config_flags
+
+    from wm_jax import config as config_module
+
+    config_flags.DEFINE_config_file(
+        "config",
+        default=config_module.__file__,
+        help_string="Python config file with get_config(); override fields with --config.x=y.",
+        lock_config=True,
+    )
+    flags.DEFINE_string("workdir", None, "Directory of the offline run (required).")
+    flags.DEFINE_string(
+        "dataset", None, "run:<workdir of an earlier run> or minari:<dataset_id> (required)."
+    )
+    flags.DEFINE_bool(
+        "freeze_world_model",
+        False,
+        "Imagination-only fine-tuning of a run: sets config.offline.freeze_world_model.",
+    )
+    flags.DEFINE_integer("seed", None, "Overrides config.seed.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    for flag in ("workdir", "dataset"):
+        if not FLAGS[flag].value:
+            raise app.UsageError(f"--{flag} is required")
+    config = FLAGS.config
+    with config.unlocked():
+        if FLAGS.seed is not None:
+            config.seed = FLAGS.seed
+        if FLAGS.freeze_world_model:
+            config.offline.freeze_world_model = True
+    logging.set_verbosity(logging.INFO)
+    try:
+        result = train_offline(config, FLAGS.workdir, FLAGS.dataset)
+    except DatasetError as err:
+        raise app.UsageError(f"--dataset: {err}") from None
+    except (ConfigError, ImportError) as err:
+        raise app.UsageError(str(err)) from None
+    except NonFiniteError as err:
+        logging.error("%s", err)
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(3)
+    workdir = os.path.abspath(FLAGS.workdir)
+    if result.interrupted_by is not None:
+        name = signal.Signals(result.interrupted_by).name
+        print(
+            f"interrupted by {name} at update {result.updates}; a final checkpoint is in "
+            f"{workdir}/checkpoints: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        sys.exit(128 + result.interrupted_by)
+    print(f"trained {result.updates} offline updates from {FLAGS.dataset}")
+    print(
+        f"results in {workdir} (metrics.jsonl, tensorboard/, checkpoints/); evaluate with "
+        f"python -m wm_jax.evaluate --workdir={workdir}"
+    )
+
+
+def run():
+    """Console-script entry point (``wm-jax-offline``)."""
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
