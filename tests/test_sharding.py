@@ -53,11 +53,30 @@ try:
     shard_batch(random_sequence(jax.random.PRNGKey(9), spec, batch=6, length=6), mesh)
 except ValueError as err:
     odd = str(err)
-print(json.dumps({"single": single, "sharded": sharded, "odd": odd}))
+# The training loops with config.data_parallel: the host loop shards each batch, the device
+# loop spreads its seeds over the devices.
+import tempfile
+from wm_jax.device_loop import train_device
+from wm_jax.trainer import Trainer
+loops = {}
+with tempfile.TemporaryDirectory() as tmp:
+    c = small_config(total_env_steps=96, prefill_steps=64, eval_every=0, checkpoint_every=96,
+                     report=False, data_parallel=True, **{"schedule.warmup_steps": 0,
+                     "schedule.transition_steps": 0, "diagnostics.open_loop_every": 0})
+    trainer = Trainer(c, tmp + "/host")
+    trainer.run()
+    loops["host_updates"] = trainer.updates
+    loops["host_replicated"] = sorted(
+        {x.sharding.spec == P() for x in jax.tree.leaves(trainer.state.actor_params)})
+    trainer.close()
+    c.env_id, c.loop, c.num_seeds = "gymnax:CartPole-v1", "device", 4
+    results = train_device(c, tmp + "/device")
+    loops["device_steps"] = [r.env_steps for r in results]
+print(json.dumps({"single": single, "sharded": sharded, "odd": odd, "loops": loops}))
 """
 
 
-def test_sharded_training_matches_single_device_training_on_the_same_global_batch():
+def test_sharded_training_matches_single_device_training_and_both_loops_run_data_parallel():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT],
@@ -77,3 +96,6 @@ def test_sharded_training_matches_single_device_training_on_the_same_global_batc
     np.testing.assert_allclose(sharded_params, single_params, rtol=1e-4, atol=1e-6)
     assert sharding == [True]  # parameters stay replicated after the update
     assert out["odd"] and "multiple of 4" in out["odd"]
+    loops = out["loops"]
+    assert loops["host_updates"] == 9 and loops["host_replicated"] == [True]
+    assert loops["device_steps"] == [96] * 4

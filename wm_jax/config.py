@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     # loop compiled into one program (wm_jax.device_loop; gymnax envs only, "gymnax:<name>").
     c.loop = "host"
     c.num_seeds = 1  # device loop: seeds seed, seed+1, ... trained at once with jax.vmap
+    # Split each batch (host loop) or the seeds (device loop) over all devices with
+    # jax.sharding; parameters are replicated and XLA inserts the gradient all-reduce.
+    c.data_parallel = False
 
     # --- the training loop (wm_jax.trainer) ----------------------------------------------
     c.replay_capacity = 100_000

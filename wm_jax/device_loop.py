@@ -48,6 +48,7 @@ from wm_jax.gymnax_env import make_gymnax
 from wm_jax.inference import spec_to_json
 from wm_jax.policy import act
 from wm_jax.schedule import critic_real_mix, phase, update_counts
+from wm_jax.sharding import make_mesh, shard_batch
 from wm_jax.trainer import RunResult, _all_finite, _prepare_batch, _StopOnSignal
 from wm_jax.types import Sequence, TrainState, Transition
 from wm_jax.update import init_state, make_agent, train_step
@@ -627,6 +628,14 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
             "newer ones (or the workdir) so all seeds resume from the same step"
         )
     ls = states[0] if num_seeds == 1 else _stack(states)
+    if c.data_parallel:
+        # Seeds are independent: one slice of the seed axis per device, no communication.
+        if num_seeds == 1:
+            raise ConfigError(
+                "config.data_parallel: the device loop spreads seeds over devices; set "
+                "config.num_seeds to a multiple of the device count"
+            )
+        ls = shard_batch(ls, make_mesh(), field="config.num_seeds")
     env_step = steps_now.pop()
     end = c.total_env_steps if stop_at is None else min(stop_at, c.total_env_steps)
     s = c.schedule

@@ -52,12 +52,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
+def shard_batch(batch: Any, mesh: Mesh, field: str = "config.batch_size") -> Any:
     """Splits every leaf of ``batch`` along its leading axis over the mesh's ``"data"`` axis.
 
     In a single process ``batch`` is the global batch; with several processes it is this
     process's share (``global_batch / process_count`` rows) and the global array is assembled
-    without copying data between hosts.
+    without copying data between hosts.  ``field`` names the setting to change in the error
+    for a leading axis that does not split evenly.
     """
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     per_process = mesh.size // jax.process_count()
@@ -65,7 +66,7 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         if leaf.shape[0] % per_process:
             raise ValueError(
                 f"a batch of {leaf.shape[0]} rows does not split evenly over {per_process} "
-                f"devices: make config.batch_size a multiple of {per_process}"
+                f"devices: make {field} a multiple of {per_process}"
             )
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)

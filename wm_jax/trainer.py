@@ -31,6 +31,7 @@ from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.schedule import critic_real_mix, phase, update_counts
+from wm_jax.sharding import make_mesh, replicate, shard_batch
 from wm_jax.types import Sequence
 from wm_jax.update import make_agent, make_steps, nonfinite_streak
 
@@ -262,7 +263,14 @@ class Trainer:
             enabled=c.obs_norm and not np.issubdtype(self.spec.obs_dtype, np.integer),
         )
         self.seed_key = jax.random.PRNGKey(c.seed)
-        self.state = self.steps.init(jax.random.fold_in(self.seed_key, 1))
+        # Data parallelism: replicated state, batches split over every device (jax.sharding).
+        self.mesh = make_mesh() if c.data_parallel else None
+        if self.mesh is not None and c.batch_size % self.mesh.size:
+            raise ConfigError(
+                f"config.batch_size: {c.batch_size} does not split over {self.mesh.size} devices "
+                f"(config.data_parallel=True); use a multiple of {self.mesh.size}"
+            )
+        self.state = self._placed(self.steps.init(jax.random.fold_in(self.seed_key, 1)))
         self.env_step = 0
         self.updates = 0
         self.update_budget = 0.0
@@ -282,6 +290,9 @@ class Trainer:
         self.obs = self.envs.reset()
         if self.checkpointer is not None:
             self._restore()
+
+    def _placed(self, state):
+        return state if self.mesh is None else replicate(state, self.mesh)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -326,7 +337,7 @@ class Trainer:
         self.obs = self.envs.load_state_dict(extras["envs"])
         self.envs.guard.take_counts()  # repairs made while replaying were counted before
         loop = extras["loop"]
-        self.state = state
+        self.state = self._placed(state)
         self.env_step = int(loop["env_step"])
         self.updates = int(loop["updates"])
         self.update_budget = float(loop["update_budget"])
@@ -372,6 +383,8 @@ class Trainer:
         mix = np.float32(critic_real_mix(self.env_step, c.schedule))
         mean, std = self.normalizer.stats()
         batch = _prepare_batch_jit(self._sample(), mean, std, np.float32(c.reward_scale))
+        if self.mesh is not None:
+            batch = shard_batch(batch, self.mesh)
         self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
         self.updates += 1
         history.append(metrics)
