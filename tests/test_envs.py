@@ -409,3 +409,23 @@ def test_box_actions_rescale_round_trip_and_clip():
     unit = from_env_action(env_actions, spec)
     assert unit.dtype == np.float32 and np.all(np.abs(unit) <= 1.0)
     np.testing.assert_allclose(to_env_action(unit, spec), env_actions, rtol=1e-5, atol=1e-5)
+
+
+def test_run_episodes_returns_each_envs_first_episode_return():
+    """Even ids terminate after 3 steps (rewards 1+2+3), odd ids are truncated after 4
+    (1+2+3+4); action 2 adds 10 per step.  Envs that finish first idle until the last one does."""
+    with VectorEnv(COUNTER_ID, 4, 0, "sync") as env:
+        steps_seen, first_obs = [], []
+
+        def act(obs, t):
+            steps_seen.append(t)
+            if t == 0:
+                first_obs.append(obs)
+            return np.tile(np.array([[0.0, 1.0]], np.float32), (4, 1))  # action 2 everywhere
+
+        returns = env.run_episodes(act)
+    ids = first_obs[0][:, 0].astype(int)
+    assert (first_obs[0][:, 1] == 0).all()  # every env starts from a reset
+    expected = [6.0 + 30.0 if i % 2 == 0 else 10.0 + 40.0 for i in ids]
+    np.testing.assert_array_equal(returns, expected)
+    assert steps_seen == list(range(4 if any(i % 2 for i in ids) else 3))

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import gymnasium
@@ -712,6 +713,25 @@ class VectorEnv:
                 )
             filler_done = done
         return obs, returns
+
+    def run_episodes(self, act: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+        """Plays one episode in every env from a fresh reset, with ``act(obs, t)`` giving the
+        agent's actions ``[N, A]`` at vector step ``t``; returns each episode's undiscounted
+        return ``[N]`` (envs that finish early idle until the last one is done)."""
+        obs = self.reset()
+        done = np.zeros(self.num_envs, bool)
+        running = np.zeros(self.num_envs)
+        returns = np.zeros(self.num_envs)
+        t = 0
+        while not done.all():
+            out = self.step(act(obs, t))
+            running += np.where(done, 0.0, out.transition.reward)
+            ended = (out.transition.terminated | out.transition.truncated) & ~done
+            returns[ended] = running[ended]
+            done |= ended
+            obs = out.obs
+            t += 1
+        return returns
 
     def close(self) -> None:
         """Closes the envs (and their worker processes in async mode)."""

@@ -33,23 +33,12 @@ def evaluate_policy(
     ``(mean, std, returns)`` of their undiscounted returns."""
     env_id = env_id or policy.config.env_id
     env_kwargs = dict(policy.config.get("env_kwargs", {}))
-    returns: list[float | None] = [None] * episodes
     with VectorEnv(env_id, episodes, seed, "sync", env_kwargs) as env:
-        obs = env.reset()
-        done = np.zeros(episodes, bool)
-        running = np.zeros(episodes)
-        t = 0
-        while not done.all():
-            key = jax.random.fold_in(jax.random.PRNGKey(seed), t)
-            out = env.step(policy.agent_actions(obs, key, deterministic))
-            running += np.where(done, 0.0, out.transition.reward)
-            ended = out.transition.terminated | out.transition.truncated
-            for i in np.flatnonzero(ended & ~done):
-                returns[i] = float(running[i])
-            done |= ended
-            obs = out.obs
-            t += 1
-    values = np.asarray(returns, np.float64)
+        values = env.run_episodes(
+            lambda obs, t: policy.agent_actions(
+                obs, jax.random.fold_in(jax.random.PRNGKey(seed), t), deterministic
+            )
+        )
     return float(values.mean()), float(values.std()), [float(v) for v in values]
 
 

@@ -130,27 +130,13 @@ def evaluate(
 ) -> tuple[float, float, list[float]]:
     """Runs ``episodes`` episodes (one per eval env) with the deterministic policy."""
     mean, std = normalizer.stats()
-    returns: list[float | None] = [None] * episodes
-    env = _make_envs(config, episodes, seed, "sync")
-    try:
-        obs = env.reset()
-        done = np.zeros(episodes, bool)
-        key = jax.random.PRNGKey(seed)
-        running = np.zeros(episodes)
-        while not done.all():
-            actions = np.asarray(
+    key = jax.random.PRNGKey(seed)  # unused by the deterministic policy
+    with _make_envs(config, episodes, seed, "sync") as env:
+        values = env.run_episodes(
+            lambda obs, t: np.asarray(
                 act_fn(state.wm_params, state.actor_params, obs, mean, std, key, deterministic=True)
             )
-            out = env.step(actions)
-            running += np.where(done, 0.0, out.transition.reward)
-            ended = out.transition.terminated | out.transition.truncated
-            for i in np.flatnonzero(ended & ~done):
-                returns[i] = float(running[i])
-            done |= ended
-            obs = out.obs
-    finally:
-        env.close()
-    values = np.asarray(returns, np.float64)
+        )
     return float(values.mean()), float(values.std()), [float(v) for v in values]
 
 
