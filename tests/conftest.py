@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wm_jax.config import get_config
+from wm_jax.config import get_config, override
 from wm_jax.types import Sequence, Transition
 
 
@@ -21,13 +21,7 @@ def small_config(**overrides):
     c.model.hidden_dim = 32
     c.imagination.horizon = 5
     c.batch_size = 16
-    for dotted, value in overrides.items():
-        node = c
-        *path, leaf = dotted.split(".")
-        for name in path:
-            node = node[name]
-        node[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 def make_spec(obs_shape=(4,), action_dim=2, discrete=True, obs_dtype=np.float32):

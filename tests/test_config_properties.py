@@ -6,7 +6,7 @@ import ml_collections
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wm_jax.config import ConfigError, get_config, validate
+from wm_jax.config import ConfigError, get_config, override, validate
 
 # Every numeric field a user is likely to override, with values from clearly wrong to huge.
 INT_FIELDS = [
@@ -58,12 +58,7 @@ changes = st.dictionaries(
 
 
 def apply(c: ml_collections.ConfigDict, overrides: dict) -> None:
-    for dotted, value in overrides.items():
-        node = c
-        *path, leaf = dotted.split(".")
-        for name in path:
-            node = node[name]
-        node[leaf] = value
+    override(c, **overrides)
 
 
 @settings(max_examples=300, deadline=None)

@@ -66,6 +66,7 @@ from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
+from wm_jax.trainer import LOG_KEYS as TRAINER_LOG_KEYS
 from wm_jax.trainer import (
     NonFiniteError,
     _all_finite,
@@ -92,16 +93,10 @@ __all__ = [
 ]
 
 SOURCES = ("run", "minari")
-LOG_KEYS = (
-    "world_model_loss",
-    "dynamics_loss",
-    "reward_mae",
-    "continue_accuracy",
-    "mean_imagined_return",
-    "entropy",
-    "critic_loss",
-    "updates_per_s",
-)
+# The online loop's log keys, less those that need an environment.
+LOG_KEYS = tuple(
+    k for k in TRAINER_LOG_KEYS if k not in ("eval_return", "train_return", "env_steps_per_s")
+) + ("updates_per_s",)
 MINARI_HINT = 'minari datasets need the minari package: pip install "minari[hdf5]"'
 
 

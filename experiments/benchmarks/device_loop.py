@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import random_batch  # noqa: E402
 
 from experiments.configs.cartpole import get_config  # noqa: E402
+from wm_jax.config import override  # noqa: E402
 from wm_jax.device_loop import DeviceLoop  # noqa: E402
 from wm_jax.schedule import UpdateCounts  # noqa: E402
 
@@ -59,13 +60,7 @@ def _config(**overrides):
     c.prefill_steps = 1_000
     c.schedule.warmup_steps = 0
     c.schedule.transition_steps = 0
-    for dotted, value in overrides.items():
-        node = c
-        *path, leaf = dotted.split(".")
-        for name in path:
-            node = node[name]
-        node[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 def _median_time(fn, repeats: int) -> float:
