@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import small_config
 
-from wm_jax.config import ConfigError, get_config, validate
+from wm_jax.config import ConfigError, get_config, parse_lr_sweep, validate
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 
 
@@ -110,3 +110,27 @@ def test_a_sequence_longer_than_any_episode_is_rejected_before_training(tmp_path
         ConfigError, match="config.diagnostics.open_loop_horizon.*open_loop_every=0"
     ):
         Trainer(c, str(tmp_path))
+
+
+def test_lr_sweep_is_parsed_and_bad_sweeps_name_the_field():
+    c = get_config()
+    c.loop = "device"
+    c.lr_sweep = "actor=1e-4, 3e-4"
+    assert parse_lr_sweep(c) == ("actor", (1e-4, 3e-4))
+    c.lr_sweep = ""
+    assert parse_lr_sweep(c) is None
+    for sweep, field in (
+        ("policy=1e-4", "lr_sweep"),
+        ("actor=fast", "lr_sweep"),
+        ("actor=1e-4,-1", "lr_sweep"),
+        ("actor=", "lr_sweep"),
+    ):
+        c.lr_sweep = sweep
+        with pytest.raises(ConfigError, match=f"config.{field}"):
+            validate(c)
+    c.lr_sweep, c.loop = "critic=1e-4", "host"
+    with pytest.raises(ConfigError, match="loop=device"):
+        validate(c)
+    c.loop, c.critic.lr = "device", 0.0
+    with pytest.raises(ConfigError, match="config.critic.lr"):
+        validate(c)

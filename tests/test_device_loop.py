@@ -163,15 +163,19 @@ def config(**kw):
 root = sys.argv[1]
 flat = lambda p: np.concatenate([np.ravel(x) for x in jax.tree.leaves(p)])
 out = {}
-# Two seeds vmapped, interrupted at 240 and resumed; the same uninterrupted; seed 1 alone.
-train_device(config(num_seeds=2), root + "/resumed", stop_at=240)
-resumed = train_device(config(num_seeds=2), root + "/resumed")
-straight = train_device(config(num_seeds=2), root + "/straight")
-alone = train_device(config(seed=1), root + "/alone")
+# Seeds 0 and 1 x actor lrs 3e-5 and 1e-4 (4 runs vmapped), interrupted at 240 and resumed;
+# the same uninterrupted; seed 1 with actor lr 1e-4 alone.
+sweep = dict(num_seeds=2, lr_sweep="actor=3e-5,1e-4")
+train_device(config(**sweep), root + "/resumed", stop_at=240)
+resumed = train_device(config(**sweep), root + "/resumed")
+straight = train_device(config(**sweep), root + "/straight")
+alone_config = config(seed=1)
+alone_config.actor.lr = 1e-4
+alone = train_device(alone_config, root + "/alone")
 for name, runs in (("resumed", resumed), ("straight", straight), ("alone", alone)):
     for r in runs:
         p = load_policy(r.workdir)
-        out[f"{name}/{p.config.seed}"] = {
+        out[f"{name}/{p.config.seed}/{p.config.actor.lr:g}"] = {
             "actor": flat(p.actor_params).tolist(), "wm": flat(p.wm_params).tolist(),
             "evals": r.eval_returns, "resumed_from": r.resumed_from, "steps": r.env_steps}
 json.dump(out, open(root + "/out.json", "w"))
@@ -197,26 +201,33 @@ def device_runs(tmp_path_factory):
     return root, json.loads((root / "out.json").read_text())
 
 
+RUNS = [(seed, lr) for seed in (0, 1) for lr in ("3e-05", "0.0001")]
+
+
 def test_device_loop_resumes_exactly_where_an_uninterrupted_run_would_be(device_runs):
     root, out = device_runs
-    for seed in (0, 1):
-        resumed, straight = out[f"resumed/{seed}"], out[f"straight/{seed}"]
+    for seed, lr in RUNS:
+        resumed, straight = out[f"resumed/{seed}/{lr}"], out[f"straight/{seed}/{lr}"]
         assert resumed["resumed_from"] == 240 and resumed["steps"] == straight["steps"] == 480
         np.testing.assert_array_equal(resumed["actor"], straight["actor"])
         np.testing.assert_array_equal(resumed["wm"], straight["wm"])
         assert resumed["evals"] == straight["evals"]
-    # Each seed has its own workdir with metrics and checkpoints.
-    for seed in (0, 1):
-        lines = (root / "straight" / f"seed_{seed}" / "metrics.jsonl").read_text().splitlines()
+    # Each run has its own workdir with metrics and checkpoints.
+    for seed, lr in RUNS:
+        run_dir = root / "straight" / f"seed_{seed}-actor_lr_{lr}"
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         steps = [json.loads(line)["env_step"] for line in lines]
         assert max(steps) == 480 and 80 in steps
 
 
-def test_vmapped_seeds_equal_the_same_seeds_run_one_at_a_time(device_runs):
+def test_vmapped_seeds_and_learning_rates_equal_the_same_runs_one_at_a_time(device_runs):
     _, out = device_runs
-    vmapped, alone = out["straight/1"], out["alone/1"]
+    # Seed 1 with the swept actor lr 1e-4 (3.33 x the config's 3e-5) = seed 1 run alone with
+    # actor.lr = 1e-4.
+    vmapped, alone = out["straight/1/0.0001"], out["alone/1/0.0001"]
     np.testing.assert_allclose(vmapped["wm"], alone["wm"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(vmapped["actor"], alone["actor"], rtol=1e-4, atol=1e-5)
     assert [e[0] for e in vmapped["evals"]] == [240, 480]
-    # Different seeds really are different runs.
-    assert not np.allclose(out["straight/0"]["wm"], out["straight/1"]["wm"])
+    # Different seeds, and different learning rates, really are different runs.
+    assert not np.allclose(out["straight/0/3e-05"]["wm"], out["straight/1/3e-05"]["wm"])
+    assert not np.allclose(out["straight/1/3e-05"]["actor"], out["straight/1/0.0001"]["actor"])

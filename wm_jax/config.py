@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Split each batch (host loop) or the seeds (device loop) over all devices with
     # jax.sharding; parameters are replicated and XLA inserts the gradient all-reduce.
     c.data_parallel = False
+    # Device loop: "<group>=v1,v2,...", e.g. "actor=1e-4,3e-4": one vmapped run per seed and
+    # learning rate of that optimiser (world_model | actor | critic) in the same program.
+    c.lr_sweep = ""
 
     # --- the training loop (wm_jax.trainer) ----------------------------------------------
     c.replay_capacity = 100_000
@@ -179,6 +182,32 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+def parse_lr_sweep(c: ml_collections.ConfigDict) -> tuple[str, tuple[float, ...]] | None:
+    """``config.lr_sweep`` ("actor=1e-4,3e-4") as ``("actor", (1e-4, 3e-4))``; None if unset."""
+    text = c.get("lr_sweep", "")
+    if not text:
+        return None
+    group, _, values = text.partition("=")
+    group = group.strip()
+    _require(
+        group in ("world_model", "actor", "critic") and values,
+        "lr_sweep",
+        f"{text!r} is not '<world_model|actor|critic>=lr1,lr2,...', e.g. 'actor=1e-4,3e-4'",
+    )
+    try:
+        lrs = tuple(float(v) for v in values.split(","))
+    except ValueError:
+        _require(False, "lr_sweep", f"{values!r} is not a comma-separated list of numbers")
+    _require(all(lr > 0 for lr in lrs), "lr_sweep", f"learning rates must be > 0, got {lrs}")
+    _require(
+        c[group].lr > 0,
+        f"{group}.lr",
+        "must be > 0 for a sweep (each run's lr is a multiple of it)",
+    )
+    _require(c.loop == "device", "lr_sweep", "needs --config.loop=device (one vmapped program)")
+    return group, lrs
+
+
 def override(c: ml_collections.ConfigDict, **dotted) -> ml_collections.ConfigDict:
     """Sets fields by dotted path, ``override(c, **{"actor.lr": 1e-4})``, the Python twin of
     ``--config.actor.lr=1e-4``; returns ``c``."""
@@ -253,6 +282,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "num_seeds",
         f"must be a positive integer, got {c.num_seeds!r}",
     )
+    parse_lr_sweep(c)
     _require(
         c.num_seeds == 1 or c.loop == "device",
         "num_seeds",

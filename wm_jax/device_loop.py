@@ -10,8 +10,10 @@ evaluate and checkpoint.  Select it with ``--config.loop=device`` and a ``gymnax
 
 ``--config.num_seeds=8`` trains eight independent seeds (``seed, seed+1, …``) in the same
 program with ``jax.vmap``; each gets its own ``seed_<s>/`` workdir with metrics, checkpoints and
-report.  The update steps, schedule, metrics and checkpoint format are the host loop's
-(:mod:`wm_jax.update`, :mod:`wm_jax.schedule`, :mod:`wm_jax.checkpoint`), so
+report.  ``--config.lr_sweep=actor=1e-4,3e-4`` adds a learning-rate axis: one run per seed and
+value (``seed_<s>-actor_lr_<v>/``), the value carried in ``TrainState.lr_scale``.  The update
+steps, schedule, metrics and checkpoint format are the host loop's (:mod:`wm_jax.update`,
+:mod:`wm_jax.schedule`, :mod:`wm_jax.checkpoint`), so
 ``wm_jax.load_policy`` and ``python -m wm_jax.evaluate`` read a device-loop workdir as well.
 
 Loop semantics, per iteration: ``env_repeat`` vector steps of ``num_envs`` envs (random actions
@@ -41,7 +43,7 @@ from absl import logging
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
-from wm_jax.config import ConfigError, validate, validate_for_env
+from wm_jax.config import ConfigError, parse_lr_sweep, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import GYMNAX_PREFIX, EnvSpec, make_env_spec
 from wm_jax.gymnax_env import make_gymnax
@@ -419,9 +421,9 @@ class DeviceLoop:
 
     def segment(self, iterations: int, counts, prefill: bool, num_seeds: int):
         """The compiled ``LoopState -> (LoopState, summary)`` for ``iterations`` iterations
-        with static update ``counts`` (None: no training); vmapped over seeds when
-        ``num_seeds > 1``.  ``summary`` holds the mean of every train metric and the summed
-        return and count of the episodes that finished."""
+        with static update ``counts`` (None: no training); vmapped over runs when
+        ``num_seeds > 1`` (seeds × swept lrs).  ``summary`` holds the mean of every train
+        metric and the summed return and count of the episodes that finished."""
         cache_key = (iterations, counts, prefill, num_seeds)
         if cache_key in self._segments:
             return self._segments[cache_key]
@@ -584,15 +586,22 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
     the per-seed :class:`wm_jax.trainer.RunResult` list.  Resumes from checkpoints."""
     loop = _device_loop(config)
     c = validate(config)  # the loop may be cached from a run with another seed
-    num_seeds = c.num_seeds
     workdir = os.path.abspath(workdir)
-    seeds = [c.seed + i for i in range(num_seeds)]
+    # One vmapped run per (seed, swept learning rate): seeds seed .. seed+num_seeds-1.
+    sweep = parse_lr_sweep(c)
+    group, lrs = sweep if sweep else (None, (None,))
+    grid = [(c.seed + i, lr) for i in range(c.num_seeds) for lr in lrs]
+    num_seeds = len(grid)  # the length of the vmapped axis
     runs = []
-    for seed in seeds:
-        wd = workdir if num_seeds == 1 else os.path.join(workdir, f"seed_{seed}")
+    for seed, lr in grid:
+        name = f"seed_{seed}" + (f"-{group}_lr_{lr:g}" if lr is not None else "")
+        wd = workdir if num_seeds == 1 else os.path.join(workdir, name)
         os.makedirs(wd, exist_ok=True)
         seed_config = c.copy_and_resolve_references()
         seed_config.seed = seed
+        if lr is not None:
+            seed_config[group].lr = lr
+            seed_config.lr_sweep = ""
         with open(os.path.join(wd, "config.json"), "w") as f:
             f.write(seed_config.to_json_best_effort(indent=1))
         with open(os.path.join(wd, "env_spec.json"), "w") as f:
@@ -609,7 +618,12 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
             )
         )
 
-    states = [loop.init(seed) for seed in seeds]
+    states = [loop.init(seed) for seed, _ in grid]
+    if sweep:
+        index = ("world_model", "actor", "critic").index(group)
+        for i, (_, lr) in enumerate(grid):
+            scale = states[i].train.lr_scale.at[index].set(lr / c[group].lr)
+            states[i] = states[i].replace(train=states[i].train.replace(lr_scale=scale))
     resumed = []
     for i, run in enumerate(runs):
         if run.checkpointer is None:

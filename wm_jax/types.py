@@ -145,3 +145,7 @@ class TrainState:
     critic_updates: chex.Array
     # [2] EMA of the imagined returns' 5th and 95th percentiles (actor.return_norm_decay > 0).
     return_range: chex.Array
+    # [3] multipliers of the world-model, actor and critic learning rates (1: the config's).
+    # Adam's step is linear in the lr, so scaling the update is changing the lr; being an array,
+    # it lets one vmapped program train a learning-rate sweep (config.lr_sweep).
+    lr_scale: chex.Array

@@ -95,6 +95,11 @@ def make_optimizer(group, anneal_updates: int = 1) -> optax.GradientTransformati
     return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
 
 
+def _scaled(updates: Params, scale: chex.Array) -> Params:
+    """An optimiser's step times its ``TrainState.lr_scale`` entry (x 1.0 is exact)."""
+    return jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
+
+
 def nonfinite_streak(opt_state) -> chex.Array:
     """Consecutive skipped (non-finite) updates of one optimiser, from its state."""
     return opt_state.notfinite_count
@@ -144,6 +149,7 @@ def init_state(agent: Agent, key: chex.PRNGKey) -> TrainState:
         actor_updates=zero,
         critic_updates=zero,
         return_range=jnp.zeros((2,), jnp.float32),
+        lr_scale=jnp.ones((3,), jnp.float32),
     )
 
 
@@ -254,6 +260,7 @@ def world_model_update(agent: Agent, state: TrainState, batch: Batch) -> tuple[T
     updates, opt_state = agent.wm_optimizer.update(grads, state.wm_opt_state, state.wm_params)
     metrics.update(_grad_norms(grads, "world_model", COMPONENTS))
     metrics.update(_skip_metrics(opt_state, "world_model"))
+    updates = _scaled(updates, state.lr_scale[0])
     return (
         state.replace(
             wm_params=optax.apply_updates(state.wm_params, updates),
@@ -380,6 +387,7 @@ def actor_update(
     )
     metrics.update(_grad_norms(grads, "actor"))
     metrics.update(_skip_metrics(opt_state, "actor"))
+    updates = _scaled(updates, state.lr_scale[1])
     new_state = state.replace(
         actor_params=optax.apply_updates(state.actor_params, updates),
         actor_opt_state=opt_state,
@@ -483,6 +491,7 @@ def critic_update(
     updates, opt_state = agent.critic_optimizer.update(
         grads, state.critic_opt_state, state.critic_params
     )
+    updates = _scaled(updates, state.lr_scale[2])
     params = optax.apply_updates(state.critic_params, updates)
     tau = agent.config.critic.target_update_rate
     target = optax.incremental_update(params, state.critic_target_params, tau)
