@@ -48,17 +48,17 @@ def trained(tmp_path_factory):
 
 def in_memory_actions(trainer, obs, key, deterministic):
     mean, std = trainer.normalizer.stats()
-    return np.asarray(
-        trainer.act_fn(
-            trainer.state.wm_params,
-            trainer.state.actor_params,
-            obs,
-            mean,
-            std,
-            key,
-            deterministic=deterministic,
-        )
+    actions, _ = trainer.act_fn(
+        trainer.state.wm_params,
+        trainer.state.actor_params,
+        trainer.act_fn.initial_carry(obs.shape[0]),
+        obs,
+        mean,
+        std,
+        key,
+        deterministic=deterministic,
     )
+    return np.asarray(actions)
 
 
 def test_loaded_and_exported_policies_act_exactly_like_the_in_memory_agent(trained, tmp_path):

@@ -196,7 +196,8 @@ def test_docs_command_trains_the_gated_model_and_the_snippet_loads_it(
     result = subprocess.run(bare, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode != 0
     expected = (
-        "config.model.dynamics='gated' is not registered; choose one of ['ensemble', 'mlp'], "
+        "config.model.dynamics='gated' is not registered; choose one of "
+        "['ensemble', 'mlp', 'rssm', 'transformer'], "
         "or register yours with wm_jax.networks.register_dynamics() in a module named in "
         "--config.imports"
     )

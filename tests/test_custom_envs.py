@@ -194,8 +194,11 @@ def test_point_mass_example_reaches_its_goal_and_terminates():
 def test_gymnax_specs_convert_spaces_and_env_kwargs():
     cartpole = make_env_spec("gymnax:CartPole-v1")
     assert (cartpole.obs_shape, cartpole.action_dim, cartpole.max_episode_steps) == ((4,), 2, 500)
-    catch = make_env_spec("gymnax:Catch-bsuite")  # a 10×5 board becomes a 1-channel image
-    assert (catch.obs_shape, catch.obs_dtype, catch.action_dim) == ((10, 5, 1), np.float32, 3)
+    # A 10×5 float 0/1 board becomes a 1-channel uint8 image; MinAtar's 0/1 channels too.
+    catch = make_env_spec("gymnax:Catch-bsuite")
+    assert (catch.obs_shape, catch.obs_dtype, catch.action_dim) == ((10, 5, 1), np.uint8, 3)
+    breakout = make_env_spec("gymnax:Breakout-MinAtar")
+    assert (breakout.obs_shape, breakout.obs_dtype) == ((10, 10, 4), np.uint8)
     pendulum = make_env_spec("gymnax:Pendulum-v1")
     assert not pendulum.discrete and pendulum.action_high.tolist() == [2.0]
     small = make_env_spec("gymnax:Catch-bsuite", {"rows": 6, "max_episode_steps": 7})
@@ -241,7 +244,7 @@ def test_gymnax_cartpole_termination_keeps_final_obs_then_resets_from_episode_se
 
 
 def test_gymnax_time_limit_is_truncation_with_cont_one():
-    replay = ReplayBuffer(64, 3, (10, 5, 1), np.float32, 3)
+    replay = ReplayBuffer(64, 3, (10, 5, 1), np.uint8, 3)
     with VectorEnv("gymnax:Catch-bsuite", 3, seed=1, env_kwargs={"max_episode_steps": 4}) as env:
         env.reset()
         for _ in range(4):
@@ -249,9 +252,10 @@ def test_gymnax_time_limit_is_truncation_with_cont_one():
             replay.add(*out.transition)
     assert out.transition.truncated.all() and not out.transition.terminated.any()
     assert np.all(replay.state_dict()["cont"][:, :4] == 1.0)
-    assert np.all(out.transition.next_obs[:, 4].sum(axis=(1, 2)) == 1)  # ball on row 4
-    for i in range(3):
-        np.testing.assert_array_equal(out.obs[i, ..., 0], gymnax_reset_obs("Catch-bsuite", 1, i, 1))
+    assert np.all(out.transition.next_obs[:, 4].sum(axis=(1, 2), dtype=int) == 255)  # ball row 4
+    for i in range(3):  # gymnax's float 0/1 board, as uint8 {0, 255}
+        expected = 255 * gymnax_reset_obs("Catch-bsuite", 1, i, 1)
+        np.testing.assert_array_equal(out.obs[i, ..., 0], expected.astype(np.uint8))
 
 
 def test_gymnax_catch_ends_with_the_ball_on_the_bottom_row():
@@ -262,7 +266,7 @@ def test_gymnax_catch_ends_with_the_ball_on_the_bottom_row():
     t = out.transition
     assert t.terminated.all() and not t.truncated.any() and set(t.reward) <= {-1.0, 1.0}
     assert np.all(t.next_obs[:, :9].sum(axis=(1, 2, 3)) == 0)  # ball and paddle on row 9
-    assert np.all(out.obs[:, 0].sum(axis=(1, 2)) == 1)  # the new ball at the top
+    assert np.all(out.obs[:, 0].sum(axis=(1, 2), dtype=int) == 255)  # the new ball at the top
     assert out.episode_lengths == [9, 9]
 
 

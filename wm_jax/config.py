@@ -8,6 +8,7 @@ warmup 5k env steps, transition to 10k, early/late multi-update boundary at 50k.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
 
@@ -67,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     m = c.model = ml_collections.ConfigDict()
     m.encoder = "auto"  # "mlp" | "cnn" | "auto" (cnn for rank-3 observations)
     m.representation = "autoencoder"  # "autoencoder" | "vae"
-    m.dynamics = "mlp"  # "mlp" | "ensemble"
+    m.dynamics = "mlp"  # "mlp" | "ensemble" | "transformer" | "rssm"
     m.decoder = "auto"  # "mlp" | "cnn" | "auto"
     m.feature_dim = 256
     m.state_dim = 64
@@ -77,10 +78,24 @@ def get_config() -> ml_collections.ConfigDict:
     m.layer_norm = True
     m.state_norm = "layernorm"  # autoencoder states: "layernorm" | "tanh" | "none"
     m.cnn_depth = 32
+    # Conv layers of the CNN encoder/decoder (channels cnn_depth·2^i); stride 2 only while the
+    # map is larger than 6 pixels, so small boards (Catch 10×5, MinAtar 10×10) want 2-3.
+    m.cnn_layers = 4
     m.dynamics_residual = True
     m.dynamics_std = "learned"  # "learned" | "fixed"
     m.dynamics_fixed_std = 1.0
     m.ensemble_size = 5
+    # Transformer dynamics: causal self-attention of width hidden_dim over the last
+    # context_length (state, action) pairs (a banded mask: sequences may be longer).
+    m.context_length = 16
+    m.transformer_layers = 2
+    m.transformer_heads = 4
+    # RSSM (model.representation = model.dynamics = "rssm"): recurrent h of rssm_deter units,
+    # z = rssm_stoch one-hot categoricals of rssm_classes classes (DreamerV3: 32 x 32).
+    m.rssm_deter = 256
+    m.rssm_stoch = 16
+    m.rssm_classes = 16
+    m.rssm_unimix = 0.01
 
     # --- world-model losses (seeds Losses 1-5) -------------------------------------------
     wm = c.world_model = ml_collections.ConfigDict()
@@ -100,6 +115,10 @@ def get_config() -> ml_collections.ConfigDict:
     wm.representation_scale = 1.0  # the representation learner's own loss
     wm.vae_beta = 1.0
     wm.multi_step_scale = 1.0  # sequence mode only (seeds Loss 5); 0 turns it off
+    # RSSM dynamics loss: α·KL(sg(q) || p) + (1 - α)·KL(q || sg(p)), each KL clipped below at
+    # kl_free_bits nats (DreamerV2's balancing, DreamerV3's free bits).
+    wm.kl_balance = 0.8
+    wm.kl_free_bits = 1.0
 
     # --- imagination and returns ---------------------------------------------------------
     im = c.imagination = ml_collections.ConfigDict()
@@ -182,6 +201,21 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of an experiment file loaded by path, e.g. to build one config on
+    another: config files are read by path (``--config=experiments/configs/x.py``), not
+    imported as a package, so this works from any working directory."""
+    import importlib.util
+
+    name = "_wm_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load a config file from {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def parse_lr_sweep(c: ml_collections.ConfigDict) -> tuple[str, tuple[float, ...]] | None:
     """``config.lr_sweep`` ("actor=1e-4,3e-4") as ``("actor", (1e-4, 3e-4))``; None if unset."""
     text = c.get("lr_sweep", "")
@@ -225,6 +259,23 @@ def _require(cond: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
+def _validate_transformer(c: ml_collections.ConfigDict) -> None:
+    m = c.model
+    for name in ("context_length", "transformer_layers", "transformer_heads"):
+        value = m.get(name)
+        _require(
+            isinstance(value, int) and value >= 1,
+            f"model.{name}",
+            f"must be a positive integer, got {value!r}",
+        )
+    _require(
+        m.hidden_dim % m.transformer_heads == 0,
+        "model.transformer_heads",
+        f"{m.transformer_heads} heads must divide the attention width model.hidden_dim="
+        f"{m.hidden_dim}",
+    )
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raises :class:`ConfigError` naming the first impossible value; returns ``c``."""
     # Component names (model.encoder, ...) are checked against the registries when the networks
@@ -253,7 +304,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "model.state_dim",
         "model.hidden_dim",
         "model.cnn_depth",
+        "model.cnn_layers",
         "model.ensemble_size",
+        "model.rssm_deter",
+        "model.rssm_stoch",
+        "model.rssm_classes",
         "imagination.horizon",
         "imagination.unroll",
         "batch_size",
@@ -275,6 +330,30 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"must be a positive integer, got {value!r}",
         )
     _require(c.model.hidden_layers >= 0, "model.hidden_layers", "must be >= 0")
+    if c.model.dynamics == "transformer":
+        _validate_transformer(c)
+    rssm = (c.model.representation == "rssm", c.model.dynamics == "rssm")
+    _require(
+        rssm[0] == rssm[1],
+        "model.representation" if rssm[1] else "model.dynamics",
+        "the RSSM is a representation + dynamics pair: set both model.representation=rssm "
+        "and model.dynamics=rssm",
+    )
+    if all(rssm):
+        _require(
+            c.sequence_mode,
+            "sequence_mode",
+            "the RSSM learns from sequences (its state is recurrent): set sequence_mode=True",
+        )
+        _require(
+            c.loop == "host",
+            "loop",
+            "the RSSM runs in the host loop for now (the device loop acts without a recurrent "
+            "state): set loop=host",
+        )
+        _require(0.0 <= c.world_model.kl_balance <= 1.0, "world_model.kl_balance", "in [0, 1]")
+        _require(c.world_model.kl_free_bits >= 0, "world_model.kl_free_bits", "must be >= 0")
+        _require(0.0 <= c.model.rssm_unimix < 1.0, "model.rssm_unimix", "must be in [0, 1)")
     _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
     _require(c.loop in ("host", "device"), "loop", f"{c.loop!r} is not one of ('host', 'device')")
     _require(

@@ -46,18 +46,26 @@ from wm_jax.checkpoint import Checkpointer
 from wm_jax.config import ConfigError, parse_lr_sweep, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import GYMNAX_PREFIX, EnvSpec, make_env_spec
-from wm_jax.gymnax_env import make_gymnax
+from wm_jax.gymnax_env import board_to_uint8, make_gymnax
 from wm_jax.inference import spec_to_json
-from wm_jax.policy import act
+from wm_jax.open_loop import make_open_loop_fn
+from wm_jax.policy import act_memoryless
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import make_mesh, shard_batch
-from wm_jax.trainer import RunResult, _all_finite, _prepare_batch, _StopOnSignal
+from wm_jax.trainer import (
+    RunResult,
+    _all_finite,
+    _prepare_batch,
+    _StopOnSignal,
+    record_open_loop,
+)
 from wm_jax.types import Sequence, TrainState, Transition
 from wm_jax.update import init_state, make_agent, train_step
 
 # --------------------------------------------------------------------------------------------
 # gymnax environments, stepped on the device
 # --------------------------------------------------------------------------------------------
+
 
 class EnvOutput(NamedTuple):
     obs: chex.Array  # [N, ...] the next observation (a reset one where an episode ended)
@@ -109,8 +117,9 @@ class GymnaxTask:
 
     def observation(self, obs: chex.Array) -> chex.Array:
         """gymnax observations ``[N, ...]`` in the spec's shape and dtype (2-D boards get
-        their channel axis)."""
-        return obs.reshape((obs.shape[0], *self.spec.obs_shape)).astype(self.spec.obs_dtype)
+        their channel axis, ``[0, 1]`` boards become uint8 ``{0, 255}``: the host adapter's
+        :func:`wm_jax.gymnax_env.board_to_uint8`)."""
+        return board_to_uint8(obs, self.spec.obs_shape, self.spec.obs_dtype)
 
     def reset(self, key: chex.PRNGKey, num_envs: int):
         obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(
@@ -330,6 +339,8 @@ class DeviceLoop:
         self.train_start = _round_up(max(c.prefill_steps, need), step)
         self._segments: dict[tuple, Any] = {}
         self._evaluate = jax.jit(self._evaluate_impl, static_argnums=(3,))
+        self._open_loop_fn = make_open_loop_fn(self.agent)
+        self._open_loop_windows = jax.jit(replay_sample_sequences, static_argnums=(2, 3))
 
     # -- initial state -------------------------------------------------------------------------
 
@@ -368,7 +379,7 @@ class DeviceLoop:
             actions = self._random_actions(act_key, c.num_envs)
         else:
             mean, std = normalizer_stats(ls.norm, self.norm_enabled)
-            actions = act(
+            actions = act_memoryless(
                 self.agent,
                 ls.train.wm_params,
                 ls.train.actor_params,
@@ -462,7 +473,9 @@ class DeviceLoop:
 
         def step(carry, k):
             obs, env_state, alive, total = carry
-            actions = act(self.agent, train.wm_params, train.actor_params, obs, mean, std, k, True)
+            actions = act_memoryless(
+                self.agent, train.wm_params, train.actor_params, obs, mean, std, k, True
+            )
             out = self.task.step(k, env_state, actions)
             total = total + jnp.where(alive, out.reward, 0.0)
             alive = alive & ~(out.terminated | out.truncated)
@@ -473,6 +486,23 @@ class DeviceLoop:
         keys = jax.random.split(step_key, self.task.max_episode_steps)
         (_, _, _, total), _ = jax.lax.scan(step, init, keys)
         return total
+
+    def open_loop_check(self, ls: LoopState, seed: int, workdir: str) -> dict[str, Any] | None:
+        """The host loop's open-loop check (:func:`wm_jax.trainer.open_loop_check`) for one
+        run's ``ls`` (not vmapped): windows from its device replay, ``open_loop.jsonl`` and, for
+        images, the PNG strip in ``workdir``; None while the ring holds no full window."""
+        c = self.config
+        d = c.diagnostics
+        step = int(ls.env_step)
+        if int(ls.replay.size) < d.open_loop_horizon + 1:
+            return None
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), 13)
+        windows = self._open_loop_windows(ls.replay, key, d.open_loop_batch, d.open_loop_horizon)
+        mean, std = normalizer_stats(ls.norm, self.norm_enabled)
+        batch = _prepare_batch(windows, mean, std, c.reward_scale)
+        out = jax.device_get(self._open_loop_fn(ls.train.wm_params, batch))
+        windows, mean, std = jax.device_get((windows, mean, std))
+        return record_open_loop(out, windows, mean, std, step, workdir)
 
     def evaluate(self, ls: LoopState, seed: int, num_seeds: int) -> np.ndarray:
         """Returns ``[num_seeds, eval_episodes]`` (or ``[eval_episodes]`` for one seed)."""
@@ -689,6 +719,9 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
                     )
                 if crossed(c.log_every):
                     record = _record(seed_summary, env_step, c, now - last_time, last_step)
+                    if crossed(c.diagnostics.open_loop_every) and env_step > loop.train_start:
+                        one = ls if num_seeds == 1 else _index(ls, i)
+                        record.update(loop.open_loop_check(one, run.seed, run.workdir) or {})
                     run.detector.update(run.writer.write(env_step, record))
                     if i == 0:
                         if run.eval_returns:

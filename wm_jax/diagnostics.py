@@ -3,7 +3,8 @@
 Each signature compares robust summaries (medians over ``window`` log rows) of the run so far:
 
 1. ``world_model_not_learning`` — after ``wm_check_rows`` training rows, the dynamics error
-   (``dynamics_mse``, else ``dynamics_loss``) has not fallen by ``wm_min_drop`` (a fraction) from
+   (``dynamics_mse``; for an RSSM, whose KL is floored by free bits, the ``decoder_loss``; else
+   ``dynamics_loss``) has not fallen by ``wm_min_drop`` (a fraction) from
    its first logged value.  Remedy: check the world-model learning rate and that the states carry
    information (state_std not ~0), lower the dynamics loss scale's competitors, train the world
    model longer before the actor (longer warmup).
@@ -159,7 +160,17 @@ def _median_at(steps: list[int], values: list[float], lo: int, hi: int) -> float
 
 
 def _world_model(rows, t: Thresholds) -> Finding | None:
-    key = "dynamics_mse" if any(_finite(r.get("dynamics_mse")) for r in rows) else "dynamics_loss"
+    def logged(name):
+        return any(_finite(r.get(name)) for r in rows)
+
+    # An RSSM's dynamics loss is a KL floored by free bits, which may never fall much even
+    # when the model learns well; its reconstruction error is the telling curve.
+    if logged("dynamics_mse"):
+        key = "dynamics_mse"
+    elif logged("kl_dynamics") and logged("decoder_loss"):
+        key = "decoder_loss"
+    else:
+        key = "dynamics_loss"
     steps, vals = _series(rows, key)
     for i in range(max(t.wm_check_rows, t.window) - 1, len(vals)):
         recent = float(np.median(vals[i - t.window + 1 : i + 1]))

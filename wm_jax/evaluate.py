@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from wm_jax.envs import GYMNAX_PREFIX, VectorEnv
+from wm_jax.envs import GYMNAX_PREFIX, VectorEnv, make_env
 from wm_jax.inference import Policy, load_policy
 
 
@@ -33,6 +33,7 @@ def evaluate_policy(
     ``(mean, std, returns)`` of their undiscounted returns."""
     env_id = env_id or policy.config.env_id
     env_kwargs = dict(policy.config.get("env_kwargs", {}))
+    policy.reset()
     with VectorEnv(env_id, episodes, seed, "sync", env_kwargs) as env:
         values = env.run_episodes(
             lambda obs, t: policy.agent_actions(
@@ -47,7 +48,6 @@ def record_episode(
 ) -> tuple[float, int]:
     """Plays one deterministic episode with ``render_mode="rgb_array"`` and writes its frames as
     an animated GIF to ``path``; returns ``(return, frames)``."""
-    import gymnasium
     from PIL import Image
 
     env_id = env_id or policy.config.env_id
@@ -57,9 +57,11 @@ def record_episode(
             "(gymnax envs have none); evaluate without --gif, or pass --env_id of a gymnasium twin"
         )
     env_kwargs = dict(policy.config.get("env_kwargs", {}))
-    env = gymnasium.make(env_id, render_mode="rgb_array", **env_kwargs)
+    # make_env: with env_kwargs["pixels"] the policy sees the resized render, the GIF full frames.
+    env = make_env(env_id, env_kwargs, render_mode="rgb_array")
     try:
         obs, _ = env.reset(seed=seed)
+        policy.reset()
         frames, total, done = [env.render()], 0.0, False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(policy.act(obs))

@@ -27,6 +27,15 @@ How gymnax is mapped onto wm_jax's semantics (gymnax 1.0.1, read from its source
   gymnasium ``Discrete``.  2-D observations (Catch's 10×5 board, DeepSea) get a trailing channel
   axis, ``[H, W, 1]``: wm_jax's image layout, so ``model.encoder=auto`` picks the CNN for them
   as for MinAtar's ``[10, 10, C]`` (the MLP encoder only flattens the last axis).
+- **Boards become uint8 images.** A board (rank >= 2) whose bounds lie in ``[0, 1]``, binary or
+  ``[0, 1]``-float (Catch's float 0/1 cells, MinAtar's boolean channels, DeepSea), is returned as
+  uint8 ``round(255 · x)``, i.e. ``{0, 255}`` for binary boards, with a ``Box(0, 255, uint8)``
+  space.  It is then treated like any camera image: stored as uint8 in replay (4x less memory
+  than float32), scaled to ``[-0.5, 0.5]`` on the device by the CNN encoder
+  (:func:`wm_jax.networks.encoders.normalize_image`), and never given to the running observation
+  normaliser, whose per-pixel statistics would blow rarely-lit cells up to ±clip.  Boards with
+  other bounds (Pong-misc's 0..2) stay float32.  :func:`board_to_uint8` is the one conversion,
+  shared with the device loop's :class:`wm_jax.device_loop.GymnaxTask`.
 - **env_kwargs.** Fields of the env's ``EnvParams`` (``max_episode_steps`` is an alias of
   ``max_steps_in_episode``) replace the default params; anything else goes to the env's
   constructor (e.g. ``rows`` of Catch).
@@ -47,7 +56,13 @@ from gymnasium import spaces
 
 from wm_jax.envs import GYMNAX_PREFIX, UnsupportedSpaceError
 
-__all__ = ["GymnaxNotInstalledError", "GymnaxVectorEnv", "gymnax_spaces", "make_gymnax"]
+__all__ = [
+    "GymnaxNotInstalledError",
+    "GymnaxVectorEnv",
+    "board_to_uint8",
+    "gymnax_spaces",
+    "make_gymnax",
+]
 
 _LIMIT_ALIAS = "max_episode_steps"  # the gymnasium name, also accepted for gymnax envs
 
@@ -143,7 +158,19 @@ def _observation_space(env, params) -> spaces.Box:
     high = np.broadcast_to(np.asarray(space.high, np.float64), shape)
     if len(shape) == 2:  # a single-channel board: wm_jax's images are [H, W, C]
         shape = (*shape, 1)
+    if dtype != np.uint8 and len(shape) >= 2 and low.min() >= 0.0 and high.max() <= 1.0:
+        return _box(255 * low.reshape(shape), 255 * high.reshape(shape), shape, np.uint8)
     return _box(low.reshape(shape), high.reshape(shape), shape, dtype)
+
+
+def board_to_uint8(obs: jax.Array, obs_shape: tuple[int, ...], obs_dtype) -> jax.Array:
+    """gymnax observations ``[N, ...]`` in the adapter's layout: reshaped to ``[N,
+    *obs_shape]`` and, where the space became uint8 from a ``[0, 1]`` board (see the module
+    docstring), ``round(255 · x)``; an observation that is already uint8 is only cast."""
+    obs = obs.reshape((obs.shape[0], *obs_shape))
+    if np.dtype(obs_dtype) == np.uint8 and obs.dtype != jnp.uint8:
+        return jnp.round(jnp.clip(obs.astype(jnp.float32), 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    return obs.astype(obs_dtype)
 
 
 def _action_space(env, params) -> spaces.Space:
@@ -182,7 +209,7 @@ def _reset_batch(env, obs_shape, obs_dtype, params, seeds, mask, carry):
     the first reset (every env is then reset)."""
     keys = jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(seeds)
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(keys[:, 0], params)
-    obs = obs.reshape((seeds.shape[0], *obs_shape)).astype(obs_dtype)
+    obs = board_to_uint8(obs, obs_shape, obs_dtype)
     fresh = (state, keys[:, 1], obs)
     return fresh if carry is None else _where(mask, fresh, carry)
 
@@ -196,7 +223,7 @@ def _step_batch(env, obs_shape, obs_dtype, params, actions, carry):
     _, state, reward, terminated, truncated, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
         keys[:, 1], state, actions, params
     )
-    obs = info["final_observation"].reshape((actions.shape[0], *obs_shape)).astype(obs_dtype)
+    obs = board_to_uint8(info["final_observation"], obs_shape, obs_dtype)
     out = (obs, reward.astype(jnp.float32), terminated.astype(bool), truncated.astype(bool))
     return (state, keys[:, 0], obs), out
 

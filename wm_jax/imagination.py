@@ -6,6 +6,12 @@ For each step ``t < H``:  ``a_t ~ π(s_t)``, ``s_{t+1} = f(s_t, a_t)``, ``r_t = 
 the state a transition *lands in* (as they are trained, :mod:`wm_jax.update`), so an action changes
 its own reward through the dynamics.
 
+Dynamics models that read a context (``uses_context``, the transformer) get a rolling window of
+the last ``K`` steps in the scan carry (:mod:`wm_jax.context_window`; for the transformer, the
+steps' attention keys and values): each step appends ``(s_t, a_t)`` and predicts ``s_{t+1}`` from
+it and the window.  The window starts from ``start_window`` (the real steps preceding each start
+state) or empty.
+
 Gradient isolation is done by the caller: it passes world-model and critic parameters through
 ``jax.lax.stop_gradient`` so the actor's gradient flows *through* them to the actions and never *to*
 them (what the prototype's save/restore-gradients trick did).
@@ -18,6 +24,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from wm_jax.context_window import ContextWindow, context_length, dynamics_step, empty_windows
 from wm_jax.networks import Networks
 from wm_jax.types import Imagined, Params
 
@@ -95,22 +102,22 @@ def imagine(
     detach_actions: bool = False,
     unroll: int = 1,
     continue_mode: str = "probs",
+    start_window: ContextWindow | None = None,
 ) -> Imagined:
     """Imagines ``horizon`` steps from ``start_states`` ``[B, S]``; returns a time-major
     :class:`Imagined`.  ``detach_actions=True`` blocks the pathwise gradient (REINFORCE);
     ``unroll`` is passed to ``lax.scan`` (same maths; ``unroll=horizon`` lets XLA's cost analysis
     count every step, which it does not do for a loop body).  ``continue_mode`` is "probs" (the
-    seeds: c_t = P(continue)) or "mode" (c_t = 1[P(continue) > 0.5])."""
+    seeds: c_t = P(continue)) or "mode" (c_t = 1[P(continue) > 0.5]).
+
+    For a dynamics model with ``uses_context``, ``start_window`` (``[B, K, ...]``) holds the real
+    steps before each start state; ``None`` starts from an empty window of the model's
+    ``context_length`` (the start state becomes its first entry).  Other models ignore it."""
     chex.assert_rank(start_states, 2)
     wm = nets.world_model
 
-    def step(state, step_key):
-        policy_key, dynamics_key = jax.random.split(step_key)
-        action, log_prob, entropy = policy_step(nets, actor_params, state, policy_key, discrete)
-        if detach_actions:
-            action = jax.lax.stop_gradient(action)
-        dist = wm.apply(wm_params, state, action, method=wm.predict_next)
-        nxt = next_state(dist, dynamics_key, sample_dynamics)
+    def landing(nxt):
+        """Reward, continue and value read from the state a transition lands in."""
         reward = wm.apply(wm_params, nxt, method=wm.reward).mean()
         cont_dist = wm.apply(wm_params, nxt, method=wm.cont)
         # "mode" thresholds at 0.5: a confidently safe state keeps the full γ instead of the
@@ -119,11 +126,40 @@ def imagine(
             (cont_dist.logits > 0).astype(nxt.dtype) if continue_mode == "mode" else cont_dist.probs
         )
         value = nets.critic.apply(critic_params, nxt)
+        return reward, cont, value
+
+    def act(state, policy_key):
+        action, log_prob, entropy = policy_step(nets, actor_params, state, policy_key, discrete)
+        if detach_actions:
+            action = jax.lax.stop_gradient(action)
+        return action, log_prob, entropy
+
+    def step(state, step_key):
+        policy_key, dynamics_key = jax.random.split(step_key)
+        action, log_prob, entropy = act(state, policy_key)
+        dist = wm.apply(wm_params, state, action, method=wm.predict_next)
+        nxt = next_state(dist, dynamics_key, sample_dynamics)
+        reward, cont, value = landing(nxt)
         return nxt, (nxt, action, log_prob, entropy, reward, cont, value)
 
-    _, (states, actions, log_probs, entropies, rewards, conts, values) = jax.lax.scan(
-        step, start_states, jax.random.split(key, horizon), unroll=unroll
-    )
+    def window_step(carry, step_key):
+        state, window = carry
+        policy_key, dynamics_key = jax.random.split(step_key)
+        action, log_prob, entropy = act(state, policy_key)
+        dist, window = dynamics_step(wm, wm_params, window, state, action)
+        nxt = next_state(dist, dynamics_key, sample_dynamics)
+        reward, cont, value = landing(nxt)
+        return (nxt, window), (nxt, action, log_prob, entropy, reward, cont, value)
+
+    keys = jax.random.split(key, horizon)
+    if context_length(wm.dynamics):
+        if start_window is None:
+            start_window = empty_windows(wm, start_states.shape[0])
+        chex.assert_equal(start_window.count.shape[0], start_states.shape[0])
+        _, outputs = jax.lax.scan(window_step, (start_states, start_window), keys, unroll=unroll)
+    else:
+        _, outputs = jax.lax.scan(step, start_states, keys, unroll=unroll)
+    states, actions, log_probs, entropies, rewards, conts, values = outputs
     first_value = nets.critic.apply(critic_params, start_states)
     return Imagined(
         states=jnp.concatenate([start_states[None], states], 0),

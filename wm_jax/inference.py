@@ -74,6 +74,13 @@ class Policy:
 
         self.agent = make_agent(self.config, self.spec)
         self._act = make_act_fn(self.agent)
+        self._carry = None
+
+    def reset(self) -> None:
+        """Starts new episodes: the next call reads its observations without a past.  Call it
+        between episodes; it matters for recurrent world models (the RSSM), whose policy
+        remembers the previous steps, and is free for the others."""
+        self._carry = None
 
     def agent_actions(self, obs, key=None, deterministic: bool = True) -> np.ndarray:
         """The agent's float actions ``[N, A]`` (one-hot / ``[-1, 1]``) for ``obs [N, ...]``."""
@@ -81,17 +88,20 @@ class Policy:
             if not deterministic:
                 raise ValueError("pass key=jax.random.key(...) for stochastic actions")
             key = jax.random.PRNGKey(0)  # unused by the deterministic policy
-        return np.asarray(
-            self._act(
-                self.wm_params,
-                self.actor_params,
-                obs,
-                self.obs_mean,
-                self.obs_std,
-                key,
-                deterministic=deterministic,
-            )
+        obs = np.asarray(obs)
+        if self._carry is None or self._carry.state.shape[0] != obs.shape[0]:
+            self._carry = self._act.initial_carry(obs.shape[0])
+        actions, self._carry = self._act(
+            self.wm_params,
+            self.actor_params,
+            self._carry,
+            obs,
+            self.obs_mean,
+            self.obs_std,
+            key,
+            deterministic=deterministic,
         )
+        return np.asarray(actions)
 
     def act(self, obs, key=None, deterministic: bool = True) -> np.ndarray:
         """Environment actions for one observation (shape ``obs_shape``) or a batch

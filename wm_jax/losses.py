@@ -17,6 +17,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from wm_jax.context_window import ContextWindow, clear
 from wm_jax.returns import symlog, two_hot
 from wm_jax.types import Imagined, Metrics
 
@@ -70,6 +71,52 @@ def dynamics_loss(
         "dynamics_mse": mse,
         "dynamics_nll": nll,
         "dynamics_std": jnp.mean(next_state_dist.scale),
+    }
+
+
+def categorical_kl(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+    """``KL(p || q)`` of categoricals given as log-probabilities ``[..., K, C]``, summed over the
+    ``K`` latents: ``Σ_k Σ_c p_kc (log p_kc - log q_kc)``."""
+    return jnp.sum(jnp.exp(p_logits) * (p_logits - q_logits), axis=(-2, -1))
+
+
+def latent_kl_loss(
+    post_logits: chex.Array,
+    prior_logits: chex.Array,
+    mask: chex.Array,
+    balance: float = 0.8,
+    free_bits: float = 1.0,
+) -> tuple[chex.Array, Metrics]:
+    """Loss 1 for the RSSM — the prior ``p(z | h)`` must predict the posterior ``q(z | h, e)``::
+
+        KL_dyn = KL(sg(q) || p),   KL_rep = KL(q || sg(p))      (summed over the K latents)
+        L = α·mean max(KL_dyn, b) + (1 - α)·mean max(KL_rep, b)
+
+    The balance ``α`` trains the prior toward the posterior faster than it regularises the
+    posterior toward the prior (DreamerV2); free bits ``b`` stop both once the KL is below ``b``
+    nats, so the representation is not squeezed into carrying nothing (DreamerV3).  Inputs are
+    log-probabilities ``[B, T, K, C]``; ``mask`` ``[B, T]``.  Metrics: ``dynamics_loss`` (this
+    loss: the seeds' name for how well the dynamics predicts the next state), ``kl_dynamics``,
+    ``kl_representation`` (the same KL, before clipping), ``prior_entropy``,
+    ``posterior_entropy``.
+    """
+    chex.assert_equal_shape([post_logits, prior_logits])
+    chex.assert_rank(mask, 2)
+    kl_dyn = categorical_kl(sg(post_logits), prior_logits)  # [B, T]
+    kl_rep = categorical_kl(post_logits, sg(prior_logits))
+    loss = balance * masked_mean(jnp.maximum(kl_dyn, free_bits), mask) + (
+        1.0 - balance
+    ) * masked_mean(jnp.maximum(kl_rep, free_bits), mask)
+
+    def entropy(logits):
+        return masked_mean(-jnp.sum(jnp.exp(logits) * logits, (-2, -1)), mask)
+
+    return loss, {
+        "dynamics_loss": loss,
+        "kl_dynamics": masked_mean(kl_dyn, mask),
+        "kl_representation": masked_mean(kl_rep, mask),
+        "prior_entropy": sg(entropy(prior_logits)),
+        "posterior_entropy": sg(entropy(post_logits)),
     }
 
 
@@ -185,16 +232,22 @@ def representation_loss(
 
 
 def open_loop_rollout(
-    predict_mean: Callable[[chex.Array, chex.Array], chex.Array],
+    predict_mean: Callable[..., chex.Array],
     states: chex.Array,
     actions: chex.Array,
     continues: chex.Array,
+    window: ContextWindow | None = None,
 ) -> chex.Array:
     """Rolls the dynamics open-loop along real sequences: ``ŝ_0 = s_0``, ``ŝ_{t+1} = f(ŝ_t, a_t)``;
     after a termination (``c_t = 0``) the rollout restarts from the true ``s_{t+1}``.
 
+    Given a ``window`` (a dynamics model that reads a context; usually empty) the rollout carries
+    it: ``ŝ_{t+1} = f((ŝ_{t-K+1}, a_{t-K+1}) … (ŝ_t, a_t))`` over its own predictions; a
+    termination empties it.
+
     Args:
-      predict_mean: ``(state [B, S], action [B, A]) -> next-state mean [B, S]``.
+      predict_mean: ``(state [B, S], action [B, A]) -> next-state mean [B, S]``, or with a
+        ``window``, ``(window, state, action) -> (next-state mean [B, S], window)``.
       states: ``[B, T + 1, S]`` true states; actions ``[B, T, A]``; continues ``[B, T]``.
 
     Returns:
@@ -210,19 +263,30 @@ def open_loop_rollout(
         # Keep rolling our own prediction while the episode goes on; reset to the truth after.
         return jnp.where(cont[:, None] > 0.5, predicted, target), predicted
 
+    def window_step(carry, inputs):
+        current, window = carry
+        action, target, cont = inputs
+        predicted, window = predict_mean(window, current, action)
+        alive = cont > 0.5
+        current = jnp.where(alive[:, None], predicted, target)
+        return (current, clear(window, ~alive)), predicted
+
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  time-major for the scan
-    _, predictions = jax.lax.scan(
-        step, states[:, 0], (swap(actions), swap(states[:, 1:]), swap(continues))
-    )
+    inputs = (swap(actions), swap(states[:, 1:]), swap(continues))
+    if window is not None:
+        _, predictions = jax.lax.scan(window_step, (states[:, 0], window), inputs)
+    else:
+        _, predictions = jax.lax.scan(step, states[:, 0], inputs)
     return swap(predictions)
 
 
 def multi_step_loss(
-    predict_mean: Callable[[chex.Array, chex.Array], chex.Array],
+    predict_mean: Callable[..., chex.Array],
     states: chex.Array,
     actions: chex.Array,
     continues: chex.Array,
     mask: chex.Array,
+    window: ContextWindow | None = None,
 ) -> tuple[chex.Array, Metrics]:
     """Loss 5 — open-loop prediction error along real sequences::
 
@@ -234,15 +298,17 @@ def multi_step_loss(
     compound across an episode end and nothing after it is penalised.
 
     Args:
-      predict_mean: ``(state [B, S], action [B, A]) -> next-state mean [B, S]``.
+      predict_mean: ``(state [B, S], action [B, A]) -> next-state mean [B, S]``, or a window
+        predictor when a ``window`` is given (see :func:`open_loop_rollout`).
       states: ``[B, T + 1, S]`` encoded real states (the targets; held fixed by the caller if
         wanted).
       actions: ``[B, T, A]``; continues, mask: ``[B, T]``.
+      window: for a context-reading model, the (empty) window the rollout carries.
 
     Metrics: ``multi_step_loss`` and ``multi_step_final_mse`` (error at the last alive step).
     """
     chex.assert_rank(mask, 2)
-    predictions = open_loop_rollout(predict_mean, states, actions, continues)
+    predictions = open_loop_rollout(predict_mean, states, actions, continues, window)
     errors = jnp.mean((predictions - states[:, 1:]) ** 2, -1)  # [B, T]
     alive_before = jnp.cumprod(
         jnp.concatenate([jnp.ones_like(mask[:, :1]), (continues * mask)[:, :-1]], 1), 1

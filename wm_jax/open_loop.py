@@ -16,7 +16,10 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from wm_jax.context_window import context_length, dynamics_step, empty_windows
 from wm_jax.losses import open_loop_rollout
+from wm_jax.networks.encoders import normalize_image
+from wm_jax.observe import observe_sequence
 from wm_jax.types import Params, Sequence
 
 
@@ -31,16 +34,29 @@ def open_loop_check(agent, wm_params: Params, batch: Sequence) -> dict[str, chex
       ``pred_obs`` ``[B, T, *obs]``: the decoded predictions ``ô_1..ô_T``.
     """
     wm = agent.nets.world_model
-    obs = batch.obs.astype(jnp.float32)
+    # uint8 images stay uint8 (the encoder scales them; a float cast would feed it 0..255);
+    # decoded images are compared in the encoder's [-0.5, 0.5] units.
+    obs = batch.obs
     chex.assert_rank(batch.mask, 2)
-    states = wm.apply(wm_params, obs, False, method=wm.encode)  # [B, T+1, S]
+    states = observe_sequence(wm, wm_params, obs, batch.action, None).states  # [B, T+1, S]
 
     def predict_mean(s, a):
         return wm.apply(wm_params, s, a, method=wm.predict_next).mean()
 
+    def predict_window(window, s, a):  # context models roll on their own last K steps
+        dist, window = dynamics_step(wm, wm_params, window, s, a)
+        return dist.mean(), window
+
+    uses_context = context_length(wm.dynamics) > 0
     # Windows end at episode boundaries (mask = 0 afterwards), so the rollout never needs the
     # restart-after-termination of the multi-step loss: pass continues of 1 to stay open-loop.
-    predicted = open_loop_rollout(predict_mean, states, batch.action, jnp.ones_like(batch.mask))
+    predicted = open_loop_rollout(
+        predict_window if uses_context else predict_mean,
+        states,
+        batch.action,
+        jnp.ones_like(batch.mask),
+        empty_windows(wm, states.shape[0]) if uses_context else None,
+    )
     b, t, _ = predicted.shape
     decoded = wm.apply(wm_params, predicted.reshape(b * t, -1), method=wm.decode)
     decoded = decoded.reshape(b, t, *decoded.shape[1:])
@@ -53,7 +69,7 @@ def open_loop_check(agent, wm_params: Params, batch: Sequence) -> dict[str, chex
 
     return {
         "state_error_by_step": by_step(predicted, states[:, 1:]),
-        "obs_error_by_step": by_step(decoded, obs[:, 1:]),
+        "obs_error_by_step": by_step(decoded, normalize_image(obs[:, 1:])),
         "valid_by_step": mask.sum(0),
         "pred_obs": decoded,
     }

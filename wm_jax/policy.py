@@ -1,48 +1,134 @@
 """Acting: observations -> encoder -> representation -> policy head -> actions.
 
 The returned actions follow :mod:`wm_jax.types` (one-hot / ``[-1, 1]``); the environment adapter
-converts them for gymnasium.
+converts them for gymnasium.  A recurrent world model (the RSSM) needs the previous state and
+action to read an observation, so acting carries an :class:`ActCarry` from step to step; for the
+per-observation models the carry passes through unused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from wm_jax.networks import state_size
 from wm_jax.normalizer import normalize
+from wm_jax.observe import observe_step
 from wm_jax.types import Params
+
+
+@flax.struct.dataclass
+class ActCarry:
+    """What acting remembers between env steps, per env."""
+
+    state: chex.Array  # [N, S]  the state the last observation was read into
+    action: chex.Array  # [N, A]  the action taken from it
+    is_first: chex.Array  # [N]   True where the next observation starts an episode
+
+
+def initial_carry(agent, num_envs: int) -> ActCarry:
+    """Every env at the start of an episode."""
+    return ActCarry(
+        state=np.zeros((num_envs, state_size(agent.config)), np.float32),
+        action=np.zeros((num_envs, agent.spec.action_dim), np.float32),
+        is_first=np.ones(num_envs, bool),
+    )
+
+
+def episode_starts(carry: ActCarry, done) -> ActCarry:
+    """Marks the envs whose episode ended (``done [N]``): their next observation is a reset."""
+    return carry.replace(is_first=np.asarray(done, bool))
 
 
 def act(
     agent,
     wm_params: Params,
     actor_params: Params,
+    carry: ActCarry,
     obs: chex.Array,
     obs_mean: chex.Array,
     obs_std: chex.Array,
     key: chex.PRNGKey,
     deterministic: bool,
-) -> chex.Array:
-    """Actions ``[N, A]`` for raw observations ``[N, *obs_shape]``.
+) -> tuple[chex.Array, ActCarry]:
+    """Actions ``[N, A]`` for raw observations ``[N, *obs_shape]``, and the carry to pass with
+    the next observations (``is_first`` cleared: mark new episodes with :func:`episode_starts`).
 
     ``deterministic=True`` takes the mode: the arg-max one-hot, or ``tanh(μ)`` of the squashed
-    Normal; otherwise a sample of the policy (exploration comes from its entropy).
+    Normal (and posterior modes of an RSSM); otherwise a sample of the policy (exploration comes
+    from its entropy).
     """
     wm = agent.nets.world_model
-    states = wm.apply(wm_params, normalize(obs, obs_mean, obs_std), False, method=wm.encode)
+    # The action keeps ``key`` itself (as before carries existed); an RSSM latent folds it.
+    latent_key, action_key = jax.random.fold_in(key, 1), key
+    states = observe_step(
+        wm,
+        wm_params,
+        carry.state,
+        carry.action,
+        normalize(obs, obs_mean, obs_std),
+        carry.is_first,
+        None if deterministic else latent_key,
+    )
     dist = agent.nets.actor.apply(actor_params, states)
     if agent.spec.discrete:
         if deterministic:
-            return jax.nn.one_hot(jnp.argmax(dist.logits, -1), agent.spec.action_dim)
-        return jax.lax.stop_gradient(dist.sample(seed=key))
-    if deterministic:
-        return jnp.tanh(dist.distribution.loc)
-    return dist.sample(seed=key)
+            actions = jax.nn.one_hot(jnp.argmax(dist.logits, -1), agent.spec.action_dim)
+        else:
+            actions = jax.lax.stop_gradient(dist.sample(seed=action_key))
+    elif deterministic:
+        actions = jnp.tanh(dist.distribution.loc)
+    else:
+        actions = dist.sample(seed=action_key)
+    actions = actions.astype(jnp.float32)
+    return actions, ActCarry(states, actions, jnp.zeros_like(carry.is_first))
 
 
-def make_act_fn(agent):
-    """``act`` bound to ``agent`` and jitted (``deterministic`` is static)."""
-    return jax.jit(functools.partial(act, agent), static_argnames=("deterministic",))
+def act_memoryless(
+    agent, wm_params, actor_params, obs, obs_mean, obs_std, key, deterministic: bool
+) -> chex.Array:
+    """:func:`act` for per-observation world models, which need no carry (the device loop's
+    path; recurrent models are refused there by config validation)."""
+    if agent.nets.world_model.recurrent:
+        raise ValueError("a recurrent world model (RSSM) acts with a carry: use act()")
+    n = obs.shape[0]
+    carry = ActCarry(
+        state=jnp.zeros((n, state_size(agent.config)), jnp.float32),
+        action=jnp.zeros((n, agent.spec.action_dim), jnp.float32),
+        is_first=jnp.ones((n,), bool),
+    )
+    actions, _ = act(
+        agent, wm_params, actor_params, carry, obs, obs_mean, obs_std, key, deterministic
+    )
+    return actions
+
+
+class ActFn:
+    """``act`` bound to ``agent`` and jitted (``deterministic`` is static); ``initial_carry(n)``
+    starts ``n`` envs."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self._fn = jax.jit(functools.partial(act, agent), static_argnames=("deterministic",))
+
+    def __call__(self, *args, **kwargs) -> tuple[chex.Array, ActCarry]:
+        return self._fn(*args, **kwargs)
+
+    def initial_carry(self, num_envs: int) -> ActCarry:
+        return initial_carry(self.agent, num_envs)
+
+
+def make_act_fn(agent) -> ActFn:
+    """``act`` bound to ``agent`` and jitted."""
+    return ActFn(agent)
+
+
+def carry_to_arrays(carry: ActCarry) -> dict[str, np.ndarray]:
+    """The carry as named numpy arrays, for checkpoints."""
+    return {f.name: np.asarray(getattr(carry, f.name)) for f in dataclasses.fields(carry)}

@@ -14,6 +14,7 @@ import html
 import json
 import math
 import os
+import shutil
 from typing import Any
 
 from absl import app, flags
@@ -91,8 +92,11 @@ def _returns_figure(plt, records, findings):
         ax.plot(xs, ys, "o-", color="black", label="eval return (deterministic)")
         if len(sd) == len(ys):
             ax.fill_between(
-                xs, [y - s for y, s in zip(ys, sd, strict=True)],
-                [y + s for y, s in zip(ys, sd, strict=True)], color="black", alpha=0.12,
+                xs,
+                [y - s for y, s in zip(ys, sd, strict=True)],
+                [y + s for y, s in zip(ys, sd, strict=True)],
+                color="black",
+                alpha=0.12,
             )
     if xs_t:
         ax.plot(xs_t, ys_t, color="tab:blue", alpha=0.7, label="train return (episodes)")
@@ -100,9 +104,17 @@ def _returns_figure(plt, records, findings):
         ax.plot(xs_i, ys_i, color="tab:orange", label="mean imagined return (λ-return)")
     for i, f in enumerate(findings):  # labels stacked so findings at one step stay readable
         ax.axvline(f.env_step, color="red", linestyle="--", alpha=0.7)
-        ax.text(f.env_step, 0.98 - 0.45 * (i // 2 % 2), f.mode, color="red", fontsize=7,
-                rotation=90, va="top", ha="right" if i % 2 == 0 else "left",
-                transform=ax.get_xaxis_transform())
+        ax.text(
+            f.env_step,
+            0.98 - 0.45 * (i // 2 % 2),
+            f.mode,
+            color="red",
+            fontsize=7,
+            rotation=90,
+            va="top",
+            ha="right" if i % 2 == 0 else "left",
+            transform=ax.get_xaxis_transform(),
+        )
     ax.set_xlabel("env step")
     ax.set_ylabel("return")
     ax.set_title("Returns: real vs imagined")
@@ -145,8 +157,13 @@ def _open_loop_figures(plt, workdir):
             for d in range(dims):
                 ax = axes[i][d]
                 ax.plot(steps, [true[i][t][d] for t in steps], color="black", label="true")
-                ax.plot(steps, [pred[i][t][d] for t in steps], color="tab:orange",
-                        linestyle="--", label="open-loop prediction")
+                ax.plot(
+                    steps,
+                    [pred[i][t][d] for t in steps],
+                    color="tab:orange",
+                    linestyle="--",
+                    label="open-loop prediction",
+                )
                 ax.tick_params(labelsize=6)
                 if i == 0:
                     ax.set_title(f"obs dim {d}", fontsize=8)
@@ -155,6 +172,24 @@ def _open_loop_figures(plt, workdir):
         fig.tight_layout()
         figs.append(("open_loop_trajectories", fig))
     return figs
+
+
+def _latest_strip(workdir: str, out: str) -> tuple[str, str] | None:
+    """The newest open-loop video strip (image observations; :mod:`wm_jax.open_loop_video`),
+    copied into the report directory so report.md's relative link works; None if there is none."""
+    path = os.path.join(workdir, "open_loop.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        checks = [json.loads(line) for line in f if line.strip()]
+    for check in reversed(checks):
+        source = os.path.join(workdir, check.get("strip", ""))
+        if check.get("strip") and os.path.exists(source):
+            name = f"open_loop_video_step_{check['env_step']}"
+            target = os.path.join(out, f"{name}.png")
+            shutil.copyfile(source, target)
+            return name, target
+    return None
 
 
 def _config(workdir) -> dict[str, Any]:
@@ -183,39 +218,99 @@ def write_report(workdir: str, findings: list | None = None) -> str:
         findings = diagnostics.detect(records, thresholds)
     train = [r for r in records if "eval_return_std" not in r]
     figures = [("returns", _returns_figure(plt, records, findings))]
-    figures.append(("world_model_losses", _panels(plt, train, "World model", [
-        ("dynamics", ["dynamics_mse", "dynamics_loss"]),
-        ("reward NLL", ["reward_loss"]),
-        ("reward MAE", ["reward_mae"]),
-        ("reward corr(predicted, actual)", ["reward_correlation"]),
-        ("continue", ["continue_loss"]),
-        ("decoder / representation", ["decoder_loss", "representation_loss"]),
-        ("multi-step (open loop)", ["multi_step_loss"]),
-        ("state statistics (collapse check)", ["state_mean", "state_std"]),
-    ], findings, log_keys=("dynamics_mse", "dynamics_loss", "decoder_loss", "multi_step_loss",
-                           "representation_loss", "reward_mae", "continue_loss"))))
-    figures.append(("actor_critic", _panels(plt, train, "Actor and critic", [
-        ("actor loss", ["actor_loss"]),
-        ("critic loss", ["critic_loss", "critic_loss_imagined", "critic_loss_real"]),
-        ("values", ["critic_value_mean", "critic_value_std"]),
-        ("TD error", ["critic_td_error_mean", "critic_td_error_abs_mean"]),
-        ("explained variance", ["critic_explained_variance"]),
-        ("policy entropy", ["entropy"]),
-        ("return scale S", ["return_scale"]),
-    ], findings)))
+    figures.append(
+        (
+            "world_model_losses",
+            _panels(
+                plt,
+                train,
+                "World model",
+                [
+                    ("dynamics", ["dynamics_mse", "dynamics_loss"]),
+                    ("reward NLL", ["reward_loss"]),
+                    ("reward MAE", ["reward_mae"]),
+                    ("reward corr(predicted, actual)", ["reward_correlation"]),
+                    ("continue", ["continue_loss"]),
+                    ("decoder / representation", ["decoder_loss", "representation_loss"]),
+                    ("multi-step (open loop)", ["multi_step_loss"]),
+                    ("state statistics (collapse check)", ["state_mean", "state_std"]),
+                ],
+                findings,
+                log_keys=(
+                    "dynamics_mse",
+                    "dynamics_loss",
+                    "decoder_loss",
+                    "multi_step_loss",
+                    "representation_loss",
+                    "reward_mae",
+                    "continue_loss",
+                ),
+            ),
+        )
+    )
+    figures.append(
+        (
+            "actor_critic",
+            _panels(
+                plt,
+                train,
+                "Actor and critic",
+                [
+                    ("actor loss", ["actor_loss"]),
+                    ("critic loss", ["critic_loss", "critic_loss_imagined", "critic_loss_real"]),
+                    ("values", ["critic_value_mean", "critic_value_std"]),
+                    ("TD error", ["critic_td_error_mean", "critic_td_error_abs_mean"]),
+                    ("explained variance", ["critic_explained_variance"]),
+                    ("policy entropy", ["entropy"]),
+                    ("return scale S", ["return_scale"]),
+                ],
+                findings,
+            ),
+        )
+    )
     grad_keys = [f"{g}_grad_norm" for g in GRAD_NORMS]
     n = len(COMPONENTS)
-    figures.append(("grad_norms", _panels(plt, train, "Gradient norms (before clipping)", [
-        ("world-model modules", grad_keys[:n]),
-        ("optimisers (global norms)", grad_keys[n:]),
-    ], findings, log_keys=tuple(grad_keys))))
-    figures.append(("continue_predictor", _panels(plt, train, "Continue predictor", [
-        ("accuracy / termination precision / recall", [
-            "continue_accuracy", "continue_termination_precision",
-            "continue_termination_recall",
-        ]),
-        ("imagined continue / reward", ["imagined_continue_mean", "imagined_reward_mean"]),
-    ], findings)))
+    figures.append(
+        (
+            "grad_norms",
+            _panels(
+                plt,
+                train,
+                "Gradient norms (before clipping)",
+                [
+                    ("world-model modules", grad_keys[:n]),
+                    ("optimisers (global norms)", grad_keys[n:]),
+                ],
+                findings,
+                log_keys=tuple(grad_keys),
+            ),
+        )
+    )
+    figures.append(
+        (
+            "continue_predictor",
+            _panels(
+                plt,
+                train,
+                "Continue predictor",
+                [
+                    (
+                        "accuracy / termination precision / recall",
+                        [
+                            "continue_accuracy",
+                            "continue_termination_precision",
+                            "continue_termination_recall",
+                        ],
+                    ),
+                    (
+                        "imagined continue / reward",
+                        ["imagined_continue_mean", "imagined_reward_mean"],
+                    ),
+                ],
+                findings,
+            ),
+        )
+    )
     figures.extend(_open_loop_figures(plt, workdir))
 
     out = os.path.join(workdir, "report")
@@ -228,9 +323,15 @@ def write_report(workdir: str, findings: list | None = None) -> str:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         images.append((name, path))
+    strip = _latest_strip(workdir, out)
+    if strip is not None:
+        images.append(strip)
 
-    evals = [(r["env_step"], r["eval_return"]) for r in records
-             if "eval_return_std" in r and isinstance(r.get("eval_return"), int | float)]
+    evals = [
+        (r["env_step"], r["eval_return"])
+        for r in records
+        if "eval_return_std" in r and isinstance(r.get("eval_return"), int | float)
+    ]
     summary = [f"workdir: {os.path.abspath(workdir)}"]
     if config.get("env_id"):
         summary.append(f"environment: {config['env_id']}")
@@ -261,14 +362,17 @@ def write_report(workdir: str, findings: list | None = None) -> str:
     for name, path in images:
         with open(path, "rb") as f:
             data = base64.b64encode(f.read()).decode("ascii")
-        body.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
-                    f"<figcaption>{name}</figcaption></figure>")
+        body.append(
+            f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{name}</figcaption></figure>"
+        )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>wm_jax run report</title>"
         "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
         "img{max-width:100%;border:1px solid #ddd}.bad{color:#b00;font-weight:bold}"
         ".good{color:#070}figcaption{color:#666;font-size:0.8em}</style></head><body>"
-        + "\n".join(body) + "</body></html>"
+        + "\n".join(body)
+        + "</body></html>"
     )
     path = os.path.join(out, "report.html")
     with open(path, "w") as f:

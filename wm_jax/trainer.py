@@ -28,7 +28,7 @@ from wm_jax.envs import VectorEnv, make_env_spec
 from wm_jax.inference import spec_to_json
 from wm_jax.normalizer import RunningMeanStd, normalize
 from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.policy import make_act_fn
+from wm_jax.policy import ActCarry, carry_to_arrays, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import make_mesh, replicate, shard_batch
@@ -131,12 +131,18 @@ def evaluate(
     """Runs ``episodes`` episodes (one per eval env) with the deterministic policy."""
     mean, std = normalizer.stats()
     key = jax.random.PRNGKey(seed)  # unused by the deterministic policy
-    with _make_envs(config, episodes, seed, "sync") as env:
-        values = env.run_episodes(
-            lambda obs, t: np.asarray(
-                act_fn(state.wm_params, state.actor_params, obs, mean, std, key, deterministic=True)
-            )
+    carry = act_fn.initial_carry(episodes)
+
+    def policy(obs, t):
+        # One episode per env: only t = 0 starts one (envs that finished idle, unscored).
+        nonlocal carry
+        actions, carry = act_fn(
+            state.wm_params, state.actor_params, carry, obs, mean, std, key, deterministic=True
         )
+        return np.asarray(actions)
+
+    with _make_envs(config, episodes, seed, "sync") as env:
+        values = env.run_episodes(policy)
     return float(values.mean()), float(values.std()), [float(v) for v in values]
 
 
@@ -164,6 +170,14 @@ def open_loop_check(
     mean, std = normalizer.stats()
     batch = _prepare_batch_jit(windows, mean, std, np.float32(config.reward_scale))
     out = jax.device_get(open_loop_fn(wm_params, batch))
+    return record_open_loop(out, windows, mean, std, step, workdir)
+
+
+def record_open_loop(out, windows, mean, std, step: int, workdir: str) -> dict[str, Any]:
+    """Writes one open-loop check (``out`` of :func:`wm_jax.open_loop.open_loop_check` on the
+    host ``windows``) to ``open_loop.jsonl``, and for image observations a PNG strip of true vs
+    predicted frames (:mod:`wm_jax.open_loop_video`); returns the metrics' summaries.  Shared
+    by the host and device loops."""
     obs_err = out["obs_error_by_step"]
     record: dict[str, Any] = {
         "env_step": step,
@@ -171,12 +185,20 @@ def open_loop_check(
         "state_error_by_step": out["state_error_by_step"].tolist(),
         "valid_by_step": out["valid_by_step"].tolist(),
     }
-    if len(replay.obs_shape) == 1:  # a few trajectories in raw observation units
+    obs_rank = windows.obs.ndim - 2  # windows.obs is [B, T + 1, *obs_shape]
+    if obs_rank == 1:  # a few trajectories in raw observation units
         n = min(3, windows.obs.shape[0])
         std_np, mean_np = np.asarray(std), np.asarray(mean)
         record["true"] = windows.obs[:n, 1:].tolist()
         record["pred"] = (out["pred_obs"][:n] * std_np + mean_np).tolist()
         record["mask"] = windows.mask[:n].tolist()
+    elif obs_rank == 3:  # images: true vs decoded frames over the horizon, as a PNG strip
+        from wm_jax.open_loop_video import write_strip
+
+        record["strip"] = write_strip(
+            workdir, step, windows.obs[:, 1:], out["pred_obs"], windows.mask,
+            windows.obs.dtype, mean, std,
+        )  # fmt: skip
     with open(os.path.join(workdir, "open_loop.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
     valid = out["valid_by_step"] > 0
@@ -274,6 +296,8 @@ class Trainer:
         with open(os.path.join(self.workdir, "env_spec.json"), "w") as f:  # for load_policy
             json.dump(spec_to_json(self.spec), f, indent=1)
         self.obs = self.envs.reset()
+        # The policy's memory between steps (the RSSM's state; unused by the other models).
+        self.act_carry = initial_carry(self.agent, c.num_envs)
         if self.checkpointer is not None:
             self._restore()
 
@@ -295,6 +319,7 @@ class Trainer:
                 # A sentinel first row: orbax cannot save zero-size arrays.
                 "eval_returns": np.asarray([(-1.0, 0.0, 0.0), *self.eval_returns], np.float64),
             },
+            "act_carry": carry_to_arrays(self.act_carry),
         }
 
     def save(self) -> None:
@@ -328,6 +353,7 @@ class Trainer:
         self.updates = int(loop["updates"])
         self.update_budget = float(loop["update_budget"])
         self.episodes = int(loop["episodes"])
+        self.act_carry = ActCarry(**{k: np.asarray(v) for k, v in extras["act_carry"].items()})
         self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"])[1:].tolist()]
         logging.info("resumed from checkpoint at env step %d in %s", step, self.workdir)
 
@@ -343,17 +369,17 @@ class Trainer:
             return rng.uniform(-1, 1, (c.num_envs, self.spec.action_dim)).astype(np.float32)
         mean, std = self.normalizer.stats()
         key = jax.random.fold_in(jax.random.fold_in(self.seed_key, 2), self.env_step)
-        return np.asarray(
-            self.act_fn(
-                self.state.wm_params,
-                self.state.actor_params,
-                self.obs,
-                mean,
-                std,
-                key,
-                deterministic=False,
-            )
+        actions, self.act_carry = self.act_fn(
+            self.state.wm_params,
+            self.state.actor_params,
+            self.act_carry,
+            self.obs,
+            mean,
+            std,
+            key,
+            deterministic=False,
         )
+        return np.asarray(actions)
 
     def _sample(self):
         return sample_batch(self.replay, self.config, self.updates)
@@ -408,6 +434,8 @@ class Trainer:
                 self.replay.add(*out.transition)
                 self.normalizer.update(out.transition.obs)
                 self.obs = out.obs
+                done = out.transition.terminated | out.transition.truncated
+                self.act_carry = episode_starts(self.act_carry, done)
                 self.env_step += c.num_envs
                 self.episodes += len(out.episode_returns)
                 train_returns.extend(out.episode_returns)

@@ -27,9 +27,17 @@ import optax
 
 from wm_jax import losses
 from wm_jax.config import validate
+from wm_jax.context_window import (
+    ContextWindow,
+    context_length,
+    dynamics_step,
+    empty_windows,
+    start_windows,
+)
 from wm_jax.imagination import imagine, policy_terms
-from wm_jax.networks import COMPONENTS, Networks, build_networks
+from wm_jax.networks import COMPONENTS, Networks, build_networks, state_size
 from wm_jax.networks.encoders import normalize_image
+from wm_jax.observe import observe_sequence
 from wm_jax.returns import discount_weights, lambda_returns, return_percentiles, td_targets
 from wm_jax.schedule import UpdateCounts
 from wm_jax.types import (
@@ -132,7 +140,7 @@ def init_state(agent: Agent, key: chex.PRNGKey) -> TrainState:
     obs = jnp.zeros((1, *spec.obs_shape), spec.obs_dtype)
     action = jnp.zeros((1, spec.action_dim), jnp.float32)
     wm_params = agent.nets.world_model.init({"params": wm_key, "sample": sample_key}, obs, action)
-    state_vec = jnp.zeros((1, agent.config.model.state_dim), jnp.float32)
+    state_vec = jnp.zeros((1, state_size(agent.config)), jnp.float32)
     actor_params = agent.nets.actor.init(actor_key, state_vec)
     critic_params = agent.nets.critic.init(critic_key, state_vec)
     zero = jnp.zeros((), jnp.int32)
@@ -177,20 +185,24 @@ def world_model_loss(
     wm = agent.nets.world_model
     apply = functools.partial(wm.apply, wm_params, rngs={"sample": key})
 
+    observed = None
     if isinstance(batch, Sequence):
         b, t = batch.reward.shape
-        features, rep = apply(batch.obs, True, method=wm.embed)  # [B, T+1, ...]
-        states = rep.states
-        context = SequenceContext(
-            features=features[:, :-1],
-            states=states[:, :-1],
-            actions=batch.action,
-            rewards=batch.reward,
-            continues=batch.cont,
-            causal_mask=make_causal_mask(t),
-            padding_mask=batch.mask > 0,
-        )
-        dist = _merge_bt(apply(states[:, :-1], batch.action, context, method=wm.predict_next), b, t)
+        observed = observe_sequence(wm, wm_params, batch.obs, batch.action, key)
+        features, rep, states = observed.features, observed.rep, observed.states  # [B, T+1, ...]
+        if not wm.recurrent:
+            context = SequenceContext(
+                features=features[:, :-1],
+                states=states[:, :-1],
+                actions=batch.action,
+                rewards=batch.reward,
+                continues=batch.cont,
+                causal_mask=make_causal_mask(t),
+                padding_mask=batch.mask > 0,
+            )
+            dist = _merge_bt(
+                apply(states[:, :-1], batch.action, context, method=wm.predict_next), b, t
+            )
         flat = batch.to_transitions()
         next_states = states[:, 1:].reshape((b * t, -1))
         obs_mask = jnp.concatenate([batch.mask, batch.mask[:, -1:]], 1)
@@ -205,8 +217,18 @@ def world_model_loss(
         dist = apply(all_states[:b], batch.action, method=wm.predict_next)
 
     target = next_states if cfg.dynamics_target_grad else sg(next_states)
+    if wm.recurrent:  # the prior must predict the posterior (KL), the RSSM's Loss 1
+        dynamics_term = losses.latent_kl_loss(
+            observed.post_logits[:, 1:],
+            observed.prior_logits,
+            batch.mask,
+            cfg.kl_balance,
+            cfg.kl_free_bits,
+        )
+    else:
+        dynamics_term = losses.dynamics_loss(dist, target, flat.mask, cfg.dynamics_loss)
     terms = {
-        "dynamics": losses.dynamics_loss(dist, target, flat.mask, cfg.dynamics_loss),
+        "dynamics": dynamics_term,
         "reward": losses.reward_loss(apply(next_states, method=wm.reward), flat.reward, flat.mask),
         "continue": losses.continue_loss(
             apply(next_states, method=wm.cont), flat.cont, flat.mask, cfg.termination_weight
@@ -214,23 +236,30 @@ def world_model_loss(
         "decoder": losses.decoder_loss(
             apply(all_states, method=wm.decode), normalize_image(all_obs), all_mask
         ),
-        "representation": losses.representation_loss(
-            features, rep.recon_features, all_mask, rep.mean, rep.std, cfg.vae_beta
-        ),
     }
+    if rep is not None:  # the RSSM's posterior is trained by the KL and the heads instead
+        terms["representation"] = losses.representation_loss(
+            features, rep.recon_features, all_mask, rep.mean, rep.std, cfg.vae_beta
+        )
     if isinstance(batch, Sequence) and cfg.multi_step_scale > 0:
 
         def predict_mean(s, a):
             mean = apply(s, a, method=wm.predict_next).mean()
             return mean.mean(0) if mean.ndim > 2 else mean
 
+        def predict_window(window, s, a):  # context models roll on their own last K steps
+            dist, window = dynamics_step(wm, wm_params, window, s, a, rngs={"sample": key})
+            return dist.mean(), window
+
+        uses_context = context_length(wm.dynamics) > 0
         seq_target = states[:, 1:] if cfg.dynamics_target_grad else sg(states[:, 1:])
         terms["multi_step"] = losses.multi_step_loss(
-            predict_mean,
+            predict_window if uses_context else predict_mean,
             jnp.concatenate([states[:, :1], seq_target], 1),
             batch.action,
             batch.cont,
             batch.mask,
+            empty_windows(wm, b) if uses_context else None,
         )
     total = sum(cfg[f"{name}_scale"] * loss for name, (loss, _) in terms.items())
     metrics: Metrics = {"world_model_loss": total}
@@ -279,21 +308,38 @@ def world_model_update(agent: Agent, state: TrainState, batch: Batch) -> tuple[T
 
 def start_states(
     agent: Agent, wm_params: Params, batch: Batch, key: chex.PRNGKey
-) -> tuple[chex.Array, chex.Array]:
+) -> tuple[chex.Array, chex.Array, ContextWindow | None]:
     """Encodes the real observations of ``batch`` into imagination start states ``[N, S]`` (held
-    fixed) and their weights ``[N]`` (the padding mask); optionally subsamples ``num_starts``."""
+    fixed) and their weights ``[N]`` (the padding mask); optionally subsamples ``num_starts``.
+
+    The third result is, for a dynamics model that reads a context, each start's window of the
+    real (state, action) pairs before it in its sequence (``[N, K, ·]``; flat batches: an empty
+    one-step window, since flat training only ever shows the model one step); else ``None``."""
     wm = agent.nets.world_model
     if isinstance(batch, Sequence):
         obs = batch.obs[:, :-1].reshape((-1, *batch.obs.shape[2:]))
         mask = batch.mask.reshape(-1)
     else:
         obs, mask = batch.obs, batch.mask
-    states = sg(wm.apply(wm_params, obs, False, method=wm.encode))
+    if wm.recurrent:  # a state needs its past: observe the whole window (posterior modes)
+        states = observe_sequence(wm, wm_params, batch.obs, batch.action, None).states
+        states = sg(states[:, :-1].reshape((mask.shape[0], -1)))
+    else:
+        states = sg(wm.apply(wm_params, obs, False, method=wm.encode))
+    window = None
+    if context_length(wm.dynamics):
+        if isinstance(batch, Sequence):
+            b, t = batch.mask.shape
+            seq = states.reshape((b, t, -1))
+            window = sg(start_windows(wm, wm_params, seq, batch.action, batch.mask))
+        else:
+            window = wm.dynamics.empty_window(states.shape[0], 1)
     n = agent.config.imagination.num_starts
     if 0 < n < states.shape[0]:
         idx = jax.random.choice(key, states.shape[0], (n,), replace=False)
         states, mask = states[idx], mask[idx]
-    return states, mask
+        window = jax.tree.map(lambda x: x[idx], window)
+    return states, mask, window
 
 
 def imagine_from_batch(
@@ -302,7 +348,7 @@ def imagine_from_batch(
     """Imagination with world-model and critic parameters read through ``stop_gradient``."""
     cfg = agent.config
     start_key, imagine_key = jax.random.split(key)
-    starts, weights = start_states(agent, state.wm_params, batch, start_key)
+    starts, weights, window = start_states(agent, state.wm_params, batch, start_key)
     imagined = imagine(
         agent.nets,
         sg(state.wm_params),
@@ -316,6 +362,7 @@ def imagine_from_batch(
         detach_actions=cfg.actor.gradient == "reinforce",
         unroll=cfg.imagination.unroll,
         continue_mode=cfg.imagination.continue_mode,
+        start_window=window,
     )
     return imagined, weights
 
@@ -416,8 +463,8 @@ def real_value_targets(
     critic = agent.nets.critic
     wm_params = sg(state.wm_params)
     if isinstance(batch, Sequence):
-        states = wm.apply(wm_params, batch.obs, False, method=wm.encode)  # [B, T+1, S]
-        next_values = critic.apply(state.critic_target_params, states[:, 1:])
+        states = observe_sequence(wm, wm_params, batch.obs, batch.action, None).states
+        next_values = critic.apply(state.critic_target_params, states[:, 1:])  # [B, T]
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         targets = swap(
             lambda_returns(

@@ -3,10 +3,18 @@
     python experiments/benchmarks/learning.py --config=experiments/configs/cartpole.py \
         --seeds=0,1,2 --threshold=475 --workdir=runs/bench_cartpole
 
-Each seed runs through the real trainer in its own process (``--parallel`` at a time).  Writes
-``learning_curves.png``, ``table.md`` and ``summary.json`` into ``--workdir`` and prints a table;
-the last line of output is one JSON object.  "Solved" means the *median over seeds* of the
-evaluation return reaches ``--threshold`` at some evaluation point within the budget.
+Each seed runs through the real trainer in its own process (``--parallel`` at a time), or,
+with ``--vmap_seeds`` (device-loop configs, consecutive seeds), all seeds in one process and one
+compiled program (``--config.num_seeds``; each seed's wall time is then the shared total).
+``--random_episodes=N`` also measures a uniformly random policy on the config's env (N
+episodes), drawn as a dashed line and reported as ``random_return``: the baseline of tasks whose
+target is "clearly above random" (Breakout-MinAtar).  Writes ``learning_curves.png``,
+``table.md`` and ``summary.json`` into ``--workdir`` and prints a table; the last line of output
+is one JSON object.  "Solved" means the *median over seeds* of the evaluation return reaches
+``--threshold`` at some evaluation point within the budget.
+
+    python experiments/benchmarks/learning.py --config=experiments/configs/catch.py \
+        --seeds=0,1,2 --vmap_seeds --threshold=0.9 --workdir=runs/bench_catch
 """
 
 from __future__ import annotations
@@ -25,6 +33,42 @@ _THRESHOLD = flags.DEFINE_float("threshold", 475.0, "eval return that counts as 
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "seeds trained at once (each uses ~2 threads)")
 _OVERRIDES = flags.DEFINE_multi_string("override", [], "extra --config.x=y overrides (x=y)")
+_VMAP_SEEDS = flags.DEFINE_bool(
+    "vmap_seeds", False, "device loop: train all (consecutive) seeds in one vmapped program"
+)
+_RANDOM_EPISODES = flags.DEFINE_integer(
+    "random_episodes", 0, "episodes of a uniformly random policy to measure as a baseline"
+)
+
+
+def _random_return(config_path: str, overrides: list[str], episodes: int) -> float:
+    """Mean undiscounted return of uniformly random actions on the config's env (host envs,
+    the trainer's episode loop)."""
+    import importlib.util
+
+    import numpy as np
+
+    from wm_jax.envs import VectorEnv
+
+    spec = importlib.util.spec_from_file_location("bench_config", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    for item in overrides:  # only an env override changes the baseline
+        key, _, value = item.partition("=")
+        if key == "env_id":
+            c.env_id = value
+    rng = np.random.default_rng(0)
+    with VectorEnv(c.env_id, episodes, 12345, "sync", dict(c.env_kwargs)) as env:
+        n = env.spec.action_dim
+
+        def policy(obs, t):
+            if env.spec.discrete:
+                return np.eye(n, dtype=np.float32)[rng.integers(0, n, len(obs))]
+            return rng.uniform(-1, 1, (len(obs), n)).astype(np.float32)
+
+        returns = env.run_episodes(policy)
+    return float(np.mean(returns))
 
 
 def _eval_curve(run_dir: str) -> list[tuple[int, float]]:
@@ -51,6 +95,32 @@ def main(argv):
     os.makedirs(workdir, exist_ok=True)
     procs, walls, started = {}, {}, {}
     pending = list(seeds)
+    if _VMAP_SEEDS.value:
+        if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+            raise SystemExit(f"--vmap_seeds needs consecutive seeds, got {seeds}")
+        cmd = [
+            sys.executable,
+            "-m",
+            "wm_jax.train",
+            f"--config={_CONFIG.value}",
+            f"--workdir={workdir}",
+            f"--seed={seeds[0]}",
+            "--config.loop=device",
+            f"--config.num_seeds={len(seeds)}",
+            "--config.checkpoint_every=0",
+        ] + [f"--config.{o}" for o in _OVERRIDES.value]
+        start = time.time()
+        with open(os.path.join(workdir, "train.log"), "w") as log:
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                raise SystemExit(f"training failed; see {workdir}/train.log")
+        if len(seeds) == 1:  # a one-seed device run writes into the workdir itself
+            os.makedirs(os.path.join(workdir, f"seed_{seeds[0]}"), exist_ok=True)
+            os.replace(
+                os.path.join(workdir, "metrics.jsonl"),
+                os.path.join(workdir, f"seed_{seeds[0]}", "metrics.jsonl"),
+            )
+        walls = {seed: time.time() - start for seed in seeds}
+        pending = []
     while pending or procs:
         while pending and len(procs) < _PARALLEL.value:
             seed = pending.pop(0)
@@ -110,6 +180,10 @@ def main(argv):
         xs, ys = zip(*median_curve, strict=True)
         ax.plot(xs, ys, color="black", linewidth=2, label="median")
     ax.axhline(_THRESHOLD.value, color="red", linestyle="--", label="threshold")
+    random_return = None
+    if _RANDOM_EPISODES.value:
+        random_return = _random_return(_CONFIG.value, _OVERRIDES.value, _RANDOM_EPISODES.value)
+        ax.axhline(random_return, color="gray", linestyle=":", label="random policy")
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval return (deterministic policy)")
     ax.set_title(f"{name}: {len(seeds)} seeds")
@@ -130,6 +204,8 @@ def main(argv):
         f"\nmedian final eval {_median([r['final_eval'] for r in rows]):.1f}; "
         f"median curve reaches {_THRESHOLD.value} at env step {solved_at}; "
         f"median wall {_median([r['wall_s'] for r in rows]):.0f} s"
+        + (" (all seeds in one vmapped program)" if _VMAP_SEEDS.value else "")
+        + (f"; random policy {random_return:.3f}" if random_return is not None else "")
     )
     table = "\n".join(lines)
     with open(os.path.join(workdir, "table.md"), "w") as f:
@@ -142,6 +218,8 @@ def main(argv):
         "median_solved_at_env_step": solved_at,
         "median_final_eval": _median([r["final_eval"] for r in rows]),
         "median_wall_s": _median([r["wall_s"] for r in rows]),
+        "vmap_seeds": _VMAP_SEEDS.value,
+        "random_return": random_return,
         "workdir": workdir,
     }
     with open(os.path.join(workdir, "summary.json"), "w") as f:

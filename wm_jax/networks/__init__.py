@@ -19,6 +19,8 @@ from wm_jax.networks.dynamics import EnsembleDynamics, MLPDynamics
 from wm_jax.networks.encoders import CNNEncoder, MLPEncoder
 from wm_jax.networks.heads import ContinuePredictor, PolicyHead, RewardPredictor, ValueFunction
 from wm_jax.networks.representation import AutoencoderRepresentation, VAERepresentation
+from wm_jax.networks.rssm import RSSMCore, RSSMPosterior
+from wm_jax.networks.transformer import TransformerDynamics
 from wm_jax.networks.world_model import COMPONENTS, WorldModel
 
 Builder = Callable[..., nn.Module]
@@ -83,7 +85,9 @@ register_encoder(
 )
 register_encoder(
     "cnn",
-    lambda m, spec: CNNEncoder(m.feature_dim, m.cnn_depth, layer_norm=m.layer_norm),
+    lambda m, spec: CNNEncoder(
+        m.feature_dim, m.cnn_depth, m.get("cnn_layers", 4), layer_norm=m.layer_norm
+    ),
 )
 register_representation(
     "autoencoder",
@@ -97,13 +101,46 @@ register_representation(
 )
 register_dynamics("mlp", lambda m, spec: MLPDynamics(**_dynamics_kwargs(m)))
 register_dynamics(
+    "transformer",
+    lambda m, spec: TransformerDynamics(
+        state_dim=m.state_dim,
+        embed_dim=m.hidden_dim,
+        num_layers=m.transformer_layers,
+        num_heads=m.transformer_heads,
+        context_length=m.context_length,
+        residual=m.dynamics_residual,
+        std_mode=m.dynamics_std,
+        fixed_std=m.dynamics_fixed_std,
+    ),
+)
+register_dynamics(
     "ensemble",
     lambda m, spec: EnsembleDynamics(num_members=m.ensemble_size, **_dynamics_kwargs(m)),
+)
+# The RSSM is a representation + dynamics pair sharing one recurrent state: select both.
+register_representation(
+    "rssm",
+    lambda m, spec: RSSMPosterior(
+        m.rssm_stoch, m.rssm_classes, (m.hidden_dim,), unimix=m.rssm_unimix, **_common(m)
+    ),
+)
+register_dynamics(
+    "rssm",
+    lambda m, spec: RSSMCore(
+        m.rssm_deter,
+        m.rssm_stoch,
+        m.rssm_classes,
+        (m.hidden_dim,),
+        unimix=m.rssm_unimix,
+        **_common(m),
+    ),
 )
 register_decoder("mlp", lambda m, spec: MLPDecoder(tuple(spec.obs_shape), _hidden(m), **_common(m)))
 register_decoder(
     "cnn",
-    lambda m, spec: CNNDecoder(tuple(spec.obs_shape), m.cnn_depth, layer_norm=m.layer_norm),
+    lambda m, spec: CNNDecoder(
+        tuple(spec.obs_shape), m.cnn_depth, m.get("cnn_layers", 4), layer_norm=m.layer_norm
+    ),
 )
 
 
@@ -113,6 +150,15 @@ class Networks(NamedTuple):
     world_model: WorldModel
     actor: PolicyHead
     critic: ValueFunction
+
+
+def state_size(config) -> int:
+    """Size of the state vector the heads read: ``deter + stoch·classes`` for the RSSM,
+    ``model.state_dim`` otherwise."""
+    m = config.model
+    if m.dynamics == "rssm":
+        return m.rssm_deter + m.rssm_stoch * m.rssm_classes
+    return m.state_dim
 
 
 def resolve_auto(name: str, spec) -> str:
@@ -189,7 +235,10 @@ __all__ = [
     "MLPEncoder",
     "Networks",
     "PolicyHead",
+    "RSSMCore",
+    "RSSMPosterior",
     "RewardPredictor",
+    "TransformerDynamics",
     "VAERepresentation",
     "ValueFunction",
     "WorldModel",
@@ -199,4 +248,5 @@ __all__ = [
     "register_dynamics",
     "register_encoder",
     "register_representation",
+    "state_size",
 ]

@@ -10,6 +10,7 @@ each member is trained on every transition; imagination picks one member per tra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import distrax
 import flax.linen as nn
@@ -26,6 +27,9 @@ class MLPDynamics(nn.Module):
 
     The sequence context is accepted and ignored: the MLP looks at one step at a time.
     """
+
+    # Callers carry a context window only for models that read one (see wm_jax.context_window).
+    uses_context: ClassVar[bool] = False
 
     state_dim: int = 64
     hidden: Sequence[int] = (256, 256)
@@ -63,6 +67,7 @@ class EnsembleDynamics(nn.Module):
     call (seeds, failure 2 remedy: "use an ensemble of dynamics models").  Output batch shape
     ``[K, ..., S]``."""
 
+    uses_context: ClassVar[bool] = False
     num_members: int = 5
     state_dim: int = 64
     hidden: Sequence[int] = (256, 256)

@@ -1,0 +1,57 @@
+"""Breakout (MinAtar) from its 10×10×4 object layers, through gymnax on the device loop.
+
+The four boolean layers (paddle, ball, trail, bricks) arrive as a uint8 ``[10, 10, 4]`` image
+(``{0, 255}``, the gymnax adapter's board conversion), so the CNN encoder/decoder are used and
+replay stores uint8.  +1 per brick; the episode ends when the ball is missed.  Target: eval
+return clearly above a random policy within 200k env steps (``experiments/benchmarks/
+learning.py --random_episodes``, BUILD_NOTES.md).
+
+Run: python -m wm_jax.train --config=experiments/configs/breakout_minatar.py --workdir=runs/bo
+"""
+
+import importlib.util
+import os
+
+from wm_jax.config import get_config as base_config
+
+
+def _catch_config():
+    # Config files are loaded by path (not as a package), so the sibling is loaded the same way.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catch.py")
+    spec = importlib.util.spec_from_file_location("wm_jax_catch_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config():
+    c = _catch_config().agent_settings(base_config())
+    c.env_id = "gymnax:Breakout-MinAtar"
+    c.loop = "device"
+    c.total_env_steps = 200_000
+    c.num_envs = 16
+    c.train_ratio = 1 / 16  # one train step per vector step of 16 envs
+    c.prefill_steps = 5_000
+    c.replay_capacity = 200_000
+    # 10×10: one stride-2 layer to 5×5, then two at 5×5 (16, 32, 64 channels).
+    c.model.cnn_depth = 16
+    c.model.cnn_layers = 3
+    c.model.feature_dim = 256
+    c.model.state_dim = 64
+    c.model.hidden_dim = 256
+    c.world_model.decoder_scale = 100.0  # the sum over 10×10 pixels, as for Catch (untested)
+    c.sequence_mode = True
+    c.batch_size = 16
+    c.sequence_length = 16
+    c.imagination.horizon = 15
+    c.imagination.num_starts = 64
+    c.schedule.warmup_steps = 10_000
+    c.schedule.transition_steps = 30_000
+    c.eval_every = 10_000
+    c.eval_episodes = 16
+    c.log_every = 5_000
+    c.checkpoint_every = 20_000
+    c.diagnostics.open_loop_every = 20_000
+    c.diagnostics.open_loop_horizon = 16
+    c.diagnostics.open_loop_batch = 8
+    return c

@@ -1,0 +1,74 @@
+"""Catch (bsuite) from pixels, through gymnax on the device loop.
+
+The 10×5 board arrives as a uint8 ``[10, 5, 1]`` image (the gymnax adapter turns the 0/1 float
+board into ``{0, 255}``), so ``model.encoder=auto`` picks the CNN encoder and decoder; replay
+stores uint8 and the encoder scales to ``[-0.5, 0.5]`` on the device (no running obs norm).
+Each episode is 9 steps with a single ±1 reward at the end: target mean eval return ≥ 0.9
+within 20k env steps (``experiments/benchmarks/learning.py``, BUILD_NOTES.md).
+
+Run: python -m wm_jax.train --config=experiments/configs/catch.py --workdir=runs/catch
+     (add --config.num_seeds=3 for three vmapped seeds in one program)
+"""
+
+from wm_jax.config import get_config as base_config
+
+
+def agent_settings(c):
+    """CartPole's tuned agent (experiments/configs/cartpole.py, BUILD_NOTES.md tuning log):
+    REINFORCE actor with return normalisation, thresholded continues, weighted terminations and a
+    real-data critic floor.  Shared with breakout_minatar.py."""
+    c.world_model.lr = 6e-4
+    c.world_model.termination_weight = 10.0
+    c.imagination.continue_mode = "mode"
+    c.actor.gradient = "reinforce"
+    c.actor.lr = 1e-4
+    c.actor.return_norm = True
+    c.actor.entropy_coef = 3e-4
+    c.actor.discount_weights = True
+    c.actor.unimix = 0.01
+    c.critic.lr = 3e-4
+    c.critic.target_update_rate = 0.02
+    c.schedule.final_real_mix = 0.5
+    return c
+
+
+def get_config():
+    c = agent_settings(base_config())
+    c.env_id = "gymnax:Catch-bsuite"
+    # Episodes always end after rows - 1 = 9 steps; the default 1000-step limit would only
+    # lengthen the device loop's evaluation scan (it runs to the limit).
+    c.env_kwargs.max_episode_steps = 20
+    c.loop = "device"
+    c.total_env_steps = 20_000
+    c.num_envs = 8
+    c.train_ratio = 0.125  # one train step per vector step of 8 envs
+    c.prefill_steps = 1_000
+    c.replay_capacity = 20_000
+    # A 10×5 board: two stride-1 conv layers (16, 32 channels) see the whole 3×3 neighbourhood
+    # twice; the seeds' 4 × 32-256 channels cost ~30x more for nothing on 50 pixels.
+    c.model.cnn_depth = 16
+    c.model.cnn_layers = 2
+    c.model.feature_dim = 128
+    c.model.state_dim = 32
+    c.model.hidden_dim = 128
+    # Dreamer sums the image loss over pixels; the mean over 50 pixels made "all black" (MSE
+    # 0.04: ball and paddle missed) the decoder's answer by 5k steps. ×50 = the sum: decoder
+    # loss 0.011 by 4k env steps (BUILD_NOTES.md, pixels).
+    c.world_model.decoder_scale = 50.0
+    c.sequence_mode = True
+    c.batch_size = 16
+    c.sequence_length = 10  # one episode (9 steps) plus the next episode's first step
+    c.imagination.horizon = 10
+    c.imagination.num_starts = 64
+    # The seeds' 5k-step world-model warmup and 10k transition are half of this budget; the
+    # world model reads a 9-step game quickly.
+    c.schedule.warmup_steps = 2_000
+    c.schedule.transition_steps = 5_000
+    c.eval_every = 1_000
+    c.eval_episodes = 16
+    c.log_every = 1_000
+    c.checkpoint_every = 5_000
+    c.diagnostics.open_loop_every = 5_000
+    c.diagnostics.open_loop_horizon = 8  # a whole episode after its first frame
+    c.diagnostics.open_loop_batch = 8
+    return c

@@ -1,0 +1,178 @@
+"""The RSSM: prior/posterior shapes, KL balancing and free-bits arithmetic, step-by-step acting
+that reads a sequence exactly as training does, and a trainer run that resumes exactly."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_spec, random_sequence, small_config
+
+from wm_jax import losses
+from wm_jax.config import ConfigError, validate
+from wm_jax.networks import state_size
+from wm_jax.networks.rssm import unimix_logits
+from wm_jax.observe import observe_sequence, observe_step
+from wm_jax.schedule import UpdateCounts
+from wm_jax.trainer import Trainer
+from wm_jax.update import init_state, make_agent, make_steps
+
+DETER, STOCH, CLASSES = 16, 3, 5
+
+
+def rssm_config(**overrides):
+    return small_config(
+        **{
+            "model.representation": "rssm",
+            "model.dynamics": "rssm",
+            "model.rssm_deter": DETER,
+            "model.rssm_stoch": STOCH,
+            "model.rssm_classes": CLASSES,
+            "sequence_mode": True,
+            "batch_size": 3,
+            "sequence_length": 6,
+            **overrides,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def rssm():
+    spec = make_spec()
+    agent = make_agent(rssm_config(), spec)
+    state = init_state(agent, jax.random.PRNGKey(0))
+    batch = random_sequence(jax.random.PRNGKey(1), spec, batch=3, length=6)
+    return agent, state, batch
+
+
+def test_prior_and_posterior_shapes_and_state_layout(rssm):
+    agent, state, batch = rssm
+    wm = agent.nets.world_model
+    out = observe_sequence(wm, state.wm_params, batch.obs, batch.action, jax.random.PRNGKey(2))
+    size = DETER + STOCH * CLASSES
+    assert state_size(agent.config) == size
+    assert out.states.shape == (3, 7, size)
+    assert out.post_logits.shape == (3, 7, STOCH, CLASSES)
+    assert out.prior_logits.shape == (3, 6, STOCH, CLASSES)
+    for logits in (out.post_logits, out.prior_logits):
+        np.testing.assert_allclose(jnp.exp(logits).sum(-1), 1.0, rtol=1e-5)
+        # unimix keeps every class possible, so the KL stays finite
+        assert float(jnp.exp(logits).min()) >= 0.01 / CLASSES * 0.999
+    z = out.states[..., DETER:].reshape(3, 7, STOCH, CLASSES)
+    # one-hot samples (straight-through: exact up to float rounding)
+    np.testing.assert_allclose(z.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(z.max(-1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(out.states[:, 0, :DETER], 0.0)  # a window starts from h = 0
+    # imagination's interface: the prior as a next-state distribution of the same size
+    prior = wm.apply(state.wm_params, out.states[:, 0], batch.action[:, 0], method=wm.predict_next)
+    assert prior.mean().shape == prior.sample(seed=jax.random.PRNGKey(3)).shape == (3, size)
+
+
+def test_kl_balancing_splits_the_gradient_and_free_bits_stop_it():
+    key_q, key_p = jax.random.split(jax.random.PRNGKey(0))
+    post = unimix_logits(jax.random.normal(key_q, (2, 4, STOCH, CLASSES)) * 3, 0.01)
+    prior = unimix_logits(jax.random.normal(key_p, (2, 4, STOCH, CLASSES)) * 3, 0.01)
+    mask = jnp.ones((2, 4))
+    p, q = np.exp(np.asarray(post)), np.exp(np.asarray(prior))
+    manual = np.sum(p * (np.asarray(post) - np.asarray(prior)), axis=(-2, -1)).mean()
+    np.testing.assert_allclose(losses.categorical_kl(post, prior).mean(), manual, rtol=1e-5)
+    assert manual > 0 and np.all(q > 0)
+
+    def loss(post, prior, balance, free_bits=0.0):
+        return losses.latent_kl_loss(post, prior, mask, balance, free_bits)[0]
+
+    loss_value, metrics = losses.latent_kl_loss(post, prior, mask, 0.8, 0.0)
+    np.testing.assert_allclose(loss_value, manual, rtol=1e-5)  # α·KL + (1-α)·KL = KL
+    np.testing.assert_allclose(metrics["kl_dynamics"], manual, rtol=1e-5)
+    # The prior gets α of the full KL gradient, the posterior 1 - α.
+    full_prior = jax.grad(loss, argnums=1)(post, prior, 1.0)
+    full_post = jax.grad(loss, argnums=0)(post, prior, 0.0)
+    g_prior, g_post = jax.grad(loss, argnums=(1, 0))(post, prior, 0.8)
+    np.testing.assert_allclose(g_prior, 0.8 * full_prior, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(g_post, 0.2 * full_post, rtol=1e-5, atol=1e-8)
+    # Free bits above every step's KL: the loss is the constant b and nothing is pushed.
+    big = float(losses.categorical_kl(post, prior).max()) + 1.0
+    np.testing.assert_allclose(loss(post, prior, 0.8, big), big, rtol=1e-6)
+    grads = jax.grad(loss, argnums=(0, 1))(post, prior, 0.8, big)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in grads)
+    # Padded steps count for nothing.
+    half = mask.at[:, 2:].set(0.0)
+    np.testing.assert_allclose(
+        losses.latent_kl_loss(post, prior, half, 0.8, 0.0)[0],
+        losses.categorical_kl(post, prior)[:, :2].mean(),
+        rtol=1e-5,
+    )
+
+
+def test_acting_step_by_step_reads_a_sequence_exactly_like_training(rssm):
+    """observe_step carried along an episode gives the states observe_sequence gives for the
+    same window, and is_first drops the past."""
+    agent, state, batch = rssm
+    wm = agent.nets.world_model
+    seq = observe_sequence(wm, state.wm_params, batch.obs, batch.action, None).states
+    carry = jnp.zeros_like(seq[:, 0])
+    prev_action = jnp.zeros_like(batch.action[:, 0])
+    first = jnp.ones(3, bool)
+    for t in range(batch.obs.shape[1]):
+        carry = observe_step(wm, state.wm_params, carry, prev_action, batch.obs[:, t], first, None)
+        np.testing.assert_allclose(carry, seq[:, t], rtol=1e-5, atol=1e-5)
+        if t < batch.action.shape[1]:
+            prev_action = batch.action[:, t]
+        first = jnp.zeros(3, bool)
+    restarted = observe_step(
+        wm, state.wm_params, carry, prev_action, batch.obs[:, 0], jnp.ones(3, bool), None
+    )
+    np.testing.assert_allclose(restarted, seq[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_world_model_update_trains_the_kl_and_every_component(rssm):
+    agent, state, batch = rssm
+    steps = make_steps(agent)
+    new, metrics = steps.train_step(state, batch, UpdateCounts(1, 1, 1))
+    for name in ("dynamics_loss", "kl_dynamics", "kl_representation", "reward_loss", "actor_loss"):
+        assert np.isfinite(float(metrics[name])), name
+    for name in ("encoder", "representation", "dynamics", "decoder", "reward_predictor"):
+        assert float(metrics[f"{name}_grad_norm"]) > 0, name
+    assert "representation_recon" not in metrics  # no autoencoder term for the RSSM
+
+
+def test_rssm_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="model.dynamics"):
+        validate(small_config(**{"model.representation": "rssm", "sequence_mode": True}))
+    with pytest.raises(ConfigError, match="sequence_mode"):
+        validate(rssm_config(sequence_mode=False))
+    with pytest.raises(ConfigError, match="loop"):
+        validate(rssm_config(loop="device"))
+
+
+def test_rssm_trainer_run_resumes_exactly(tmp_path):
+    """The policy's recurrent state is part of the checkpoint: a run stopped mid-episode and
+    resumed reaches the same parameters as one that never stopped."""
+    overrides = {
+        "total_env_steps": 192,
+        "prefill_steps": 64,
+        "schedule.warmup_steps": 96,
+        "schedule.transition_steps": 128,
+        "checkpoint_every": 112,
+        "eval_every": 0,
+        "log_every": 64,
+        "diagnostics.open_loop_every": 0,
+        "report": False,
+        "num_envs": 2,
+        "train_ratio": 0.125,
+    }
+
+    def run(workdir, stop_at=None):
+        trainer = Trainer(rssm_config(**overrides), str(workdir))
+        trainer.run(stop_at=stop_at)
+        leaves = jax.tree.leaves((trainer.state, trainer.act_carry))
+        trainer.close()
+        return trainer, leaves
+
+    _, straight = run(tmp_path / "straight")
+    run(tmp_path / "resumed", stop_at=112)
+    trainer, resumed = run(tmp_path / "resumed")
+    assert trainer.resumed_from == 112
+    for a, b in zip(straight, resumed, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
