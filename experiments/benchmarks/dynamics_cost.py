@@ -1,7 +1,6 @@
 """What each dynamics model costs per update, on the CartPole configs (issue 5).
 
-    python experiments/benchmarks/dynamics_cost.py \
-        --configs=experiments/configs/cartpole.py,experiments/configs/cartpole_transformer.py
+    python experiments/benchmarks/dynamics_cost.py   # cartpole.py, _transformer.py, _rssm.py
 
 For each config: a random CartPole-shaped sequence batch (``batch_size × sequence_length``, the
 config's), one jit of ``train_step`` with ``UpdateCounts(1, 1, 1)`` (world model + actor +
@@ -12,7 +11,6 @@ Also the dynamics' parameter count and compile time.  The last line is one JSON 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 import time
@@ -21,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from wm_jax.config import load_config_file
 from wm_jax.envs import make_env_spec
 from wm_jax.schedule import UpdateCounts
 from wm_jax.types import Sequence
@@ -28,18 +27,12 @@ from wm_jax.update import make_agent, make_steps
 
 _CONFIGS = flags.DEFINE_string(
     "configs",
-    "experiments/configs/cartpole.py,experiments/configs/cartpole_transformer.py",
+    "experiments/configs/cartpole.py,experiments/configs/cartpole_transformer.py,"
+    "experiments/configs/cartpole_rssm.py",
     "comma-separated config files",
 )
 _REPEATS = flags.DEFINE_integer("repeats", 15, "timed rounds (medians are reported)")
 _ENV = flags.DEFINE_string("env_id", "CartPole-v1", "environment whose spaces shape the batch")
-
-
-def _load(path):
-    spec = importlib.util.spec_from_file_location("_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _batch(config, spec, key):
@@ -67,7 +60,7 @@ def main(argv):
     spec = make_env_spec(_ENV.value)
     cases = {}
     for path in _CONFIGS.value.split(","):
-        config = _load(path)
+        config = load_config_file(path)
         agent = make_agent(config, spec)
         steps = make_steps(agent)
         state = steps.init(jax.random.PRNGKey(0))

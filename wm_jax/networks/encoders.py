@@ -24,7 +24,8 @@ class MLPEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = obs.reshape(obs.shape[: obs.ndim - self.obs_rank] + (-1,)).astype(jnp.float32)
+        # uint8 images get the CNN's [-0.5, 0.5] scaling (the running normaliser skips them).
+        x = normalize_image(obs.reshape(obs.shape[: obs.ndim - self.obs_rank] + (-1,)))
         x = MLP(self.hidden, activation=self.activation, layer_norm=self.layer_norm)(x)
         x = nn.Dense(self.feature_dim)(x)
         return get_activation(self.activation)(x)
