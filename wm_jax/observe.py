@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from wm_jax.networks.representation import RepresentationOutput
-from wm_jax.networks.rssm import sample_one_hot
+from wm_jax.networks.rssm import latent_state, sample_one_hot
 from wm_jax.types import Params
 
 
@@ -37,8 +37,7 @@ class Observed(NamedTuple):
 
 
 def _latent(deter: chex.Array, post: chex.Array, key: chex.PRNGKey | None) -> chex.Array:
-    z = sample_one_hot(post, key)
-    return jnp.concatenate([deter, z.reshape((*z.shape[:-2], -1))], -1)
+    return latent_state(deter, sample_one_hot(post, key))
 
 
 def observe_sequence(

@@ -97,12 +97,7 @@ def act_memoryless(
     path; recurrent models are refused there by config validation)."""
     if agent.nets.world_model.recurrent:
         raise ValueError("a recurrent world model (RSSM) acts with a carry: use act()")
-    n = obs.shape[0]
-    carry = ActCarry(
-        state=jnp.zeros((n, state_size(agent.config)), jnp.float32),
-        action=jnp.zeros((n, agent.spec.action_dim), jnp.float32),
-        is_first=jnp.ones((n,), bool),
-    )
+    carry = initial_carry(agent, obs.shape[0])
     actions, _ = act(
         agent, wm_params, actor_params, carry, obs, obs_mean, obs_std, key, deterministic
     )

@@ -216,7 +216,6 @@ def world_model_loss(
         next_states = all_states[b:]
         dist = apply(all_states[:b], batch.action, method=wm.predict_next)
 
-    target = next_states if cfg.dynamics_target_grad else sg(next_states)
     if wm.recurrent:  # the prior must predict the posterior (KL), the RSSM's Loss 1
         dynamics_term = losses.latent_kl_loss(
             observed.post_logits[:, 1:],
@@ -226,6 +225,7 @@ def world_model_loss(
             cfg.kl_free_bits,
         )
     else:
+        target = next_states if cfg.dynamics_target_grad else sg(next_states)
         dynamics_term = losses.dynamics_loss(dist, target, flat.mask, cfg.dynamics_loss)
     terms = {
         "dynamics": dynamics_term,

@@ -44,16 +44,12 @@ _RANDOM_EPISODES = flags.DEFINE_integer(
 def _random_return(config_path: str, overrides: list[str], episodes: int) -> float:
     """Mean undiscounted return of uniformly random actions on the config's env (host envs,
     the trainer's episode loop)."""
-    import importlib.util
-
     import numpy as np
 
+    from wm_jax.config import load_config_file
     from wm_jax.envs import VectorEnv
 
-    spec = importlib.util.spec_from_file_location("bench_config", config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = load_config_file(config_path)
     for item in overrides:  # only an env override changes the baseline
         key, _, value = item.partition("=")
         if key == "env_id":

@@ -9,23 +9,14 @@ learning.py --random_episodes``, BUILD_NOTES.md).
 Run: python -m wm_jax.train --config=experiments/configs/breakout_minatar.py --workdir=runs/bo
 """
 
-import importlib.util
 import os
 
-from wm_jax.config import get_config as base_config
-
-
-def _catch_config():
-    # Config files are loaded by path (not as a package), so the sibling is loaded the same way.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catch.py")
-    spec = importlib.util.spec_from_file_location("wm_jax_catch_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from wm_jax.config import load_config_file
 
 
 def get_config():
-    c = _catch_config().agent_settings(base_config())
+    # CartPole's tuned agent, as for Catch (cartpole.py); everything task-specific is set below.
+    c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cartpole.py"))
     c.env_id = "gymnax:Breakout-MinAtar"
     c.loop = "device"
     c.total_env_steps = 200_000

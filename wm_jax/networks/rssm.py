@@ -50,6 +50,17 @@ def sample_one_hot(logits: jax.Array, key: jax.Array | None) -> jax.Array:
     return one_hot + probs - jax.lax.stop_gradient(probs)
 
 
+def latent_logits(x: jax.Array, stoch: int, classes: int, unimix: float) -> jax.Array:
+    """A net's flat output ``[..., K·C]`` as ``K`` categoricals' log-probabilities ``[..., K, C]``
+    with ``unimix`` mixed in."""
+    return unimix_logits(x.reshape((*x.shape[:-1], stoch, classes)), unimix)
+
+
+def latent_state(deter: jax.Array, z: jax.Array) -> jax.Array:
+    """The state the heads read: ``[h, z]`` with the categoricals ``z [..., K, C]`` flattened."""
+    return jnp.concatenate([deter, z.reshape((*z.shape[:-2], -1))], -1)
+
+
 @flax.struct.dataclass
 class LatentPrior:
     """The RSSM's next-state distribution: the new recurrent state ``h'`` (deterministic) and the
@@ -60,17 +71,14 @@ class LatentPrior:
     deter: chex.Array  # [..., D]
     logits: chex.Array  # [..., K, C]  log-probabilities (unimix applied)
 
-    def _state(self, z: chex.Array) -> chex.Array:
-        return jnp.concatenate([self.deter, z.reshape((*z.shape[:-2], -1))], -1)
-
     def mean(self) -> chex.Array:
-        return self._state(jnp.exp(self.logits))
+        return latent_state(self.deter, jnp.exp(self.logits))
 
     def mode(self) -> chex.Array:
-        return self._state(sample_one_hot(self.logits, None))
+        return latent_state(self.deter, sample_one_hot(self.logits, None))
 
     def sample(self, seed: chex.PRNGKey) -> chex.Array:
-        return self._state(sample_one_hot(self.logits, seed))
+        return latent_state(self.deter, sample_one_hot(self.logits, seed))
 
 
 class RSSMCore(nn.Module):
@@ -85,12 +93,7 @@ class RSSMCore(nn.Module):
     activation: str = "elu"
     layer_norm: bool = True
     unimix: float = 0.01
-    num_members: int = 1
     recurrent = True  # class attribute: the world model carries a state between observations
-
-    @property
-    def state_size(self) -> int:
-        return self.deter + self.stoch * self.classes
 
     def setup(self):
         self.input_mlp = MLP(self.hidden, None, self.activation, self.layer_norm)
@@ -101,8 +104,7 @@ class RSSMCore(nn.Module):
 
     def prior(self, deter: jax.Array) -> jax.Array:
         """``p(z | h)`` as log-probabilities ``[..., K, C]``."""
-        logits = self.prior_mlp(deter).reshape((*deter.shape[:-1], self.stoch, self.classes))
-        return unimix_logits(logits, self.unimix)
+        return latent_logits(self.prior_mlp(deter), self.stoch, self.classes, self.unimix)
 
     def __call__(
         self, state: jax.Array, action: jax.Array, context: SequenceContext | None = None
@@ -133,4 +135,4 @@ class RSSMPosterior(nn.Module):
         x = MLP(self.hidden, self.stoch * self.classes, self.activation, self.layer_norm)(
             jnp.concatenate([deter, features], -1)
         )
-        return unimix_logits(x.reshape((*x.shape[:-1], self.stoch, self.classes)), self.unimix)
+        return latent_logits(x, self.stoch, self.classes, self.unimix)

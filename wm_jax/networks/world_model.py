@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from wm_jax.networks.representation import RepresentationOutput
+from wm_jax.networks.rssm import latent_state
 from wm_jax.types import SequenceContext
 
 COMPONENTS = (
@@ -86,7 +87,7 @@ class WorldModel(nn.Module):
             features = self.features(obs)
             deter = jnp.zeros((*features.shape[:-1], self.dynamics.deter), features.dtype)
             post = self.posterior(deter, features)
-            states = jnp.concatenate([deter, jnp.exp(post).reshape((*post.shape[:-2], -1))], -1)
+            states = latent_state(deter, jnp.exp(post))
         else:
             _, rep = self.embed(obs, sample=True)
             states = rep.states
