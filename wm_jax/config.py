@@ -84,6 +84,10 @@ def get_config() -> ml_collections.ConfigDict:
     m.dynamics_residual = True
     m.dynamics_std = "learned"  # "learned" | "fixed"
     m.dynamics_fixed_std = 1.0
+    # The reward predictor's σ: "learned" (the seeds') | "fixed" (reward_fixed_std; Loss 2 is
+    # then a squared error, robust to sparse rewards).
+    m.reward_std = "learned"
+    m.reward_fixed_std = 1.0
     m.ensemble_size = 5
     # Transformer dynamics: causal self-attention of width hidden_dim over the last
     # context_length (state, action) pairs (a banded mask: sequences may be longer).
@@ -292,6 +296,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     choices = {
         "model.state_norm": ("layernorm", "tanh", "none"),
         "model.dynamics_std": ("learned", "fixed"),
+        "model.reward_std": ("learned", "fixed"),
         "world_model.dynamics_loss": ("mse", "nll"),
         "actor.gradient": ("dynamics", "reinforce"),
         "imagination.continue_mode": ("probs", "mode"),
@@ -330,6 +335,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"must be a positive integer, got {value!r}",
         )
     _require(c.model.hidden_layers >= 0, "model.hidden_layers", "must be >= 0")
+    _require(c.model.reward_fixed_std > 0, "model.reward_fixed_std", "must be > 0")
     if c.model.dynamics == "transformer":
         _validate_transformer(c)
     rssm = (c.model.representation == "rssm", c.model.dynamics == "rssm")

@@ -14,7 +14,7 @@ is one JSON object.  "Solved" means the *median over seeds* of the evaluation re
 ``--threshold`` at some evaluation point within the budget.
 
     python experiments/benchmarks/learning.py --config=experiments/configs/catch.py \
-        --seeds=0,1,2 --vmap_seeds --threshold=0.9 --workdir=runs/bench_catch
+        --seeds=0,1,2 --threshold=0.9 --workdir=runs/bench_catch
 """
 
 from __future__ import annotations

@@ -206,7 +206,11 @@ def build_networks(config, spec) -> Networks:
         encoder=_lookup(ENCODERS, "encoder", resolve_auto(m.encoder, spec))(m, spec),
         representation=_lookup(REPRESENTATIONS, "representation", m.representation)(m, spec),
         dynamics=_lookup(DYNAMICS, "dynamics", m.dynamics)(m, spec),
-        reward_predictor=RewardPredictor(_hidden(m), **_common(m)),
+        reward_predictor=RewardPredictor(
+            _hidden(m),
+            **_common(m),
+            fixed_std=m.reward_fixed_std if m.reward_std == "fixed" else None,
+        ),
         continue_predictor=ContinuePredictor(_hidden(m), **_common(m)),
         decoder=_lookup(DECODERS, "decoder", resolve_auto(m.decoder, spec))(m, spec),
     )

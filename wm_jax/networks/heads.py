@@ -14,19 +14,30 @@ from wm_jax.returns import symexp
 
 
 class RewardPredictor(nn.Module):
-    """``p(r | s) = N(μ(s), σ(s))`` — the seeds' Gaussian reward predictor (Loss 2)."""
+    """``p(r | s) = N(μ(s), σ(s))`` — the seeds' Gaussian reward predictor (Loss 2).
+
+    ``fixed_std`` (a float) replaces the learned ``σ(s)`` with a constant, so Loss 2 is a scaled
+    squared error (DreamerV1/2).  Sparse rewards want it: on the many zero-reward steps a learned
+    σ shrinks to ``min_std`` and the rare ±1 then gives the mean a gradient ``(r - μ)/σ²`` of
+    ~10⁴, which dominates the world model's clipped global gradient norm (BUILD_NOTES.md, Catch).
+    """
 
     hidden: Sequence[int] = (256, 256)
     activation: str = "elu"
     layer_norm: bool = True
     min_std: float = 0.01
     max_std: float = 5.0
+    fixed_std: float | None = None
 
     @nn.compact
     def __call__(self, state: jax.Array) -> distrax.Normal:
-        out = MLP(self.hidden, 2, self.activation, self.layer_norm, output_scale=0.1)(state)
-        mean, raw = out[..., 0], out[..., 1]
-        std = self.min_std + (self.max_std - self.min_std) * jax.nn.sigmoid(raw)
+        learned = self.fixed_std is None
+        out = MLP(self.hidden, 2 if learned else 1, self.activation, self.layer_norm,
+                  output_scale=0.1)(state)  # fmt: skip
+        mean = out[..., 0]
+        if not learned:
+            return distrax.Normal(mean, jnp.full_like(mean, self.fixed_std))
+        std = self.min_std + (self.max_std - self.min_std) * jax.nn.sigmoid(out[..., 1])
         return distrax.Normal(mean, std)
 
 
