@@ -10,9 +10,11 @@ from wm_jax.networks import (
     CNNEncoder,
     EnsembleDynamics,
     PolicyHead,
+    RewardPredictor,
     VAERepresentation,
     build_networks,
 )
+from wm_jax.losses import reward_loss
 
 
 @pytest.mark.parametrize("shape", [(64, 64, 3), (84, 84, 3), (10, 10, 4)])
@@ -51,6 +53,23 @@ def test_vae_samples_in_training_and_uses_the_mean_when_acting():
     np.testing.assert_allclose(mean, out_a.mean, rtol=1e-6)
 
 
+def test_fixed_reward_std_makes_loss_2_a_squared_error():
+    states, rewards = jax.random.normal(jax.random.PRNGKey(0), (6, 5)), jnp.arange(6.0) - 3
+    head = RewardPredictor(hidden=(8,), fixed_std=2.0)
+    params = head.init(jax.random.PRNGKey(1), states)
+    dist = head.apply(params, states)
+    np.testing.assert_allclose(dist.scale, 2.0)
+    loss, _ = reward_loss(dist, rewards, jnp.ones(6))
+    squared = jnp.mean((rewards - dist.loc) ** 2) / (2 * 2.0**2)
+    np.testing.assert_allclose(loss, squared + 0.5 * jnp.log(2 * jnp.pi * 4.0), rtol=1e-5)
+    # Wired from the config: the fixed head has one output (no σ parameters).
+    config = small_config(**{"model.reward_std": "fixed", "model.reward_fixed_std": 0.5})
+    nets = build_networks(config, make_spec())
+    assert nets.world_model.reward_predictor.fixed_std == 0.5
+    learned = build_networks(small_config(), make_spec()).world_model.reward_predictor
+    assert learned.fixed_std is None
+
+
 def test_policy_heads_produce_valid_actions():
     discrete = PolicyHead(action_dim=3, discrete=True, hidden=(8,))
     d, _ = discrete.init_with_output(jax.random.PRNGKey(0), jnp.ones((5, 4)))
@@ -68,6 +87,7 @@ def test_policy_heads_produce_valid_actions():
         {"model.representation": "vae"},
         {"model.dynamics": "ensemble", "model.ensemble_size": 2},
         {"model.dynamics_std": "fixed", "world_model.dynamics_loss": "nll"},
+        {"model.reward_std": "fixed"},
     ],
 )
 def test_alternative_components_build_and_imagine(overrides):
