@@ -3,6 +3,8 @@ that reads a sequence exactly as training does, and a trainer run that resumes e
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,6 +137,23 @@ def test_world_model_update_trains_the_kl_and_every_component(rssm):
     for name in ("encoder", "representation", "dynamics", "decoder", "reward_predictor"):
         assert float(metrics[f"{name}_grad_norm"]) > 0, name
     assert "representation_recon" not in metrics  # no autoencoder term for the RSSM
+
+
+def test_train_step_reads_the_batch_once_with_the_same_result_as_separate_updates(rssm):
+    # train_step shares one observe_batch between the actor and the critic; each update called
+    # on its own reads the batch itself.  Both paths must give the same parameters and metrics.
+    agent, state, batch = rssm
+    steps = make_steps(agent)
+    fused, fused_metrics = steps.train_step(state, batch, UpdateCounts(1, 1, 1), 0.5)
+    s, _ = steps.world_model_update(state, batch)
+    s, actor_metrics, imagined, weights = steps.actor_update(s, batch)
+    s, critic_metrics = steps.critic_update(s, batch, imagined, weights, 0.5)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6)
+    jax.tree.map(close, fused.actor_params, s.actor_params)
+    jax.tree.map(close, fused.critic_params, s.critic_params)
+    for name in ("actor_loss", "mean_imagined_return", "critic_loss", "critic_loss_real"):
+        separate = {**actor_metrics, **critic_metrics}[name]
+        close(fused_metrics[name], separate, err_msg=name)
 
 
 def test_rssm_config_errors_name_the_field():

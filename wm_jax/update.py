@@ -306,32 +306,51 @@ def world_model_update(agent: Agent, state: TrainState, batch: Batch) -> tuple[T
 # --------------------------------------------------------------------------------------------
 
 
+class BatchStates(NamedTuple):
+    """A batch's observations read into states (no gradient, no sampling): ``states`` of the
+    observations the actions were taken from and ``next_states`` of those they led to —
+    ``[B, T, S]`` each for sequences, ``[B, S]`` for flat batches."""
+
+    states: chex.Array
+    next_states: chex.Array
+
+
+def observe_batch(agent: Agent, wm_params: Params, batch: Batch) -> BatchStates:
+    """Reads ``batch`` into states with the world model's current parameters (posterior modes /
+    means).  :func:`train_step` does it once, after the world-model updates, for both the
+    actor's start states and the critic's real-data targets (for an RSSM it is a T-step scan)."""
+    wm = agent.nets.world_model
+    wm_params = sg(wm_params)
+    if isinstance(batch, Sequence):
+        states = observe_sequence(wm, wm_params, batch.obs, batch.action, None).states
+        return BatchStates(sg(states[:, :-1]), sg(states[:, 1:]))
+    encode = functools.partial(wm.apply, wm_params, method=wm.encode)
+    return BatchStates(sg(encode(batch.obs, False)), sg(encode(batch.next_obs, False)))
+
+
 def start_states(
-    agent: Agent, wm_params: Params, batch: Batch, key: chex.PRNGKey
+    agent: Agent,
+    wm_params: Params,
+    batch: Batch,
+    key: chex.PRNGKey,
+    observed: BatchStates | None = None,
 ) -> tuple[chex.Array, chex.Array, ContextWindow | None]:
     """Encodes the real observations of ``batch`` into imagination start states ``[N, S]`` (held
     fixed) and their weights ``[N]`` (the padding mask); optionally subsamples ``num_starts``.
+    ``observed`` (:func:`observe_batch` with the same ``wm_params``) saves reading it again.
 
     The third result is, for a dynamics model that reads a context, each start's window of the
     real (state, action) pairs before it in its sequence (``[N, K, ·]``; flat batches: an empty
     one-step window, since flat training only ever shows the model one step); else ``None``."""
     wm = agent.nets.world_model
-    if isinstance(batch, Sequence):
-        obs = batch.obs[:, :-1].reshape((-1, *batch.obs.shape[2:]))
-        mask = batch.mask.reshape(-1)
-    else:
-        obs, mask = batch.obs, batch.mask
-    if wm.recurrent:  # a state needs its past: observe the whole window (posterior modes)
-        states = observe_sequence(wm, wm_params, batch.obs, batch.action, None).states
-        states = sg(states[:, :-1].reshape((mask.shape[0], -1)))
-    else:
-        states = sg(wm.apply(wm_params, obs, False, method=wm.encode))
+    if observed is None:
+        observed = observe_batch(agent, wm_params, batch)
+    mask = batch.mask.reshape(-1)
+    states = observed.states.reshape((mask.shape[0], -1))
     window = None
     if context_length(wm.dynamics):
         if isinstance(batch, Sequence):
-            b, t = batch.mask.shape
-            seq = states.reshape((b, t, -1))
-            window = sg(start_windows(wm, wm_params, seq, batch.action, batch.mask))
+            window = sg(start_windows(wm, wm_params, observed.states, batch.action, batch.mask))
         else:
             window = wm.dynamics.empty_window(states.shape[0], 1)
     n = agent.config.imagination.num_starts
@@ -343,12 +362,17 @@ def start_states(
 
 
 def imagine_from_batch(
-    agent: Agent, state: TrainState, actor_params: Params, batch: Batch, key: chex.PRNGKey
+    agent: Agent,
+    state: TrainState,
+    actor_params: Params,
+    batch: Batch,
+    key: chex.PRNGKey,
+    observed: BatchStates | None = None,
 ) -> tuple[Imagined, chex.Array]:
     """Imagination with world-model and critic parameters read through ``stop_gradient``."""
     cfg = agent.config
     start_key, imagine_key = jax.random.split(key)
-    starts, weights, window = start_states(agent, state.wm_params, batch, start_key)
+    starts, weights, window = start_states(agent, state.wm_params, batch, start_key, observed)
     imagined = imagine(
         agent.nets,
         sg(state.wm_params),
@@ -368,14 +392,19 @@ def imagine_from_batch(
 
 
 def actor_loss_fn(
-    actor_params: Params, agent: Agent, state: TrainState, batch: Batch, key: chex.PRNGKey
+    actor_params: Params,
+    agent: Agent,
+    state: TrainState,
+    batch: Batch,
+    key: chex.PRNGKey,
+    observed: BatchStates | None = None,
 ) -> tuple[chex.Array, tuple[Metrics, Imagined, chex.Array]]:
     """Imagine, compute λ-returns, and score them with :func:`wm_jax.losses.actor_loss`."""
     cfg = agent.config
     if cfg.actor.gradient == "reinforce":
         # Roll out without a gradient, then re-score the policy on the whole trajectory at once.
         key, terms_key = jax.random.split(key)
-        imagined, weights = imagine_from_batch(agent, state, sg(actor_params), batch, key)
+        imagined, weights = imagine_from_batch(agent, state, sg(actor_params), batch, key, observed)
         log_probs, entropies = policy_terms(
             agent.nets,
             actor_params,
@@ -386,7 +415,7 @@ def actor_loss_fn(
         )
         imagined = imagined.replace(log_probs=log_probs, entropies=entropies)
     else:
-        imagined, weights = imagine_from_batch(agent, state, actor_params, batch, key)
+        imagined, weights = imagine_from_batch(agent, state, actor_params, batch, key, observed)
     returns = lambda_returns(
         imagined.rewards,
         imagined.continues,
@@ -419,15 +448,16 @@ def actor_loss_fn(
 
 
 def actor_update(
-    agent: Agent, state: TrainState, batch: Batch
+    agent: Agent, state: TrainState, batch: Batch, observed: BatchStates | None = None
 ) -> tuple[TrainState, Metrics, Imagined, chex.Array]:
     """One optimiser step of the policy head on the imagined-return objective.
 
     Returns the (gradient-free) imagined trajectory and its start weights for the critic.
+    ``observed``: :func:`observe_batch` of ``batch`` with ``state.wm_params``, if already made.
     """
     key, loss_key = jax.random.split(state.key)
     grads, (metrics, imagined, weights, return_range) = jax.grad(actor_loss_fn, has_aux=True)(
-        state.actor_params, agent, state, batch, loss_key
+        state.actor_params, agent, state, batch, loss_key, observed
     )
     updates, opt_state = agent.actor_optimizer.update(
         grads, state.actor_opt_state, state.actor_params
@@ -451,31 +481,28 @@ def actor_update(
 
 
 def real_value_targets(
-    agent: Agent, state: TrainState, batch: Batch
+    agent: Agent, state: TrainState, batch: Batch, observed: BatchStates | None = None
 ) -> tuple[chex.Array, chex.Array, chex.Array]:
     """Return targets from *real* data for the critic_real_mix: ``(states, targets, weights)``.
 
     Flat batches give one-step targets ``r + γ·c·V'(s')``; sequences give λ-returns along the real
-    window.  ``V'`` is the target critic; states are encoded with the current world model.
+    window.  ``V'`` is the target critic; states are read with the current world model
+    (``observed``, :func:`observe_batch`, if already made).
     """
     cfg = agent.config.imagination
-    wm = agent.nets.world_model
-    critic = agent.nets.critic
-    wm_params = sg(state.wm_params)
+    if observed is None:
+        observed = observe_batch(agent, state.wm_params, batch)
+    next_values = agent.nets.critic.apply(state.critic_target_params, observed.next_states)
     if isinstance(batch, Sequence):
-        states = observe_sequence(wm, wm_params, batch.obs, batch.action, None).states
-        next_values = critic.apply(state.critic_target_params, states[:, 1:])  # [B, T]
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         targets = swap(
             lambda_returns(
                 swap(batch.reward), swap(batch.cont), swap(next_values), cfg.gamma, cfg.lambda_
             )
         )
-        return states[:, :-1], sg(targets), batch.mask
-    states = wm.apply(wm_params, batch.obs, False, method=wm.encode)
-    next_states = wm.apply(wm_params, batch.next_obs, False, method=wm.encode)
-    next_values = critic.apply(state.critic_target_params, next_states)
-    return states, sg(td_targets(batch.reward, batch.cont, next_values, cfg.gamma)), batch.mask
+    else:
+        targets = td_targets(batch.reward, batch.cont, next_values, cfg.gamma)
+    return observed.states, sg(targets), batch.mask
 
 
 def _critic_fit(critic, params, states, targets, weights) -> tuple[chex.Array, Metrics]:
@@ -529,9 +556,11 @@ def critic_update(
     imagined: Imagined,
     weights: chex.Array,
     real_mix: chex.Array | float = 0.0,
+    observed: BatchStates | None = None,
 ) -> tuple[TrainState, Metrics]:
-    """One optimiser step of the value function; then the target critic moves by τ."""
-    real = real_value_targets(agent, state, batch)
+    """One optimiser step of the value function; then the target critic moves by τ.
+    ``observed``: :func:`observe_batch` of ``batch`` with ``state.wm_params``, if already made."""
+    real = real_value_targets(agent, state, batch, observed)
     grads, metrics = jax.grad(critic_loss_fn, has_aux=True)(
         state.critic_params, agent, state, sg(imagined), weights, real, real_mix
     )
@@ -576,15 +605,21 @@ def train_step(
         state, m = world_model_update(agent, state, batch)
         metrics.update(m)
     imagined = weights = None
+    # The actor and critic updates leave the world model alone: read the batch once for both.
+    observed = None
+    if counts.actor or counts.critic:
+        observed = observe_batch(agent, state.wm_params, batch)
     for _ in range(counts.actor):
-        state, m, imagined, weights = actor_update(agent, state, batch)
+        state, m, imagined, weights = actor_update(agent, state, batch, observed)
         metrics.update(m)
     if counts.critic and imagined is None:
         key, imagine_key = jax.random.split(state.key)
-        imagined, weights = imagine_from_batch(agent, state, state.actor_params, batch, imagine_key)
+        imagined, weights = imagine_from_batch(
+            agent, state, state.actor_params, batch, imagine_key, observed
+        )
         imagined, state = sg(imagined), state.replace(key=key)
     for _ in range(counts.critic):
-        state, m = critic_update(agent, state, batch, imagined, weights, real_mix)
+        state, m = critic_update(agent, state, batch, imagined, weights, real_mix, observed)
         metrics.update(m)
     return state, metrics
 
