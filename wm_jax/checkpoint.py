@@ -13,11 +13,17 @@ counters, saved together under ``<workdir>/checkpoints/<step>``.
   step numbers again.  If no step loads, nothing is moved and the newest step's error is raised
   (a config that no longer matches its checkpoints must not look like corruption).
 * Loading never unpickles: orbax reads array data (tensorstore) and JSON metadata only.
+* Several processes (``jax.distributed``): every process calls ``save``/``restore`` on the same
+  directory; orbax writes the replicated train state once and the ``extras`` item from
+  process 0 (its numpy writes are process 0's only), so ``extras`` holds what every process
+  shares.  What each process owns alone (its replay, envs, policy memory) goes to
+  :class:`ProcessExtras`, one ``.npz`` per step and process next to the orbax steps.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from wm_jax.types import TrainState
 
@@ -157,7 +164,10 @@ class Checkpointer:
         while os.path.exists(target):
             target = os.path.join(target_root, f"{step}.{suffix}")
             suffix += 1
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        if jax.process_index() == 0:  # one mover on a shared directory; the others wait
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"wm_jax quarantine {step}")
         self.manager.reload()
         return target
 
@@ -167,3 +177,61 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class ProcessExtras:
+    """One process's own host state in a multi-process run, one file per checkpoint step:
+    ``<directory>/<step>.npz`` (``directory`` is per process, e.g.
+    ``<workdir>/checkpoints_process/process_<i>``).
+
+    orbax 0.12's ``NumpyHandler`` writes numpy arrays from process 0 only, so per-process arrays
+    (which differ between processes) cannot go through its ``extras`` item.  Each file is
+    written to a temporary name, flushed to disk and renamed, so a step's file is complete or
+    absent; loading uses ``allow_pickle=False``.  The nested dict is stored flat with
+    ``/``-joined keys.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int = 3):
+        self.directory = os.path.abspath(directory)
+        self.max_to_keep = max_to_keep
+        os.makedirs(self.directory, exist_ok=True)
+        for name in os.listdir(self.directory):  # writes cut short by a crash
+            if name.endswith(".tmp"):
+                os.remove(os.path.join(self.directory, name))
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.directory, f"{int(step)}.npz")
+
+    def steps(self) -> list[int]:
+        found = (re.fullmatch(r"(\d+)\.npz", name) for name in os.listdir(self.directory))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def save(self, step: int, tree: dict[str, Any]) -> None:
+        flat = {
+            "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        }
+        final = self.path(step)
+        tmp = final + ".tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **flat)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        # Files of later steps belong to a timeline this run resumed before (stale); of the
+        # rest keep one more than orbax keeps (its newest save may still be in flight).
+        kept = [s for s in self.steps() if s <= step]
+        for s in [s for s in self.steps() if s > step] + kept[: -(self.max_to_keep + 1)]:
+            os.remove(self.path(s))
+
+    def load(self, step: int) -> dict[str, Any]:
+        """The tree saved at ``step``; raises FileNotFoundError if this process has none."""
+        tree: dict[str, Any] = {}
+        with np.load(self.path(step), allow_pickle=False) as data:
+            for name in data.files:
+                *parents, leaf = name.split("/")
+                node = tree
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = data[name]
+        return tree

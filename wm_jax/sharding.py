@@ -4,8 +4,10 @@ One ``Mesh`` with a ``"data"`` axis spans every device of every process.  Batche
 along their leading (batch) axis, parameters and optimiser states are replicated, and the same
 jitted train step runs unchanged: XLA's SPMD partitioner sees a sharded batch and replicated
 parameters and inserts the all-reduce of the gradients itself.  On several hosts,
-:func:`initialize_distributed` (``jax.distributed.initialize``) joins the processes first and
-:func:`shard_batch` assembles the global batch from each process's local rows.
+:func:`initialize_distributed` (``jax.distributed.initialize``) joins the processes first,
+:func:`shard_batch` assembles the global batch from each process's local rows, and
+:func:`local_copy` gives each process its own replica of the replicated parameters for the
+work it does alone (acting in its envs, evaluating).
 
     mesh = make_mesh()                       # all devices, axis "data"
     state = replicate(state, mesh)
@@ -18,6 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -48,8 +51,39 @@ def make_mesh(devices: list | None = None) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a full copy of ``tree`` (params, optimiser states, keys) on every device."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Places a full copy of ``tree`` (params, optimiser states, keys) on every device.
+
+    With several processes every process must call it with the same tree: process 0's values
+    are broadcast (``multihost_utils.broadcast_one_to_all``), so the replicas are identical even
+    if the processes' inputs are not.  A tree already placed with this sharding (e.g. restored
+    by orbax against a replicated target) is returned as it is, with no communication.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    leaves = jax.tree.leaves(tree)
+    if all(isinstance(x, jax.Array) and x.sharding == sharding for x in leaves):
+        return tree
+    # From host values: device_put of a committed single-device jax.Array onto a sharding that
+    # spans other processes builds a malformed array in jax 0.10 (its shards cannot be listed,
+    # which orbax needs to save it).
+    host = multihost_utils.broadcast_one_to_all(jax.device_get(tree))
+    return jax.device_put(host, sharding)
+
+
+def local_copy(tree: Any) -> Any:
+    """This process's replica of a replicated ``tree``: every leaf that spans other processes'
+    devices becomes its copy on this process's first device (no data is moved).  Jitted code
+    that one process runs alone (acting, evaluation, the open-loop check) must take these:
+    a computation on global arrays is a multi-process program every process has to run.  Leaves
+    that live on this process only are returned as they are (so in one process this is the
+    identity)."""
+    return jax.tree.map(
+        lambda x: (
+            x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable else x
+        ),
+        tree,
+    )
 
 
 def shard_batch(batch: Any, mesh: Mesh, field: str = "config.batch_size") -> Any:

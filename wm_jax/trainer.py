@@ -3,6 +3,19 @@
 Randomness is derived from counters (``fold_in(seed_key, env_step)`` for acting, a
 ``SeedSequence([seed, update])`` for replay sampling), so the only RNG state is the ``TrainState``
 key and a resumed run draws exactly what the uninterrupted one would have drawn.
+
+Several processes (``jax.distributed``, e.g. one per host or GPU; README "Multi-host"): the
+settings stay global.  Each of ``P`` processes runs ``num_envs / P`` envs seeded with
+:func:`process_seed`, keeps its own replay (``replay_capacity / P``) and samples
+``batch_size / P`` rows per update (its own streams: the process index is folded into the
+acting key and the sampling seed); :func:`wm_jax.sharding.shard_batch` joins the rows into the
+global batch of the unchanged jitted train step, whose state is initialised from the same key and
+stays replicated.  ``env_step`` counts the env steps of all processes (``num_envs`` per vector
+step, as in one process) and is the same everywhere, as are the normaliser (fed with every
+process's observations) and the decision to train, evaluate, checkpoint or stop: one small
+all-gather per vector step keeps them in step.  Process 0 alone evaluates (its result is
+broadcast), writes metrics, TensorBoard, the report and ``config.json``; every process saves
+checkpoints (:class:`wm_jax.checkpoint.ProcessExtras` holds each one's replay and envs).
 """
 
 from __future__ import annotations
@@ -19,9 +32,10 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from wm_jax import metrics as metrics_lib
-from wm_jax.checkpoint import Checkpointer
+from wm_jax.checkpoint import Checkpointer, ProcessExtras
 from wm_jax.config import ConfigError, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import VectorEnv, make_env_spec
@@ -31,7 +45,7 @@ from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, carry_to_arrays, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.schedule import critic_real_mix, phase, update_counts
-from wm_jax.sharding import make_mesh, replicate, shard_batch
+from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
 from wm_jax.types import Sequence
 from wm_jax.update import make_agent, make_steps, nonfinite_streak
 
@@ -146,13 +160,31 @@ def evaluate(
     return float(values.mean()), float(values.std()), [float(v) for v in values]
 
 
-def sample_batch(replay: ReplayBuffer, config, updates: int):
+def sample_batch(
+    replay: ReplayBuffer, config, updates: int, rows: int | None = None, stream: tuple = ()
+):
     """The host batch of update number ``updates``: its generator is derived from
-    ``(seed, updates)``, so a resumed run draws exactly what the uninterrupted one would have."""
-    rng = np.random.default_rng([config.seed, updates, 11])
+    ``(seed, updates)``, so a resumed run draws exactly what the uninterrupted one would have.
+    ``rows`` (default ``config.batch_size``) and ``stream`` (appended to the seed) give each
+    process of a multi-process run its own share of the batch."""
+    rng = np.random.default_rng([config.seed, updates, 11, *stream])
+    rows = config.batch_size if rows is None else rows
     if config.sequence_mode:
-        return replay.sample_sequences(rng, config.batch_size, config.sequence_length)
-    return replay.sample_flat(rng, config.batch_size)
+        return replay.sample_sequences(rng, rows, config.sequence_length)
+    return replay.sample_flat(rng, rows)
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The env seed of process ``process_index`` in a multi-process run: 63 bits of
+    ``SeedSequence([seed, process_index])``, so processes never share an episode seed."""
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@jax.jit
+def _fingerprint(tree) -> jax.Array:
+    """Per-leaf sums and sums of squares: equal on every process while replicas agree."""
+    leaves = [x.astype(jax.numpy.float32) for x in jax.tree.leaves(tree)]
+    return jax.numpy.stack([f(x) for x in leaves for f in (jax.numpy.sum, lambda v: (v * v).sum())])
 
 
 def open_loop_check(
@@ -253,15 +285,30 @@ class Trainer:
         except ValueError as err:  # unknown id or unsupported spaces: a start-up config error
             raise ConfigError(f"config.env_id={c.env_id!r}: {err}") from err
         validate_for_env(c, self.spec.max_episode_steps)
+        # Several processes (jax.distributed): each runs num_envs / P envs and samples
+        # batch_size / P rows; process 0 (the lead) evaluates and writes the logs.
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        self.multiprocess = self.process_count > 1
+        self.lead = self.process_index == 0
+        self.stream = (self.process_index,) if self.multiprocess else ()
+        for field in ("num_envs", "batch_size"):
+            if c[field] % self.process_count:
+                raise ConfigError(
+                    f"config.{field}: {c[field]} does not split over {self.process_count} "
+                    f"processes (it is global: each process takes {field} / process count); "
+                    f"use a multiple of {self.process_count}"
+                )
+        self.local_envs = c.num_envs // self.process_count
         os.makedirs(self.workdir, exist_ok=True)
         self.agent = make_agent(c, self.spec)
         self.steps = make_steps(self.agent)
         self.act_fn = make_act_fn(self.agent)
         self.open_loop_fn = make_open_loop_fn(self.agent)
-        self.envs = _make_envs(c, c.num_envs, c.seed, c.vector_mode)
+        env_seed = process_seed(c.seed, self.process_index) if self.multiprocess else c.seed
+        self.envs = _make_envs(c, self.local_envs, env_seed, c.vector_mode)
         self.replay = ReplayBuffer(
-            c.replay_capacity,
-            c.num_envs,
+            c.replay_capacity // self.process_count,
+            self.local_envs,
             self.spec.obs_shape,
             self.spec.obs_dtype,
             self.spec.action_dim,
@@ -271,12 +318,14 @@ class Trainer:
             enabled=c.obs_norm and not np.issubdtype(self.spec.obs_dtype, np.integer),
         )
         self.seed_key = jax.random.PRNGKey(c.seed)
-        # Data parallelism: replicated state, batches split over every device (jax.sharding).
-        self.mesh = make_mesh() if c.data_parallel else None
+        # Data parallelism: replicated state, batches split over every device (jax.sharding);
+        # always on with several processes.
+        self.mesh = make_mesh() if c.data_parallel or self.multiprocess else None
         if self.mesh is not None and c.batch_size % self.mesh.size:
             raise ConfigError(
                 f"config.batch_size: {c.batch_size} does not split over {self.mesh.size} devices "
-                f"(config.data_parallel=True); use a multiple of {self.mesh.size}"
+                f"(config.data_parallel=True or several processes); use a multiple of "
+                f"{self.mesh.size}"
             )
         self.state = self._placed(self.steps.init(jax.random.fold_in(self.seed_key, 1)))
         self.env_step = 0
@@ -289,15 +338,26 @@ class Trainer:
             if c.checkpoint_every
             else None
         )
+        # Each process's own replay, envs and policy memory (orbax saves process 0's only).
+        self.process_extras = (
+            ProcessExtras(
+                os.path.join(self.workdir, "checkpoints_process", f"process_{self.process_index}"),
+                c.keep_checkpoints,
+            )
+            if self.checkpointer is not None and self.multiprocess
+            else None
+        )
+        self.replay_ready = False  # every process's replay holds a batch's windows
         self.resumed_from = None
         self.detector = Detector(Thresholds.from_config(c))
-        with open(os.path.join(self.workdir, "config.json"), "w") as f:
-            f.write(c.to_json_best_effort(indent=1))
-        with open(os.path.join(self.workdir, "env_spec.json"), "w") as f:  # for load_policy
-            json.dump(spec_to_json(self.spec), f, indent=1)
+        if self.lead:
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                f.write(c.to_json_best_effort(indent=1))
+            with open(os.path.join(self.workdir, "env_spec.json"), "w") as f:  # load_policy
+                json.dump(spec_to_json(self.spec), f, indent=1)
         self.obs = self.envs.reset()
         # The policy's memory between steps (the RSSM's state; unused by the other models).
-        self.act_carry = initial_carry(self.agent, c.num_envs)
+        self.act_carry = initial_carry(self.agent, self.local_envs)
         if self.checkpointer is not None:
             self._restore()
 
@@ -306,8 +366,10 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
+    _PROCESS_KEYS = ("replay", "envs", "act_carry")  # what each process owns alone
+
     def _extras(self) -> dict[str, Any]:
-        return {
+        extras = {
             "replay": self.replay.state_dict(),
             "normalizer": self.normalizer.state_dict(),
             "envs": self.envs.state_dict(),
@@ -321,6 +383,9 @@ class Trainer:
             },
             "act_carry": carry_to_arrays(self.act_carry),
         }
+        if self.multiprocess:
+            extras["loop"]["process_count"] = np.asarray(self.process_count, np.int64)
+        return extras
 
     def save(self) -> None:
         if self.checkpointer is None:
@@ -333,16 +398,51 @@ class Trainer:
                 f"saving it.  The last good checkpoint is env step "
                 f"{self.checkpointer.latest_step()} in {self.checkpointer.directory}."
             )
-        self.checkpointer.save(self.env_step, self.state, self._extras())
+        extras = self._extras()
+        if self.multiprocess:
+            # Replicas must agree before one of them (process 0's) is written for all.
+            multihost_utils.assert_equal(
+                _fingerprint(local_copy(self.state)),
+                f"the replicated train state differs between processes at env step {self.env_step}",
+            )
+            self.process_extras.save(self.env_step, {k: extras.pop(k) for k in self._PROCESS_KEYS})
+        self.checkpointer.save(self.env_step, self.state, extras)
 
     def _restore(self) -> None:
-        self.resumed_from = self.checkpointer.restore_newest_valid(self.state, self._load)
+        load = self._load_everywhere if self.multiprocess else self._load
+        self.resumed_from = self.checkpointer.restore_newest_valid(self.state, load)
         if self.resumed_from is None:
             logging.info("no checkpoint in %s: starting from scratch", self.checkpointer.directory)
+
+    def _load_everywhere(self, step: int, state, extras: dict[str, Any]) -> None:
+        """:meth:`_load` with this process's own extras; raises on every process unless every
+        process loaded ``step`` (so all resume from the same step or all try an older one)."""
+        error = None
+        try:
+            self._check_process_count(step, extras)
+            self._load(step, state, {**extras, **self.process_extras.load(step)})
+        except Exception as err:  # reported below, after every process has answered
+            error = err
+        failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+        if failed.any():
+            raise error or RuntimeError(
+                f"process(es) {np.flatnonzero(failed).tolist()} could not load their part of "
+                f"checkpoint {step}"
+            )
+
+    def _check_process_count(self, step: int, extras: dict[str, Any]) -> None:
+        saved = int(extras["loop"].get("process_count", 1))
+        if saved != self.process_count:
+            raise ValueError(
+                f"checkpoint {step} was written by {saved} process(es), this run has "
+                f"{self.process_count}: resume it with {saved} (each process's replay and envs "
+                "are its own, in checkpoints_process/)"
+            )
 
     def _load(self, step: int, state, extras: dict[str, Any]) -> None:
         """Applies a restored checkpoint; raises (leaving a later load to overwrite) if a part
         does not fit this run."""
+        self._check_process_count(step, extras)
         self.replay.load_state_dict(extras["replay"])
         self.normalizer.load_state_dict(extras["normalizer"])
         self.obs = self.envs.load_state_dict(extras["envs"])
@@ -361,17 +461,20 @@ class Trainer:
 
     def _act(self) -> np.ndarray:
         c = self.config
+        n = self.local_envs
         if self.env_step < c.prefill_steps:
-            rng = np.random.default_rng([c.seed, self.env_step, 7])
+            rng = np.random.default_rng([c.seed, self.env_step, 7, *self.stream])
             if self.spec.discrete:
-                idx = rng.integers(0, self.spec.action_dim, c.num_envs)
+                idx = rng.integers(0, self.spec.action_dim, n)
                 return np.eye(self.spec.action_dim, dtype=np.float32)[idx]
-            return rng.uniform(-1, 1, (c.num_envs, self.spec.action_dim)).astype(np.float32)
+            return rng.uniform(-1, 1, (n, self.spec.action_dim)).astype(np.float32)
         mean, std = self.normalizer.stats()
         key = jax.random.fold_in(jax.random.fold_in(self.seed_key, 2), self.env_step)
+        if self.multiprocess:
+            key = jax.random.fold_in(key, self.process_index)
         actions, self.act_carry = self.act_fn(
-            self.state.wm_params,
-            self.state.actor_params,
+            local_copy(self.state.wm_params),
+            local_copy(self.state.actor_params),
             self.act_carry,
             self.obs,
             mean,
@@ -382,21 +485,47 @@ class Trainer:
         return np.asarray(actions)
 
     def _sample(self):
-        return sample_batch(self.replay, self.config, self.updates)
+        rows = self.config.batch_size // self.process_count
+        return sample_batch(self.replay, self.config, self.updates, rows, self.stream)
+
+    def _replay_need(self) -> int:
+        c = self.config
+        return c.sequence_length if c.sequence_mode else 1
 
     def _ready_to_train(self) -> bool:
-        c = self.config
-        need = c.sequence_length if c.sequence_mode else 1
-        return self.env_step >= c.prefill_steps and len(self.replay) >= need
+        # With several processes every process's replay must be ready (agreed in _exchange).
+        ready = self.replay_ready if self.multiprocess else len(self.replay) >= self._replay_need()
+        return self.env_step >= self.config.prefill_steps and ready
+
+    def _exchange(self, out, signum: int | None):
+        """The per-vector-step agreement of a multi-process run, one all-gather of a small
+        float32 vector per process: its observations (for the shared normaliser), finished
+        episodes and their return sum, a stop signal, and whether its replay can be sampled.
+        Returns ``(observations of all processes, episodes, return sum, signal)``."""
+        obs = out.transition.obs
+        own = np.asarray(obs, np.float32).reshape(-1) if self.normalizer.enabled else []
+        flags = [
+            len(out.episode_returns),
+            float(np.sum(out.episode_returns)),
+            signum or 0,
+            min(len(self.replay), self._replay_need()),
+        ]
+        rows = np.asarray(multihost_utils.process_allgather(np.concatenate([own, flags])))
+        all_obs = rows[:, :-4].reshape(-1, *obs.shape[1:]) if self.normalizer.enabled else obs
+        episodes, returns, signals, ready = rows[:, -4:].T
+        self.replay_ready = bool(ready.min() >= self._replay_need())
+        agreed = int(signals.max()) or None
+        return all_obs, int(episodes.sum()), float(returns.sum()), agreed
 
     def _train(self, history: list) -> None:
         c = self.config
         counts = update_counts(self.env_step, c.schedule)
         mix = np.float32(critic_real_mix(self.env_step, c.schedule))
         mean, std = self.normalizer.stats()
-        batch = _prepare_batch_jit(self._sample(), mean, std, np.float32(c.reward_scale))
-        if self.mesh is not None:
+        batch = self._sample()
+        if self.mesh is not None:  # this process's rows become its part of the global batch
             batch = shard_batch(batch, self.mesh)
+        batch = _prepare_batch_jit(batch, mean, std, np.float32(c.reward_scale))
         self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
         self.updates += 1
         history.append(metrics)
@@ -405,7 +534,7 @@ class Trainer:
         """The open-loop prediction check at the current env step (see :func:`open_loop_check`)."""
         return open_loop_check(
             self.open_loop_fn,
-            self.state.wm_params,
+            local_copy(self.state.wm_params),
             self.replay,
             self.normalizer,
             self.config,
@@ -420,25 +549,33 @@ class Trainer:
         """Trains until ``config.total_env_steps`` (or ``stop_at``, to simulate an interruption)."""
         c = self.config
         end = c.total_env_steps if stop_at is None else min(stop_at, c.total_env_steps)
-        writer = metrics_lib.MetricsWriter(self.workdir)
+        # Process 0 alone writes metrics, TensorBoard and log lines.
+        writer = metrics_lib.MetricsWriter(self.workdir) if self.lead else _NoWriter()
         history: list[dict[str, Any]] = []
-        train_returns: list[float] = []
-        bar = _progress(end, self.env_step)
+        train_returns = [0.0, 0]  # sum and count of the episode returns since the last log
+        bar = _progress(end, self.env_step) if self.lead else _NoBar()
         last_time, last_step = time.time(), self.env_step
         stop = _StopOnSignal()
+        signum = None  # the signal that stops the run (of any process, with several)
         try:
             stop.__enter__()
-            while self.env_step < end and stop.signum is None:
+            while self.env_step < end and signum is None:
                 actions = self._act()
                 out = self.envs.step(actions)
                 self.replay.add(*out.transition)
-                self.normalizer.update(out.transition.obs)
+                if self.multiprocess:
+                    obs, episodes, returns, signum = self._exchange(out, stop.signum)
+                else:
+                    obs, episodes, returns = out.transition.obs, len(out.episode_returns), None
+                    signum = stop.signum
+                self.normalizer.update(obs)
                 self.obs = out.obs
                 done = out.transition.terminated | out.transition.truncated
                 self.act_carry = episode_starts(self.act_carry, done)
                 self.env_step += c.num_envs
-                self.episodes += len(out.episode_returns)
-                train_returns.extend(out.episode_returns)
+                self.episodes += episodes
+                train_returns[0] += sum(out.episode_returns) if returns is None else returns
+                train_returns[1] += episodes
                 if self._ready_to_train():
                     self.update_budget += c.num_envs * c.train_ratio
                     trained = self.update_budget >= 1.0
@@ -448,52 +585,21 @@ class Trainer:
                     if trained:
                         self._check_nonfinite()
                 if c.eval_every and self.env_step % c.eval_every < c.num_envs:
-                    mean, std, _ = evaluate(
-                        c,
-                        self.act_fn,
-                        self.state,
-                        self.normalizer,
-                        c.eval_episodes,
-                        seed=c.seed + 100_000 + self.env_step,
-                    )
+                    mean, std = self._evaluate()
                     self.eval_returns.append((self.env_step, mean, std))
-                    self.detector.update(
-                        writer.write(self.env_step, {"eval_return": mean, "eval_return_std": std})
-                    )
+                    if self.lead:
+                        self.detector.update(
+                            writer.write(
+                                self.env_step, {"eval_return": mean, "eval_return_std": std}
+                            )
+                        )
                     bar.set_postfix(eval_return=f"{mean:.1f}")
                 if c.log_every and self.env_step % c.log_every < c.num_envs:
                     now = time.time()
-                    record = metrics_lib.aggregate(history)
-                    record["env_steps_per_s"] = (self.env_step - last_step) / max(
-                        now - last_time, 1e-9
-                    )
-                    record["updates"] = self.updates
-                    record["episodes"] = self.episodes
-                    record["phase"] = phase(self.env_step, c.schedule)
-                    if c.env_check == "sanitize":
-                        repaired = self.envs.guard.take_counts()
-                        if any(repaired.values()):
-                            logging.warning(
-                                "env step %d: repaired invalid env data %s (config.env_check="
-                                "sanitize)",
-                                self.env_step,
-                                repaired,
-                            )
-                        record.update(repaired)
-                    if train_returns:
-                        record["train_return"] = float(np.mean(train_returns))
-                    if self.eval_returns:
-                        record["eval_return"] = self.eval_returns[-1][1]
-                    every = c.diagnostics.open_loop_every
-                    if every and self.env_step % every < c.log_every and self.updates:
-                        record.update(self.open_loop_check() or {})
-                    self.detector.update(
-                        writer.write(
-                            self.env_step, {k: v for k, v in record.items() if k != "eval_return"}
-                        )
-                    )
-                    metrics_lib.log_line(self.env_step, record, LOG_KEYS)
-                    history, train_returns = [], []
+                    if self.lead:  # process 0 alone logs
+                        rate = (self.env_step - last_step) / max(now - last_time, 1e-9)
+                        self._log(writer, history, train_returns, rate)
+                    history, train_returns = [], [0.0, 0]
                     last_time, last_step = now, self.env_step
                 if c.checkpoint_every and self.env_step % c.checkpoint_every < c.num_envs:
                     self.save()
@@ -507,10 +613,10 @@ class Trainer:
             stop.__exit__()
             bar.close()
             writer.close()
-        if stop.signum is not None:
+        if signum is not None:
             logging.warning(
                 "stopped by %s at env step %d; %s",
-                signal.Signals(stop.signum).name,
+                signal.Signals(signum).name,
                 self.env_step,
                 "saving a final checkpoint" if self.checkpointer else "checkpoints are off",
             )
@@ -518,18 +624,78 @@ class Trainer:
             if self.checkpointer.latest_step() != self.env_step:
                 self.save()
             self.checkpointer.wait()
-        if c.report and self.env_step >= c.total_env_steps and stop.signum is None:
+        if c.report and self.env_step >= c.total_env_steps and signum is None and self.lead:
             from wm_jax.report import write_report  # matplotlib only when a report is written
 
             logging.info("report: %s", write_report(self.workdir))
         return RunResult(
-            self.workdir, self.env_step, list(self.eval_returns), self.resumed_from, stop.signum
+            self.workdir, self.env_step, list(self.eval_returns), self.resumed_from, signum
         )
+
+    def _log(self, writer, history: list, train_returns: list, env_steps_per_s: float) -> None:
+        """Writes one log record: the window's update metrics and episode returns."""
+        c = self.config
+        record = metrics_lib.aggregate(history)
+        record["env_steps_per_s"] = env_steps_per_s
+        record["updates"] = self.updates
+        record["episodes"] = self.episodes
+        record["phase"] = phase(self.env_step, c.schedule)
+        if c.env_check == "sanitize":
+            repaired = self.envs.guard.take_counts()
+            if any(repaired.values()):
+                logging.warning(
+                    "env step %d: repaired invalid env data %s (config.env_check=sanitize)",
+                    self.env_step,
+                    repaired,
+                )
+            record.update(repaired)
+        if train_returns[1]:
+            record["train_return"] = train_returns[0] / train_returns[1]
+        if self.eval_returns:
+            record["eval_return"] = self.eval_returns[-1][1]
+        every = c.diagnostics.open_loop_every
+        if every and self.env_step % every < c.log_every and self.updates:
+            record.update(self.open_loop_check() or {})
+        self.detector.update(
+            writer.write(self.env_step, {k: v for k, v in record.items() if k != "eval_return"})
+        )
+        metrics_lib.log_line(self.env_step, record, LOG_KEYS)
+
+    def _evaluate(self) -> tuple[float, float]:
+        """Mean and std of the evaluation return at the current env step; with several
+        processes process 0 evaluates (its seeds, as in one process) and broadcasts the result
+        (exactly: the float64 values travel as raw uint32 words)."""
+        c = self.config
+        mean_std = np.zeros(2, np.float64)
+        if self.lead:
+            mean, std, _ = evaluate(
+                c,
+                self.act_fn,
+                local_copy(self.state),
+                self.normalizer,
+                c.eval_episodes,
+                seed=c.seed + 100_000 + self.env_step,
+            )
+            mean_std[:] = mean, std
+        if self.multiprocess:
+            words = multihost_utils.broadcast_one_to_all(mean_std.view(np.uint32))
+            mean_std = np.asarray(words, np.uint32).view(np.float64)
+        return float(mean_std[0]), float(mean_std[1])
 
     def close(self) -> None:
         self.envs.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+class _NoWriter:
+    """The metrics writer of processes other than 0: writes nothing."""
+
+    def write(self, env_step, metrics):
+        return {"env_step": int(env_step), **metrics_lib.jsonable(metrics)}
+
+    def close(self):
+        pass
 
 
 class _NoBar:
@@ -552,10 +718,19 @@ def _progress(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)
 
 
+def _single_process_device_loop() -> None:
+    if jax.process_count() > 1:
+        raise ConfigError(
+            "config.loop: the device loop runs in one process; a multi-process (multi-host) "
+            "run needs loop=host"
+        )
+
+
 def train(config, workdir: str, stop_at: int | None = None) -> RunResult:
     """Builds a :class:`Trainer` (resuming from a checkpoint in ``workdir``) and runs it; with
     ``config.loop = "device"`` runs :func:`wm_jax.device_loop.train_device` instead."""
     if config.get("loop", "host") == "device":
+        _single_process_device_loop()
         if config.num_seeds > 1:
             raise ConfigError(
                 "config.num_seeds: several seeds give several results; call "
