@@ -351,12 +351,6 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "sequence_mode",
             "the RSSM learns from sequences (its state is recurrent): set sequence_mode=True",
         )
-        _require(
-            c.loop == "host",
-            "loop",
-            "the RSSM runs in the host loop for now (the device loop acts without a recurrent "
-            "state): set loop=host",
-        )
         _require(0.0 <= c.world_model.kl_balance <= 1.0, "world_model.kl_balance", "in [0, 1]")
         _require(c.world_model.kl_free_bits >= 0, "world_model.kl_free_bits", "must be >= 0")
         _require(0.0 <= c.model.rssm_unimix < 1.0, "model.rssm_unimix", "must be in [0, 1)")

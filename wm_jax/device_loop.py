@@ -49,7 +49,7 @@ from wm_jax.envs import GYMNAX_PREFIX, EnvSpec, make_env_spec
 from wm_jax.gymnax_env import board_to_uint8, make_gymnax
 from wm_jax.inference import spec_to_json
 from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.policy import act_memoryless
+from wm_jax.policy import ActCarry, act, initial_carry
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import make_mesh, shard_batch
 from wm_jax.trainer import (
@@ -293,6 +293,7 @@ class LoopState:
     norm: DeviceNormalizer
     episode: chex.Array  # [N] episodes finished per env (the replay's episode ids)
     episode_return: chex.Array  # [N] return of each env's running episode
+    act_carry: ActCarry  # what acting remembers between steps (the RSSM's state)
     env_step: chex.Array
     updates: chex.Array
     key: chex.Array
@@ -356,6 +357,7 @@ class DeviceLoop:
             norm=normalizer_init(self.spec.obs_shape),
             episode=jnp.zeros((c.num_envs,), jnp.int32),
             episode_return=jnp.zeros((c.num_envs,), jnp.float32),
+            act_carry=jax.tree.map(jnp.asarray, initial_carry(self.agent, c.num_envs)),
             env_step=jnp.zeros((), jnp.int32),
             updates=jnp.zeros((), jnp.int32),
             key=jax.random.fold_in(seed_key, 2),
@@ -376,13 +378,14 @@ class DeviceLoop:
         c = self.config
         key, act_key, env_key = jax.random.split(ls.key, 3)
         if prefill:
-            actions = self._random_actions(act_key, c.num_envs)
+            actions, carry = self._random_actions(act_key, c.num_envs), ls.act_carry
         else:
             mean, std = normalizer_stats(ls.norm, self.norm_enabled)
-            actions = act_memoryless(
+            actions, carry = act(
                 self.agent,
                 ls.train.wm_params,
                 ls.train.actor_params,
+                ls.act_carry,
                 ls.obs,
                 mean,
                 std,
@@ -407,6 +410,7 @@ class DeviceLoop:
             norm=normalizer_update(ls.norm, ls.obs) if self.norm_enabled else ls.norm,
             episode=ls.episode + done.astype(jnp.int32),
             episode_return=jnp.where(done, 0.0, running),
+            act_carry=carry.replace(is_first=done),  # a finished env's next obs is a reset
             env_step=ls.env_step + c.num_envs,
             key=key,
         )
@@ -472,19 +476,20 @@ class DeviceLoop:
         mean, std = normalizer_stats(norm, self.norm_enabled)
 
         def step(carry, k):
-            obs, env_state, alive, total = carry
-            actions = act_memoryless(
-                self.agent, train.wm_params, train.actor_params, obs, mean, std, k, True
+            obs, env_state, alive, total, memory = carry
+            actions, memory = act(
+                self.agent, train.wm_params, train.actor_params, memory, obs, mean, std, k, True
             )
             out = self.task.step(k, env_state, actions)
             total = total + jnp.where(alive, out.reward, 0.0)
             alive = alive & ~(out.terminated | out.truncated)
-            return (out.obs, out.env_state, alive, total), None
+            return (out.obs, out.env_state, alive, total, memory), None
 
         alive = jnp.ones((episodes,), bool)
-        init = (obs, env_state, alive, jnp.zeros((episodes,)))
+        memory = jax.tree.map(jnp.asarray, initial_carry(self.agent, episodes))
+        init = (obs, env_state, alive, jnp.zeros((episodes,)), memory)
         keys = jax.random.split(step_key, self.task.max_episode_steps)
-        (_, _, _, total), _ = jax.lax.scan(step, init, keys)
+        (_, _, _, total, _), _ = jax.lax.scan(step, init, keys)
         return total
 
     def open_loop_check(self, ls: LoopState, seed: int, workdir: str) -> dict[str, Any] | None:

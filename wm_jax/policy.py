@@ -90,20 +90,6 @@ def act(
     return actions, ActCarry(states, actions, jnp.zeros_like(carry.is_first))
 
 
-def act_memoryless(
-    agent, wm_params, actor_params, obs, obs_mean, obs_std, key, deterministic: bool
-) -> chex.Array:
-    """:func:`act` for per-observation world models, which need no carry (the device loop's
-    path; recurrent models are refused there by config validation)."""
-    if agent.nets.world_model.recurrent:
-        raise ValueError("a recurrent world model (RSSM) acts with a carry: use act()")
-    carry = initial_carry(agent, obs.shape[0])
-    actions, _ = act(
-        agent, wm_params, actor_params, carry, obs, obs_mean, obs_std, key, deterministic
-    )
-    return actions
-
-
 class ActFn:
     """``act`` bound to ``agent`` and jitted (``deterministic`` is static); ``initial_carry(n)``
     starts ``n`` envs."""
