@@ -5,6 +5,7 @@ import pytest
 from conftest import make_spec, small_config
 
 from wm_jax.imagination import imagine, next_state
+from wm_jax.losses import reward_loss
 from wm_jax.networks import (
     CNNDecoder,
     CNNEncoder,
@@ -14,7 +15,6 @@ from wm_jax.networks import (
     VAERepresentation,
     build_networks,
 )
-from wm_jax.losses import reward_loss
 
 
 @pytest.mark.parametrize("shape", [(64, 64, 3), (84, 84, 3), (10, 10, 4)])
