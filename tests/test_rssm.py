@@ -128,10 +128,17 @@ def test_acting_step_by_step_reads_a_sequence_exactly_like_training(rssm):
     np.testing.assert_allclose(restarted, seq[:, 0], rtol=1e-5, atol=1e-5)
 
 
-def test_world_model_update_trains_the_kl_and_every_component(rssm):
+@pytest.fixture(scope="module")
+def rssm_step(rssm):
+    """One compiled RSSM train step and its result (shared: compiling it is the cost)."""
     agent, state, batch = rssm
     steps = make_steps(agent)
-    new, metrics = steps.train_step(state, batch, UpdateCounts(1, 1, 1))
+    new, metrics = steps.train_step(state, batch, UpdateCounts(1, 1, 1), 0.5)
+    return steps, new, metrics
+
+
+def test_world_model_update_trains_the_kl_and_every_component(rssm_step):
+    _, _, metrics = rssm_step
     for name in ("dynamics_loss", "kl_dynamics", "kl_representation", "reward_loss", "actor_loss"):
         assert np.isfinite(float(metrics[name])), name
     for name in ("encoder", "representation", "dynamics", "decoder", "reward_predictor"):
@@ -139,12 +146,11 @@ def test_world_model_update_trains_the_kl_and_every_component(rssm):
     assert "representation_recon" not in metrics  # no autoencoder term for the RSSM
 
 
-def test_train_step_reads_the_batch_once_with_the_same_result_as_separate_updates(rssm):
+def test_train_step_reads_the_batch_once_with_the_same_result_as_separate_updates(rssm, rssm_step):
     # train_step shares one observe_batch between the actor and the critic; each update called
     # on its own reads the batch itself.  Both paths must give the same parameters and metrics.
-    agent, state, batch = rssm
-    steps = make_steps(agent)
-    fused, fused_metrics = steps.train_step(state, batch, UpdateCounts(1, 1, 1), 0.5)
+    _, state, batch = rssm
+    steps, fused, fused_metrics = rssm_step
     s, _ = steps.world_model_update(state, batch)
     s, actor_metrics, imagined, weights = steps.actor_update(s, batch)
     s, critic_metrics = steps.critic_update(s, batch, imagined, weights, 0.5)
