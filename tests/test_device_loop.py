@@ -26,6 +26,7 @@ from wm_jax.device_loop import (  # noqa: E402
     replay_init,
     replay_sample_flat,
     replay_sample_sequences,
+    train_device,
 )
 from wm_jax.normalizer import RunningMeanStd  # noqa: E402
 
@@ -125,6 +126,19 @@ def test_gymnax_termination_sets_terminated():
         state = out.env_state
     assert bool(out.terminated[0]) and not bool(out.truncated[0]) and t < 60
     assert abs(float(out.final_obs[0, 2])) > 0.2  # the pole angle past the 12° limit
+
+
+def test_the_device_loop_refuses_a_multi_process_run(monkeypatch, tmp_path):
+    from conftest import small_config
+
+    from wm_jax import trainer
+
+    # The check comes first: no env, compile or workdir is touched.
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    config = small_config(env_id="gymnax:CartPole-v1", loop="device")
+    for run in (train_device, trainer.train):
+        with pytest.raises(ConfigError, match="needs loop=host"):
+            run(config, str(tmp_path))
 
 
 def test_ids_and_train_ratios_the_device_loop_cannot_run_are_refused():

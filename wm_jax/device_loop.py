@@ -619,6 +619,11 @@ def _next_stop(env_step: int, end: int, every: tuple[int, ...], boundaries: tupl
 def train_device(config, workdir: str, stop_at: int | None = None) -> list:
     """Runs the on-device loop for ``config`` (``config.num_seeds`` seeds at once) and returns
     the per-seed :class:`wm_jax.trainer.RunResult` list.  Resumes from checkpoints."""
+    if jax.process_count() > 1:  # a multi-process run trains through the host loop only
+        raise ConfigError(
+            "config.loop: the device loop runs in one process; a multi-process (multi-host) "
+            "run needs loop=host"
+        )
     loop = _device_loop(config)
     c = validate(config)  # the loop may be cached from a run with another seed
     workdir = os.path.abspath(workdir)

@@ -121,9 +121,7 @@ def main(argv):
     try:
         if config.loop == "device":
             from wm_jax.device_loop import train_device
-            from wm_jax.trainer import _single_process_device_loop
 
-            _single_process_device_loop()
             results = train_device(config, workdir)
         else:
             results = [train(config, workdir)]

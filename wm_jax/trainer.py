@@ -718,19 +718,10 @@ def _progress(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)
 
 
-def _single_process_device_loop() -> None:
-    if jax.process_count() > 1:
-        raise ConfigError(
-            "config.loop: the device loop runs in one process; a multi-process (multi-host) "
-            "run needs loop=host"
-        )
-
-
 def train(config, workdir: str, stop_at: int | None = None) -> RunResult:
     """Builds a :class:`Trainer` (resuming from a checkpoint in ``workdir``) and runs it; with
     ``config.loop = "device"`` runs :func:`wm_jax.device_loop.train_device` instead."""
     if config.get("loop", "host") == "device":
-        _single_process_device_loop()
         if config.num_seeds > 1:
             raise ConfigError(
                 "config.num_seeds: several seeds give several results; call "
