@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import types
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# Many tests start fresh processes (the CLI, kill-and-resume, multi-host) that compile the same
+# programs again; one persistent XLA cache for the session lets each compile once.  Set before
+# jax is imported so this process reads it too; subprocesses inherit it through os.environ.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="wm_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
-from wm_jax.config import get_config, override
-from wm_jax.types import Sequence, Transition
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from wm_jax.config import get_config, override  # noqa: E402
+from wm_jax.types import Sequence, Transition  # noqa: E402
+
+# In case a plugin imported jax before the environment was set.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")),
+)
 
 
 def small_config(**overrides):
