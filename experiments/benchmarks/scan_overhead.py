@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from wm_jax.config import load_config_file
+from wm_jax.config import load_config_file, override
 from wm_jax.envs import make_env_spec
 from wm_jax.schedule import UpdateCounts
 from wm_jax.types import Sequence
@@ -29,6 +29,26 @@ from wm_jax.update import init_state, make_agent, train_step
 _CONFIG = flags.DEFINE_string("config", "experiments/configs/catch.py", "config file")
 _STEPS = flags.DEFINE_integer("steps", 20, "train steps per timed call")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed rounds")
+_OVERRIDES = flags.DEFINE_multi_string(
+    "override", [], "config field overrides x.y=value, e.g. --override=sequence_length=32"
+)
+
+
+def _apply_overrides(config, items):
+    """``x.y=value`` strings, each value parsed as the type the field already has."""
+    for item in items:
+        path, _, text = item.partition("=")
+        node = config
+        *parents, leaf = path.split(".")
+        for name in parents:
+            node = node[name]
+        old = node[leaf]
+        if isinstance(old, bool):
+            value = text.lower() in ("1", "true", "yes")
+        else:
+            value = type(old)(text) if old is not None else text
+        override(config, **{path: value})
+    return config
 
 
 def _batch(config, spec, key):
@@ -46,7 +66,7 @@ def _batch(config, spec, key):
 
 def main(argv):
     del argv
-    config = load_config_file(_CONFIG.value)
+    config = _apply_overrides(load_config_file(_CONFIG.value), _OVERRIDES.value)
     if not config.sequence_mode:
         raise SystemExit("this benchmark builds sequence batches: use a sequence_mode config")
     spec = make_env_spec(config.env_id, dict(config.env_kwargs))
@@ -75,9 +95,11 @@ def main(argv):
         times["scanned"].append((time.perf_counter() - start) / n)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["scanned"] / med["separate"]
-    print(f"{_CONFIG.value}: separate jit {med['separate'] * 1e3:.1f} ms/step, inside lax.scan "
+    name = " ".join([_CONFIG.value, *_OVERRIDES.value])
+    print(f"{name}: separate jit {med['separate'] * 1e3:.1f} ms/step, inside lax.scan "
           f"{med['scanned'] * 1e3:.1f} ms/step, ratio {ratio:.2f}")  # fmt: skip
-    print(json.dumps({"config": _CONFIG.value, "seconds_per_step": med, "ratio": ratio}))
+    print(json.dumps({"config": _CONFIG.value, "overrides": _OVERRIDES.value,
+                      "seconds_per_step": med, "ratio": ratio}))  # fmt: skip
 
 
 if __name__ == "__main__":
