@@ -20,7 +20,7 @@ from wm_jax.config import load_config_file
 def get_config():
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "catch.py"))
     c.env_id = "gymnax:Breakout-MinAtar"
-    c.env_kwargs.max_episode_steps = 1000
+    c.env_kwargs.max_episode_steps = 1000  # catch.py's 20 would cut every game short
     c.total_env_steps = 200_000
     c.num_envs = 16
     c.train_ratio = 1 / 16  # one train step per vector step of 16 envs
@@ -29,8 +29,8 @@ def get_config():
     # 10×10: one stride-2 layer to 5×5, then two at 5×5 (16, 32, 64 channels).
     c.model.cnn_depth = 16
     c.model.cnn_layers = 3
-    # Sized for the CPU budget (scan_overhead-style timing of one train step, 2 cores): this
-    # model at T=16 costs ~105 ms/step; deter 256 / 16×16 latents ~135 ms; T=32 doubles either.
+    # Sized for 12.5k train steps on 2 CPU cores: ~114 ms per train step at T=16; T=32 148 ms,
+    # and DreamerV3-size latents and widths at T=32 291 ms (scan_overhead.py, BUILD_NOTES.md).
     c.model.feature_dim = 128
     c.model.hidden_dim = 128
     c.model.rssm_deter = 128
