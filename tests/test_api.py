@@ -128,3 +128,86 @@ def test_evaluate_policy_matches_the_trainers_evaluation(trained):
     assert len(returns) == 3
     ref = evaluate(trainer.config, trainer.act_fn, trainer.state, trainer.normalizer, 3, seed=11)
     assert (mean, std) == pytest.approx(ref[:2])
+
+
+# -- loading never runs code named in a run's files (wm_jax.safe_load) --------------------------
+
+
+def _crafted_run(workdir, tmp_path, name, **config_changes):
+    """A copy of a real run whose config.json is edited as an attacker would, beside a module
+    ``name`` that writes a marker file when imported."""
+    import shutil
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(workdir, crafted)
+    marker = tmp_path / f"{name}.ran"
+    (crafted / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    config = json.loads((crafted / "config.json").read_text())
+    config.update(config_changes)
+    (crafted / "config.json").write_text(json.dumps(config))
+    return crafted, marker
+
+
+def test_load_policy_refuses_modules_a_run_or_bundle_names_and_imports_only_allowed_ones(
+    trained, tmp_path, monkeypatch
+):
+    crafted, marker = _crafted_run(trained[1], tmp_path, "pwned_imports", imports="pwned_imports")
+    monkeypatch.syspath_prepend(str(crafted))  # as if Python were started in the run directory
+    monkeypatch.chdir(crafted)
+    with pytest.raises(wm_jax.UntrustedImportError, match="allow_imports=\\['pwned_imports'\\]"):
+        wm_jax.load_policy(str(crafted))
+    bundle = tmp_path / "bundle"
+    wm_jax.export_policy(wm_jax.load_policy(str(trained[1])), str(bundle))
+    meta = json.loads((bundle / "policy.json").read_text())
+    meta["config"]["imports"] = "pwned_imports"
+    (bundle / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(wm_jax.UntrustedImportError, match="policy.json"):
+        wm_jax.load_policy(str(bundle))
+    assert not marker.exists() and "pwned_imports" not in sys.modules
+    # Allowed by name, the module is imported (the check is the only gate).
+    monkeypatch.delitem(sys.modules, "pwned_imports", raising=False)
+    assert wm_jax.load_policy(str(crafted), allow_imports="pwned_imports").step == 192
+    assert marker.exists()
+    sys.modules.pop("pwned_imports", None)
+
+
+def test_evaluating_a_loaded_policy_never_imports_the_module_of_its_env_id(
+    trained, tmp_path, monkeypatch
+):
+    crafted, marker = _crafted_run(trained[1], tmp_path, "pwned_env", env_id="pwned_env:Evil-v0")
+    monkeypatch.syspath_prepend(str(crafted))
+    policy = wm_jax.load_policy(str(crafted))  # acting needs no env: loads
+    with pytest.raises(wm_jax.UntrustedImportError, match="--allow_imports=pwned_env"):
+        wm_jax.evaluate_policy(policy, episodes=1)
+    with pytest.raises(wm_jax.UntrustedImportError):
+        wm_jax.record_episode(policy, str(tmp_path / "x.gif"))
+    assert not marker.exists()
+    # An env id the caller passes is the caller's choice.
+    mean, _, _ = wm_jax.evaluate_policy(policy, episodes=1, env_id="CartPole-v1")
+    assert mean >= 1
+    # The evaluate CLI, started inside the crafted run directory: refused, nothing ran.
+    result = subprocess.run(
+        [sys.executable, "-m", "wm_jax.evaluate", f"--workdir={crafted}", "--episodes=1"],
+        capture_output=True,
+        text=True,
+        cwd=crafted,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "--allow_imports=pwned_env" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_offline_training_refuses_the_env_module_a_dataset_run_names(
+    trained, tmp_path, monkeypatch
+):
+    from wm_jax.offline import OfflineTrainer
+
+    crafted, marker = _crafted_run(trained[1], tmp_path, "pwned_ds", env_id="pwned_ds:Evil-v0")
+    monkeypatch.syspath_prepend(str(crafted))
+    config = small_config(report=False)
+    with pytest.raises(wm_jax.UntrustedImportError, match="allow_imports"):
+        OfflineTrainer(config, str(tmp_path / "offline"), f"run:{crafted}")
+    assert not marker.exists()
+    assert not (tmp_path / "offline").exists()

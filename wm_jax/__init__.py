@@ -49,6 +49,7 @@ _API = {
     "write_report": "wm_jax.report",
     "train_offline": "wm_jax.offline",
     "train_device": "wm_jax.device_loop",
+    "UntrustedImportError": "wm_jax.safe_load",
 }
 _ALIASES = {"validate_config": "validate"}
 

@@ -31,7 +31,7 @@ def evaluate_policy(
 ) -> tuple[float, float, list[float]]:
     """Runs ``episodes`` episodes (one per env of a sync vector env) and returns
     ``(mean, std, returns)`` of their undiscounted returns."""
-    env_id = env_id or policy.config.env_id
+    env_id = policy.env_id_to_make(env_id)
     env_kwargs = dict(policy.config.get("env_kwargs", {}))
     policy.reset()
     with VectorEnv(env_id, episodes, seed, "sync", env_kwargs) as env:
@@ -50,7 +50,7 @@ def record_episode(
     an animated GIF to ``path``; returns ``(return, frames)``."""
     from PIL import Image
 
-    env_id = env_id or policy.config.env_id
+    env_id = policy.env_id_to_make(env_id)
     if env_id.startswith(GYMNAX_PREFIX):
         raise ValueError(
             f"{env_id} cannot be rendered: GIFs need a gymnasium env with rgb_array rendering "
@@ -82,6 +82,12 @@ _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the evaluation episodes")
 _ENV_ID = flags.DEFINE_string("env_id", None, "environment id (default: the run's)")
 _STOCHASTIC = flags.DEFINE_bool("stochastic", False, "sample actions instead of the mode")
+_ALLOW_IMPORTS = flags.DEFINE_list(
+    "allow_imports",
+    [],
+    "modules the run's files name (config.imports, a module:EnvId env) that may be imported: "
+    "importing runs their code, so only name modules you trust",
+)
 _GIF = flags.DEFINE_string(
     "gif", None, "write one episode as a GIF here (relative paths go into --workdir)"
 )
@@ -93,12 +99,12 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     try:
-        policy = load_policy(_WORKDIR.value, _STEP.value)
-    except (FileNotFoundError, ValueError) as err:
+        policy = load_policy(_WORKDIR.value, _STEP.value, _ALLOW_IMPORTS.value)
+        mean, std, returns = evaluate_policy(
+            policy, _EPISODES.value, _SEED.value, _ENV_ID.value, not _STOCHASTIC.value
+        )
+    except (FileNotFoundError, ValueError) as err:  # UntrustedImportError is a ValueError
         raise app.UsageError(str(err)) from None
-    mean, std, returns = evaluate_policy(
-        policy, _EPISODES.value, _SEED.value, _ENV_ID.value, not _STOCHASTIC.value
-    )
     print(
         f"{_ENV_ID.value or policy.config.env_id}, checkpoint {policy.step}: return "
         f"{mean:.1f} ± {std:.1f} over {len(returns)} episodes"

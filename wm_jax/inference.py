@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from wm_jax.envs import EnvSpec, to_env_action
 from wm_jax.normalizer import RunningMeanStd
+from wm_jax.safe_load import check_modules, config_modules, env_module, normalize_allowed
 
 BUNDLE_FORMAT = "wm_jax.policy/1"
 
@@ -67,6 +68,9 @@ class Policy:
     obs_mean: np.ndarray
     obs_std: np.ndarray
     step: int | None = None
+    # Modules the loader's caller allowed to be imported (see wm_jax.safe_load): evaluation
+    # makes the env of config.env_id only if its module is one of them or already imported.
+    allow_imports: frozenset[str] = frozenset()
 
     def __post_init__(self):
         from wm_jax.policy import make_act_fn
@@ -117,6 +121,18 @@ class Policy:
         actions = to_env_action(self.agent_actions(batch, key, deterministic), self.spec)
         return actions[0] if single else actions
 
+    def env_id_to_make(self, env_id: str | None = None) -> str:
+        """``env_id`` if the caller gave one (their choice), else the run's own id once its
+        ``module:`` part (if any) is allowed: making it would import that module."""
+        if env_id:
+            return env_id
+        check_modules(
+            [m for m in [env_module(self.config.env_id)] if m],
+            self.allow_imports,
+            "the loaded policy's env_id " + repr(self.config.env_id),
+        )
+        return self.config.env_id
+
 
 def _abstract(metadata) -> Any:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -139,14 +155,31 @@ def _read_json(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def load_policy(path: str, step: int | None = None) -> Policy:
+def _check_imports(config: dict[str, Any], allowed: frozenset[str], source: str) -> None:
+    names = [n for n in config_modules(config) if n != env_module(config.get("env_id"))]
+    check_modules(names, allowed, f"{source} (config.imports)")
+
+
+def load_policy(
+    path: str, step: int | None = None, allow_imports: str | list[str] | None = None
+) -> Policy:
     """Loads a :class:`Policy` from a run's workdir (its newest checkpoint, or ``step``) or from
-    a directory written by :func:`export_policy`."""
+    a directory written by :func:`export_policy`.
+
+    Nothing named in the loaded files is imported unless ``allow_imports`` names it (a list or
+    ``"a,b"``): modules in the run's ``config.imports`` (custom components) and, when the policy
+    is evaluated in its own env, the ``module:`` of a ``module:EnvId`` env id.
+
+    Raises:
+        wm_jax.safe_load.UntrustedImportError: The files name a module not allowed.
+    """
     path = os.path.abspath(path)
+    allowed = normalize_allowed(allow_imports)
     if os.path.exists(os.path.join(path, "policy.json")):
         meta = _read_json(os.path.join(path, "policy.json"))
         if meta.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{path}/policy.json is not a {BUNDLE_FORMAT} bundle")
+        _check_imports(meta["config"], allowed, f"{path}/policy.json")
         checkpointer = ocp.StandardCheckpointer()
         arrays_dir = os.path.join(path, "arrays")
         arrays = checkpointer.restore(
@@ -160,6 +193,7 @@ def load_policy(path: str, step: int | None = None) -> Policy:
             obs_mean=np.asarray(arrays["obs_mean"]),
             obs_std=np.asarray(arrays["obs_std"]),
             step=meta.get("step"),
+            allow_imports=allowed,
         )
     for name in ("config.json", "env_spec.json", "checkpoints"):
         if not os.path.exists(os.path.join(path, name)):
@@ -167,7 +201,9 @@ def load_policy(path: str, step: int | None = None) -> Policy:
                 f"{path} is neither an exported policy (policy.json) nor a wm_jax run directory "
                 f"with a checkpoint ({name} is missing)"
             )
-    config = ml_collections.ConfigDict(_read_json(os.path.join(path, "config.json")))
+    raw_config = _read_json(os.path.join(path, "config.json"))
+    _check_imports(raw_config, allowed, f"{path}/config.json")
+    config = ml_collections.ConfigDict(raw_config)
     spec = spec_from_json(_read_json(os.path.join(path, "env_spec.json")))
     manager = ocp.CheckpointManager(
         os.path.join(path, "checkpoints"),
@@ -206,6 +242,7 @@ def load_policy(path: str, step: int | None = None) -> Policy:
         obs_mean=mean,
         obs_std=std,
         step=int(step),
+        allow_imports=allowed,
     )
 
 

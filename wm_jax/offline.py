@@ -65,6 +65,7 @@ from wm_jax.inference import _partial, spec_from_json, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.replay import ReplayBuffer
+from wm_jax.safe_load import UntrustedImportError, check_config
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 from wm_jax.trainer import LOG_KEYS as TRAINER_LOG_KEYS
 from wm_jax.trainer import (
@@ -391,10 +392,15 @@ def offline_counts(update: int, config, schedule=None) -> UpdateCounts:
 # -- the loop ----------------------------------------------------------------------------------
 
 
-def _prepare_config(config, data: Dataset) -> ml_collections.ConfigDict:
+def _prepare_config(
+    config, data: Dataset, allow_imports: str | list[str] | None = None
+) -> ml_collections.ConfigDict:
     """A validated copy of ``config`` that records the dataset's env (for evaluation) and fits
-    the dataset; raises :class:`ConfigError` naming the field otherwise."""
+    the dataset; raises :class:`ConfigError` naming the field otherwise, and
+    :class:`UntrustedImportError` if the dataset's env id names a module not allowed."""
     c = validate(copy.deepcopy(config))
+    if data.env_id is not None:  # a dataset's file names it: never imported unless allowed
+        check_config({"env_id": data.env_id}, allow_imports, f"dataset {data.source} (env id)")
     with c.unlocked():
         if "offline" not in c:  # e.g. a config.json written before the section existed
             c.offline = get_config().offline
@@ -435,7 +441,13 @@ class OfflineTrainer:
     """Owns the dataset's replay, the fitted normaliser, jitted steps and checkpointer of one
     offline run; :meth:`run` trains without ever creating an environment."""
 
-    def __init__(self, config, workdir: str, dataset: str | Dataset):
+    def __init__(
+        self,
+        config,
+        workdir: str,
+        dataset: str | Dataset,
+        allow_imports: str | list[str] | None = None,
+    ):
         validate(config)  # before reading a possibly large dataset
         data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
         self.workdir = os.path.abspath(workdir)
@@ -444,7 +456,7 @@ class OfflineTrainer:
                 f"--workdir: {self.workdir} is the dataset's own run; write the offline run to "
                 "a new --workdir"
             )
-        self.config = c = _prepare_config(config, data)
+        self.config = c = _prepare_config(config, data, allow_imports)
         self.data, self.spec, self.replay = data, data.spec, data.replay
         self.schedule = offline_schedule(c)
         self._check_workdir()
@@ -634,11 +646,16 @@ class OfflineTrainer:
 
 
 def train_offline(
-    config, workdir: str, dataset: str | Dataset, stop_at: int | None = None
+    config,
+    workdir: str,
+    dataset: str | Dataset,
+    stop_at: int | None = None,
+    allow_imports: str | list[str] | None = None,
 ) -> OfflineResult:
     """Trains from ``dataset`` (``"run:<workdir>"``, ``"minari:<id>"`` or a :class:`Dataset`)
     for ``config.offline.updates`` updates without creating an environment; resumes from the
-    newest checkpoint in ``workdir``.
+    newest checkpoint in ``workdir``.  A ``module:EnvId`` env id recorded in the dataset is
+    made for evaluation only if ``allow_imports`` names its module (see :mod:`wm_jax.safe_load`).
 
     Example::
 
@@ -647,7 +664,7 @@ def train_offline(
         result = train_offline(config, "runs/offline", "minari:cartpole/random-v0")
         policy = wm_jax.load_policy(result.workdir)
     """
-    trainer = OfflineTrainer(config, workdir, dataset)
+    trainer = OfflineTrainer(config, workdir, dataset, allow_imports)
     try:
         return trainer.run(stop_at)
     finally:
@@ -680,6 +697,12 @@ def _define_flags() -> None:
         "Imagination-only fine-tuning of a run: sets config.offline.freeze_world_model.",
     )
     flags.DEFINE_integer("seed", None, "Overrides config.seed.")
+    flags.DEFINE_list(
+        "allow_imports",
+        [],
+        "Modules the dataset names (a module:EnvId env) that may be imported; importing runs "
+        "their code, so only name modules you trust.",
+    )
 
 
 def main(argv):
@@ -697,8 +720,10 @@ def main(argv):
             config.offline.freeze_world_model = True
     logging.set_verbosity(logging.INFO)
     try:
-        result = train_offline(config, FLAGS.workdir, FLAGS.dataset)
-    except DatasetError as err:
+        result = train_offline(
+            config, FLAGS.workdir, FLAGS.dataset, allow_imports=FLAGS.allow_imports
+        )
+    except (DatasetError, UntrustedImportError) as err:
         raise app.UsageError(f"--dataset: {err}") from None
     except (ConfigError, ImportError) as err:
         raise app.UsageError(str(err)) from None
