@@ -37,6 +37,11 @@ from jax.experimental import multihost_utils
 from wm_jax.types import TrainState
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; names the directory, the cause and the last good
+    step."""
+
+
 def _as_numpy_tree(tree: dict[str, Any]) -> dict[str, Any]:
     return jax.tree.map(np.asarray, tree)
 
@@ -68,13 +73,45 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: TrainState, extras: dict[str, Any]) -> None:
-        """Saves ``state`` and ``extras`` (a nested dict of numpy arrays / ints) at ``step``."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                extras=ocp.args.StandardSave(_as_numpy_tree(extras)),
-            ),
+        """Saves ``state`` and ``extras`` (a nested dict of numpy arrays / ints) at ``step``
+        (in the background); raises :class:`CheckpointSaveError` if this or the previous
+        background save failed."""
+        self.check_for_errors()
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    extras=ocp.args.StandardSave(_as_numpy_tree(extras)),
+                ),
+            )
+        except Exception as err:
+            raise self._save_error(err, step) from err
+
+    def check_for_errors(self) -> None:
+        """Raises :class:`CheckpointSaveError` if a background save failed (disk full, ...);
+        the checkpoints before it stay valid (orbax renames a step only once complete)."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as err:
+            raise self._save_error(err, None) from err
+
+    def _save_error(self, err: Exception, step: int | None) -> CheckpointSaveError:
+        text = str(err)
+        lowered = text.lower()
+        if "no space" in lowered or "resource_exhausted" in lowered or "enospc" in lowered:
+            cause = "the disk is full"
+        elif "read-only" in lowered or "permission denied" in lowered:
+            cause = "the directory cannot be written"
+        else:
+            cause = type(err).__name__
+        last = self.manager.latest_step()
+        what = "a checkpoint" if step is None else f"checkpoint {step}"
+        return CheckpointSaveError(
+            f"saving {what} in {self.directory} failed: {cause} ({text[:300]}). The run "
+            f"stopped; the last complete checkpoint is "
+            f"{'step ' + str(last) if last is not None else 'none'}, and rerunning the same "
+            "command resumes from it once the cause is fixed."
         )
 
     def restore(
@@ -173,10 +210,13 @@ class Checkpointer:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        self.check_for_errors()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
 
 
 class ProcessExtras:

@@ -8,6 +8,7 @@ warmup 5k env steps, transition to 10k, early/late multi-update boundary at 50k.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import ml_collections
@@ -52,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_episodes = 5
     c.log_every = 1_000  # env steps
     c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
+    # Also checkpoint once this many seconds of training passed since the last save, so a crash
+    # loses at most about this much time (0: steps only; one-process runs).
+    c.checkpoint_seconds = 120.0
     c.keep_checkpoints = 3
     # Non-finite losses/gradients skip that optimiser's update; this many in a row stop the run.
     c.max_nonfinite_updates = 100
@@ -395,9 +399,19 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "replay_capacity",
     )
     _require(c.reward_scale > 0, "reward_scale", "must be > 0")
+    seconds = c.get("checkpoint_seconds", 0.0)
+    _require(
+        math.isfinite(seconds) and seconds >= 0,
+        "checkpoint_seconds",
+        f"must be a finite number of seconds >= 0 (0: checkpoint by steps only), got {seconds}",
+    )
     _require(c.world_model.termination_weight > 0, "world_model.termination_weight", "must be > 0")
     for group in ("world_model", "actor", "critic"):
-        _require(c[group].lr >= 0, f"{group}.lr", f"must be >= 0, got {c[group].lr}")
+        _require(
+            math.isfinite(c[group].lr) and c[group].lr >= 0,
+            f"{group}.lr",
+            f"must be a finite number >= 0, got {c[group].lr}",
+        )
         _require(
             0.0 <= c[group].lr_final_scale <= 1.0,
             f"{group}.lr_final_scale",

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from fractions import Fraction
@@ -50,9 +49,11 @@ from wm_jax.gymnax_env import board_to_uint8, make_gymnax
 from wm_jax.inference import spec_to_json
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, act, initial_carry
+from wm_jax.run_dir import RunDir
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import make_mesh, shard_batch
 from wm_jax.trainer import (
+    NonFiniteError,
     RunResult,
     _all_finite,
     _prepare_batch,
@@ -596,9 +597,10 @@ class SeedRun:
 
     seed: int
     workdir: str
-    writer: metrics_lib.MetricsWriter
+    writer: metrics_lib.MetricsWriter | None  # opened once the logs follow the checkpoint
     checkpointer: Checkpointer | None
     detector: Detector
+    run_dir: RunDir
     eval_returns: list = dataclasses.field(default_factory=list)
 
 
@@ -632,29 +634,46 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
     group, lrs = sweep if sweep else (None, (None,))
     grid = [(c.seed + i, lr) for i in range(c.num_seeds) for lr in lrs]
     num_seeds = len(grid)  # the length of the vmapped axis
-    runs = []
+    spec_json = spec_to_json(loop.spec)
+    seed_configs = []
     for seed, lr in grid:
         name = f"seed_{seed}" + (f"-{group}_lr_{lr:g}" if lr is not None else "")
         wd = workdir if num_seeds == 1 else os.path.join(workdir, name)
-        os.makedirs(wd, exist_ok=True)
         seed_config = c.copy_and_resolve_references()
         seed_config.seed = seed
         if lr is not None:
             seed_config[group].lr = lr
             seed_config.lr_sweep = ""
-        with open(os.path.join(wd, "config.json"), "w") as f:
-            f.write(seed_config.to_json_best_effort(indent=1))
-        with open(os.path.join(wd, "env_spec.json"), "w") as f:
-            json.dump(spec_to_json(loop.spec), f, indent=1)
+        seed_configs.append((seed, wd, seed_config))
+    # One run per workdir (the lock covers the seeds' subdirectories), every seed's resume
+    # checked before anything is written.
+    one = num_seeds == 1
+    root = RunDir.open(workdir, c if one else None, spec_json if one else None)
+    try:
+        for _, wd, seed_config in seed_configs if num_seeds > 1 else []:
+            RunDir(wd).check_resume(seed_config, spec_json)
+        return _train_device(c, loop, root, seed_configs, spec_json, sweep, grid, stop_at)
+    finally:
+        root.close()
+
+
+def _train_device(c, loop, root, seed_configs, spec_json, sweep, grid, stop_at) -> list:
+    group = sweep[0] if sweep else None
+    num_seeds = len(grid)
+    runs = []
+    for seed, wd, seed_config in seed_configs:
+        run_dir = root if wd == root.path else RunDir(wd)
+        run_dir.write_run_files(seed_config, spec_json)
         runs.append(
             SeedRun(
                 seed=seed,
                 workdir=wd,
-                writer=metrics_lib.MetricsWriter(wd),
+                writer=None,
                 checkpointer=Checkpointer(os.path.join(wd, "checkpoints"), c.keep_checkpoints)
                 if c.checkpoint_every
                 else None,
                 detector=Detector(Thresholds.from_config(c)),
+                run_dir=run_dir,
             )
         )
 
@@ -665,16 +684,37 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
             scale = states[i].train.lr_scale.at[index].set(lr / c[group].lr)
             states[i] = states[i].replace(train=states[i].train.replace(lr_scale=scale))
     resumed = []
-    for i, run in enumerate(runs):
-        if run.checkpointer is None:
-            resumed.append(None)
-            continue
+    try:
+        for i, run in enumerate(runs):
+            if run.checkpointer is None:
+                resumed.append(None)
+                continue
 
-        def load(step, state, extras, i=i, run=run):
-            states[i], run.eval_returns = _from_extras(states[i], state, extras)
-            logging.info("resumed from checkpoint at env step %d in %s", step, run.workdir)
+            def load(step, state, extras, i=i, run=run):
+                states[i], run.eval_returns = _from_extras(states[i], state, extras)
+                logging.info("resumed from checkpoint at env step %d in %s", step, run.workdir)
 
-        resumed.append(run.checkpointer.restore_newest_valid(states[i].train, load))
+            resumed.append(run.checkpointer.restore_newest_valid(states[i].train, load))
+        for run, step in zip(runs, resumed, strict=True):
+            purge = run.run_dir.continue_logs(step)  # rows after the checkpoint: dropped
+            run.writer = metrics_lib.MetricsWriter(run.workdir, purge_step=purge)
+    except BaseException:
+        for run in runs:
+            if run.checkpointer is not None:
+                run.checkpointer.close()
+            if run.writer is not None:
+                run.writer.close()
+        raise
+    try:
+        return _loop(c, loop, runs, states, resumed, num_seeds, stop_at)
+    finally:
+        for run in runs:
+            run.writer.close()
+            if run.checkpointer is not None:
+                run.checkpointer.close()
+
+
+def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
     steps_now = {int(s.env_step) for s in states}
     if len(steps_now) != 1:
         raise RuntimeError(
@@ -698,6 +738,7 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
         boundaries += (s.early_late_boundary,)
     per_iteration = loop.cadence.env_repeat * c.num_envs
     last_time, last_step = time.time(), env_step
+    last_save = time.monotonic()
     signals = _StopOnSignal()  # SIGTERM/SIGINT: finish the segment, save, return
     try:
         signals.__enter__()
@@ -739,17 +780,16 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
                         metrics_lib.log_line(env_step, record, _LOG_KEYS)
             if crossed(c.log_every):
                 last_time, last_step = now, env_step
-            if crossed(c.checkpoint_every):
+            seconds = c.get("checkpoint_seconds", 0.0)
+            timed = bool(seconds) and time.monotonic() - last_save >= seconds
+            if c.checkpoint_every and (crossed(c.checkpoint_every) or timed):
                 _save(runs, ls, num_seeds)
+                last_save = time.monotonic()
         if c.checkpoint_every:
             if any(r.checkpointer.latest_step() != env_step for r in runs):
                 _save(runs, ls, num_seeds)
     finally:
         signals.__exit__()
-        for run in runs:
-            run.writer.close()
-            if run.checkpointer is not None:
-                run.checkpointer.close()
     if c.report and env_step >= c.total_env_steps and signals.signum is None:
         from wm_jax.report import write_report
 
@@ -781,9 +821,10 @@ def _save(runs, ls: LoopState, num_seeds: int) -> None:
     for i, run in enumerate(runs):
         one = ls if num_seeds == 1 else _index(ls, i)
         if not bool(_all_finite(one.train)):
-            raise RuntimeError(
+            raise NonFiniteError(
                 f"seed {run.seed}: the train state at env step {int(one.env_step)} holds "
-                "non-finite values; not saving it"
+                f"non-finite values; not saving it.  The last good checkpoint is env step "
+                f"{run.checkpointer.latest_step()} in {run.checkpointer.directory}."
             )
         run.checkpointer.save(int(one.env_step), one.train, _extras(one, run.eval_returns))
     for run in runs:

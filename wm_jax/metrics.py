@@ -49,7 +49,9 @@ def jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
 class MetricsWriter:
     """Writes metric dicts keyed by environment step to the workdir."""
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
+    def __init__(self, workdir: str, tensorboard: bool = True, purge_step: int | None = None):
+        """``purge_step``: TensorBoard hides events at or after it written by an earlier
+        process (a resumed run continues from its checkpoint: see ``RunDir.continue_logs``)."""
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._file = open(self.path, "a", buffering=1)
@@ -57,7 +59,9 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(
+                os.path.join(workdir, "tensorboard"), purge_step=purge_step or None
+            )
 
     def write(self, env_step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Appends one record; returns it as written (see :func:`jsonable`)."""
@@ -76,11 +80,37 @@ class MetricsWriter:
             self._tb.close()
 
 
+def read_jsonl(path: str, warn: bool = True) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one per line; partial or damaged lines are skipped (with a
+    warning naming them) instead of failing the reader."""
+    if not os.path.exists(path):
+        return []
+    rows, bad = [], []
+    with open(path, errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(number)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad.append(number)
+    if bad and warn:
+        logging.warning("%s: skipped %d damaged line(s) %s", path, len(bad), bad[:5])
+    return rows
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """All records of ``<workdir>/metrics.jsonl`` (for reports and tests)."""
+    """All records of ``<workdir>/metrics.jsonl`` (for reports and tests); damaged lines are
+    skipped with a warning."""
     path = os.path.join(workdir, "metrics.jsonl")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    return read_jsonl(path)
 
 
 def log_line(env_step: int, metrics: dict[str, Any], keys: tuple[str, ...]) -> None:

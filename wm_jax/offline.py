@@ -57,7 +57,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 from wm_jax import metrics as metrics_lib
-from wm_jax.checkpoint import Checkpointer
+from wm_jax.checkpoint import Checkpointer, CheckpointSaveError
 from wm_jax.config import ConfigError, get_config, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import EnvSpec, UnsupportedSpaceError, from_env_action, spec_from_spaces
@@ -65,6 +65,18 @@ from wm_jax.inference import _partial, spec_from_json, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.replay import ReplayBuffer
+from wm_jax.run_dir import (
+    EXIT_LOCKED,
+    EXIT_NONFINITE,
+    EXIT_RESUME_REFUSED,
+    EXIT_WORKDIR,
+    ResumeRefusedError,
+    RunDir,
+    WorkdirError,
+    WorkdirLockedError,
+    atomic_write,
+    stop_with,
+)
 from wm_jax.safe_load import UntrustedImportError, check_config
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 from wm_jax.trainer import LOG_KEYS as TRAINER_LOG_KEYS
@@ -459,8 +471,18 @@ class OfflineTrainer:
         self.config = c = _prepare_config(config, data, allow_imports)
         self.data, self.spec, self.replay = data, data.spec, data.replay
         self.schedule = offline_schedule(c)
-        self._check_workdir()
-        os.makedirs(self.workdir, exist_ok=True)
+        # One run per workdir, and a resume checked before anything is written.
+        self.run_dir = RunDir.open(self.workdir, c, spec_to_json(self.spec))
+        self.checkpointer = None
+        try:
+            self._check_workdir()
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        c = self.config
         self.agent = make_agent(offline_agent_config(c), self.spec)
         self.steps = make_steps(self.agent)
         self.open_loop_fn = make_open_loop_fn(self.agent)
@@ -474,14 +496,12 @@ class OfflineTrainer:
         self.checkpointer = Checkpointer(
             os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints
         )
-        try:
-            self.resumed_from = self.checkpointer.restore_newest_valid(self.state, self._load)
-            if self.resumed_from is None:
-                self._start()
-        except BaseException:
-            self.checkpointer.close()
-            raise
+        self.resumed_from = self.checkpointer.restore_newest_valid(self.state, self._load)
+        if self.resumed_from is None:
+            self._start()
         self._write_metadata()
+        self._purge_step = self.run_dir.continue_logs(self.resumed_from)
+        self._last_save = time.monotonic()
 
     def _check_workdir(self) -> None:
         """Refuses a workdir that holds an online run or an offline run of another dataset:
@@ -539,18 +559,14 @@ class OfflineTrainer:
         logging.info("resumed from checkpoint at update %d in %s", step, self.workdir)
 
     def _write_metadata(self) -> None:
-        with open(os.path.join(self.workdir, "config.json"), "w") as f:
-            f.write(self.config.to_json_best_effort(indent=1))
-        with open(os.path.join(self.workdir, "env_spec.json"), "w") as f:  # for load_policy
-            json.dump(spec_to_json(self.spec), f, indent=1)
+        self.run_dir.write_run_files(self.config, spec_to_json(self.spec))  # for load_policy
         meta = {
             "dataset": self.data.source,
             "run_step": self.data.run_step,
             "transitions": len(self.replay),
             "freeze_world_model": bool(self.config.offline.freeze_world_model),
         }
-        with open(os.path.join(self.workdir, "offline.json"), "w") as f:
-            json.dump(meta, f, indent=1)
+        atomic_write(os.path.join(self.workdir, "offline.json"), json.dumps(meta, indent=1))
 
     def save(self) -> None:
         """A checkpoint in the online trainer's layout (state + replay, normaliser, counters),
@@ -567,6 +583,7 @@ class OfflineTrainer:
             "loop": {"updates": np.asarray(self.updates, np.int64)},
         }
         self.checkpointer.save(self.updates, self.state, extras)
+        self._last_save = time.monotonic()
 
     def _log(self, writer, history: list, elapsed: float, done: int) -> None:
         c, o = self.config, self.config.offline
@@ -596,7 +613,9 @@ class OfflineTrainer:
         end = o.updates if stop_at is None else min(stop_at, o.updates)
         mean, std = self.normalizer.stats()  # fixed: fitted once on the dataset
         reward_scale = np.float32(c.reward_scale)
-        writer = metrics_lib.MetricsWriter(self.workdir)
+        writer = metrics_lib.MetricsWriter(self.workdir, purge_step=self._purge_step)
+        self._purge_step = None  # a later run() call continues this process's own events
+        seconds = c.get("checkpoint_seconds", 0.0)
         history: list[dict[str, Any]] = []
         last_time, last_updates = time.time(), self.updates
         stop = _StopOnSignal()
@@ -615,7 +634,8 @@ class OfflineTrainer:
                     now = time.time()
                     self._log(writer, history, now - last_time, self.updates - last_updates)
                     history, last_time, last_updates = [], now, self.updates
-                if o.checkpoint_every and self.updates % o.checkpoint_every == 0:
+                timed = bool(seconds) and time.monotonic() - self._last_save >= seconds
+                if o.checkpoint_every and (self.updates % o.checkpoint_every == 0 or timed):
                     self.save()
             if history:  # stopped by a signal between log rows
                 self._log(writer, history, time.time() - last_time, self.updates - last_updates)
@@ -642,7 +662,12 @@ class OfflineTrainer:
         return OfflineResult(self.workdir, self.updates, self.resumed_from, self.state, stop.signum)
 
     def close(self) -> None:
-        self.checkpointer.close()
+        """Closes the checkpointer and releases the workdir's lock; idempotent."""
+        try:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+        finally:
+            self.run_dir.close()
 
 
 def train_offline(
@@ -725,12 +750,16 @@ def main(argv):
         )
     except (DatasetError, UntrustedImportError) as err:
         raise app.UsageError(f"--dataset: {err}") from None
+    except WorkdirLockedError as err:
+        stop_with(err, EXIT_LOCKED)
+    except ResumeRefusedError as err:
+        stop_with(err, EXIT_RESUME_REFUSED)
     except (ConfigError, ImportError) as err:
         raise app.UsageError(str(err)) from None
+    except (WorkdirError, CheckpointSaveError) as err:
+        stop_with(err, EXIT_WORKDIR)
     except NonFiniteError as err:
-        logging.error("%s", err)
-        print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(3)
+        stop_with(err, EXIT_NONFINITE)
     workdir = os.path.abspath(FLAGS.workdir)
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name

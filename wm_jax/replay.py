@@ -25,6 +25,38 @@ __all__ = ["ReplayBuffer"]
 _ARRAY_KEYS = ("obs", "next_obs", "action", "reward", "cont", "episode_end", "write_pos", "count")
 
 
+def replay_bytes(capacity: int, obs_shape, obs_dtype, action_dim: int) -> int:
+    """Bytes a full :class:`ReplayBuffer` of ``capacity`` transitions holds."""
+    obs = int(np.prod(obs_shape, dtype=np.int64)) * np.dtype(obs_dtype).itemsize
+    return int(capacity) * (2 * obs + 4 * int(action_dim) + 4 + 4 + 1)
+
+
+def available_memory() -> int | None:
+    """The machine's available memory in bytes (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(needed: int) -> None:
+    """Refuses a replay that cannot fit in memory when it is full (numpy reserves the arrays
+    lazily, so it would otherwise fail only once filled, hours into a run)."""
+    free = available_memory()
+    if free is not None and needed > free:
+        from wm_jax.config import ConfigError
+
+        raise ConfigError(
+            f"config.replay_capacity: a full replay needs {needed / 2**30:.1f} GiB and this "
+            f"machine has {free / 2**30:.1f} GiB available; lower replay_capacity (or the "
+            "observation size)"
+        )
+
+
 class ReplayBuffer:
     """Fixed-capacity ring buffer fed one transition per env per :meth:`add`.
 
@@ -61,6 +93,7 @@ class ReplayBuffer:
         self.action_dim = int(action_dim)
 
         n, s = self.num_envs, self.slots_per_env
+        check_memory(replay_bytes(self.capacity, self.obs_shape, self.obs_dtype, action_dim))
         self._obs = np.zeros((n, s, *self.obs_shape), dtype=self.obs_dtype)
         self._next_obs = np.zeros((n, s, *self.obs_shape), dtype=self.obs_dtype)
         self._action = np.zeros((n, s, self.action_dim), dtype=np.float32)

@@ -20,7 +20,7 @@ from typing import Any
 from absl import app, flags
 
 from wm_jax import diagnostics
-from wm_jax.metrics import read_metrics
+from wm_jax.metrics import read_jsonl, read_metrics
 from wm_jax.networks.world_model import COMPONENTS
 
 # Per-module norms first (the world model's components), then the three optimisers' global norms.
@@ -123,12 +123,22 @@ def _returns_figure(plt, records, findings):
     return fig
 
 
+_MD_SPECIAL = "\\`*_{}[]()#+-.!|~>"
+
+
+def _md(text: str) -> str:
+    """``text`` as literal Markdown: one line, HTML escaped (renderers pass raw HTML through),
+    and Markdown's punctuation backslash-escaped, so a string from a run's files (an env id, a
+    path) can neither inject markup nor break the list it is in."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
+
+
 def _open_loop_figures(plt, workdir):
     path = os.path.join(workdir, "open_loop.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        checks = [json.loads(line) for line in f if line.strip()]
+    checks = read_jsonl(path)
     if not checks:
         return []
     figs = []
@@ -180,8 +190,7 @@ def _latest_strip(workdir: str, out: str) -> tuple[str, str] | None:
     path = os.path.join(workdir, "open_loop.jsonl")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        checks = [json.loads(line) for line in f if line.strip()]
+    checks = read_jsonl(path)
     for check in reversed(checks):
         source = os.path.join(workdir, check.get("strip", ""))
         if check.get("strip") and os.path.exists(source):
@@ -346,8 +355,8 @@ def write_report(workdir: str, findings: list | None = None) -> str:
     else:
         finding_lines = ["No failure signature detected."]
 
-    md = ["# Run report", "", *[f"- {s}" for s in summary], "", "## Failure-mode detector", ""]
-    md += [f"- {line}" for line in finding_lines]
+    md = ["# Run report", "", *[f"- {_md(s)}" for s in summary], "", "## Failure-mode detector"]
+    md += ["", *[f"- {_md(line)}" for line in finding_lines]]
     md += ["", "## Plots", ""]
     md += [f"![{name}]({os.path.basename(path)})" for name, path in images]
     with open(os.path.join(out, "report.md"), "w") as f:

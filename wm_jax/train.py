@@ -98,8 +98,20 @@ def main(argv):
     _join_processes()
     import jax
 
+    from wm_jax.checkpoint import CheckpointSaveError
     from wm_jax.config import ConfigError
     from wm_jax.envs import InvalidEnvDataError
+    from wm_jax.run_dir import (
+        EXIT_ENV_DATA,
+        EXIT_LOCKED,
+        EXIT_NONFINITE,
+        EXIT_RESUME_REFUSED,
+        EXIT_WORKDIR,
+        ResumeRefusedError,
+        WorkdirError,
+        WorkdirLockedError,
+        stop_with,
+    )
     from wm_jax.trainer import NonFiniteError, train
 
     config = _CONFIG.value
@@ -125,16 +137,18 @@ def main(argv):
             results = train_device(config, workdir)
         else:
             results = [train(config, workdir)]
+    except WorkdirLockedError as err:
+        stop_with(err, EXIT_LOCKED)
+    except ResumeRefusedError as err:
+        stop_with(err, EXIT_RESUME_REFUSED)
     except ConfigError as err:
         raise app.UsageError(str(err)) from None
+    except (WorkdirError, CheckpointSaveError) as err:
+        stop_with(err, EXIT_WORKDIR)
     except NonFiniteError as err:
-        logging.error("%s", err)
-        print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(3)
+        stop_with(err, EXIT_NONFINITE)
     except InvalidEnvDataError as err:
-        logging.error("%s", err)
-        print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(4)
+        stop_with(err, EXIT_ENV_DATA)
     result = results[0]
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name

@@ -44,6 +44,7 @@ from wm_jax.normalizer import RunningMeanStd, normalize
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, carry_to_arrays, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
+from wm_jax.run_dir import RunDir
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
 from wm_jax.types import Sequence
@@ -299,7 +300,20 @@ class Trainer:
                     f"use a multiple of {self.process_count}"
                 )
         self.local_envs = c.num_envs // self.process_count
-        os.makedirs(self.workdir, exist_ok=True)
+        # One run per workdir, and a resume checked before anything is written.
+        spec_json = spec_to_json(self.spec)
+        self.run_dir = RunDir.open(
+            self.workdir, c, spec_json, self.process_index, self.process_count
+        )
+        try:
+            self._build(spec_json)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, spec_json: dict[str, Any]) -> None:
+        c = self.config
+        self.envs = self.checkpointer = None  # what close() releases, once built
         self.agent = make_agent(c, self.spec)
         self.steps = make_steps(self.agent)
         self.act_fn = make_act_fn(self.agent)
@@ -350,16 +364,16 @@ class Trainer:
         self.replay_ready = False  # every process's replay holds a batch's windows
         self.resumed_from = None
         self.detector = Detector(Thresholds.from_config(c))
-        if self.lead:
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                f.write(c.to_json_best_effort(indent=1))
-            with open(os.path.join(self.workdir, "env_spec.json"), "w") as f:  # load_policy
-                json.dump(spec_to_json(self.spec), f, indent=1)
+        self.run_dir.write_run_files(c, spec_json)
         self.obs = self.envs.reset()
         # The policy's memory between steps (the RSSM's state; unused by the other models).
         self.act_carry = initial_carry(self.agent, self.local_envs)
         if self.checkpointer is not None:
             self._restore()
+        # Log rows after the restored step were never checkpointed: drop them (and purge them
+        # from TensorBoard) so every step is logged once.
+        self._purge_step = self.run_dir.continue_logs(self.resumed_from)
+        self._last_save = time.monotonic()
 
     def _placed(self, state):
         return state if self.mesh is None else replicate(state, self.mesh)
@@ -407,6 +421,23 @@ class Trainer:
             )
             self.process_extras.save(self.env_step, {k: extras.pop(k) for k in self._PROCESS_KEYS})
         self.checkpointer.save(self.env_step, self.state, extras)
+        self._last_save = time.monotonic()
+
+    def _save_due(self) -> bool:
+        """Every ``checkpoint_every`` env steps, and (one process) once ``checkpoint_seconds``
+        passed since the last save: a crash loses at most about that much time."""
+        c = self.config
+        if not c.checkpoint_every:
+            return False
+        if self.env_step % c.checkpoint_every < c.num_envs:
+            return True
+        seconds = c.get("checkpoint_seconds", 0.0)
+        # With several processes the decision must be the same everywhere: steps only.
+        return (
+            bool(seconds)
+            and not self.multiprocess
+            and (time.monotonic() - self._last_save >= seconds)
+        )
 
     def _restore(self) -> None:
         load = self._load_everywhere if self.multiprocess else self._load
@@ -550,7 +581,12 @@ class Trainer:
         c = self.config
         end = c.total_env_steps if stop_at is None else min(stop_at, c.total_env_steps)
         # Process 0 alone writes metrics, TensorBoard and log lines.
-        writer = metrics_lib.MetricsWriter(self.workdir) if self.lead else _NoWriter()
+        writer = (
+            metrics_lib.MetricsWriter(self.workdir, purge_step=self._purge_step)
+            if self.lead
+            else _NoWriter()
+        )
+        self._purge_step = None  # a later run() call continues this process's own events
         history: list[dict[str, Any]] = []
         train_returns = [0.0, 0]  # sum and count of the episode returns since the last log
         bar = _progress(end, self.env_step) if self.lead else _NoBar()
@@ -601,8 +637,10 @@ class Trainer:
                         self._log(writer, history, train_returns, rate)
                     history, train_returns = [], [0.0, 0]
                     last_time, last_step = now, self.env_step
-                if c.checkpoint_every and self.env_step % c.checkpoint_every < c.num_envs:
+                if self._save_due():
                     self.save()
+                elif self.checkpointer is not None:
+                    self.checkpointer.check_for_errors()  # a failed background save stops now
                 bar.update(c.num_envs)
         except NonFiniteError:
             # Leave the skipped updates on record before stopping (the detector reads them).
@@ -683,9 +721,14 @@ class Trainer:
         return float(mean_std[0]), float(mean_std[1])
 
     def close(self) -> None:
-        self.envs.close()
-        if self.checkpointer is not None:
-            self.checkpointer.close()
+        """Closes the envs and checkpointer and releases the workdir's lock; idempotent."""
+        try:
+            if getattr(self, "envs", None) is not None:
+                self.envs.close()
+            if getattr(self, "checkpointer", None) is not None:
+                self.checkpointer.close()
+        finally:
+            self.run_dir.close()
 
 
 class _NoWriter:

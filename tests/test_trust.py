@@ -1,0 +1,277 @@
+"""One run per workdir, resumes that are checked before anything is written, logs that follow
+the checkpoints, time-bounded loss and named errors (wm_jax.run_dir, issue 20)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from conftest import small_config
+from test_train import REPO, run_cli
+
+from wm_jax.checkpoint import CheckpointSaveError
+from wm_jax.config import ConfigError, validate
+from wm_jax.metrics import read_metrics
+from wm_jax.replay import ReplayBuffer
+from wm_jax.run_dir import ResumeRefusedError, RunDir, WorkdirLockedError
+from wm_jax.trainer import Trainer
+
+
+def tiny(**overrides):
+    settings = {
+        "total_env_steps": 128,
+        "prefill_steps": 32,
+        "eval_every": 0,
+        "log_every": 32,
+        "checkpoint_every": 64,
+        "report": False,
+        "schedule.warmup_steps": 64,
+        "schedule.transition_steps": 96,
+        "diagnostics.open_loop_every": 0,
+    }
+    return small_config(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny run with checkpoints at env steps 64 and 128 (closed: its lock is free)."""
+    workdir = tmp_path_factory.mktemp("trust") / "run"
+    trainer = Trainer(tiny(), str(workdir))
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return workdir
+
+
+def copy_run(source, tmp_path, name="run"):
+    target = tmp_path / name
+    shutil.copytree(source, target)
+    return target
+
+
+def snapshot(directory) -> dict[str, str]:
+    """Every file under ``directory`` with its content hash."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from wm_jax.run_dir import RunDir
+    run_dir = RunDir(sys.argv[1])
+    run_dir.lock()
+    run_dir._record_holder()
+    print("locked", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def hold_lock(workdir):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(workdir)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused_and_kill_9_frees_the_lock(
+    finished_run, tmp_path
+):
+    workdir = copy_run(finished_run, tmp_path)
+    before = snapshot(workdir)
+    holder = hold_lock(workdir)
+    try:
+        with pytest.raises(WorkdirLockedError, match=f"pid {holder.pid} on host"):
+            Trainer(tiny(), str(workdir))
+        # The CLI exits at once with its documented code and no traceback.
+        result = run_cli(str(workdir), "--config.total_env_steps=64")
+        assert result.returncode == 5, result.stderr[-2000:]
+        assert f"pid {holder.pid}" in result.stderr and "Traceback" not in result.stderr
+        assert {k: v for k, v in snapshot(workdir).items() if k != ".lock"} == {
+            k: v for k, v in before.items() if k != ".lock"
+        }
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The kernel released the lock with the killed holder: no stale lock.
+    RunDir.open(str(workdir), None, None).close()
+
+
+def test_two_live_trainers_in_one_process_cannot_share_a_workdir(tmp_path):
+    first = Trainer(tiny(checkpoint_every=0), str(tmp_path / "run"))
+    try:
+        with pytest.raises(WorkdirLockedError):
+            Trainer(tiny(checkpoint_every=0), str(tmp_path / "run"))
+    finally:
+        first.close()
+    Trainer(tiny(checkpoint_every=0), str(tmp_path / "run")).close()  # free once closed
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"model.hidden_dim": 48}, "model.hidden_dim: 32 -> 48"),
+        ({"seed": 7}, "seed: 0 -> 7"),
+        ({"env_id": "CartPole-v0"}, "env_id: 'CartPole-v1' -> 'CartPole-v0'"),
+    ],
+)
+def test_a_refused_resume_names_every_differing_field_and_leaves_the_workdir_byte_identical(
+    finished_run, tmp_path, change, named
+):
+    workdir = copy_run(finished_run, tmp_path)
+    before = snapshot(workdir)
+    with pytest.raises(ResumeRefusedError) as refused:
+        Trainer(tiny(**change), str(workdir))
+    assert named in str(refused.value)
+    assert "total_env_steps" in str(refused.value)  # says what may change
+    assert snapshot(workdir) == before
+
+
+def test_the_cli_refuses_a_changed_resume_with_exit_6_and_no_traceback(finished_run, tmp_path):
+    workdir = copy_run(finished_run, tmp_path)
+    config = json.loads((workdir / "config.json").read_text())
+    before = snapshot(workdir)
+    args = [f"--config.{k}={config[k]}" for k in ("prefill_steps", "log_every")]
+    result = run_cli(str(workdir), *args, "--config.model.hidden_dim=8")
+    assert result.returncode == 6, result.stderr[-2000:]
+    assert "model.hidden_dim" in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(workdir) == before
+
+
+def test_resuming_with_a_longer_run_is_allowed(finished_run, tmp_path):
+    workdir = copy_run(finished_run, tmp_path)
+    trainer = Trainer(tiny(total_env_steps=160, log_every=16), str(workdir))
+    try:
+        assert trainer.resumed_from == 128
+        assert trainer.run().env_steps == 160
+    finally:
+        trainer.close()
+
+
+def test_after_a_lost_checkpoint_metrics_hold_each_step_once_and_damaged_lines_are_skipped(
+    finished_run, tmp_path
+):
+    workdir = copy_run(finished_run, tmp_path)
+    # As after a kill -9 between the log row of step 128 and its checkpoint, with the last
+    # line cut mid-write.
+    shutil.rmtree(workdir / "checkpoints" / "128")
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"env_step": 160, "dynamics_lo')
+    logged = [r["env_step"] for r in read_metrics(str(workdir)) if "updates" in r]
+    assert 96 in logged and 128 in logged  # rows of the lost steps are there before resume
+    trainer = Trainer(tiny(total_env_steps=192), str(workdir))
+    try:
+        assert trainer.resumed_from == 64
+        trainer.run()
+    finally:
+        trainer.close()
+    rows = [r for r in read_metrics(str(workdir)) if "updates" in r]
+    steps = [r["env_step"] for r in rows]
+    assert steps == [32, 64, 96, 128, 160, 192]
+    assert all(json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())
+
+
+def test_the_report_is_written_from_a_damaged_metrics_file(finished_run, tmp_path):
+    from wm_jax.report import write_report
+
+    workdir = copy_run(finished_run, tmp_path)
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write("\x00\x00garbage{\n")
+    with open(workdir / "metrics.jsonl", "r+") as f:  # a torn line in the middle, too
+        text = f.read()
+        f.seek(0)
+        f.write(text.replace('"env_step": 64', '"env_st', 1))
+    assert os.path.exists(write_report(str(workdir)))
+
+
+def test_report_md_escapes_the_strings_it_embeds(finished_run, tmp_path):
+    from wm_jax.report import write_report
+
+    workdir = copy_run(finished_run, tmp_path)
+    config = json.loads((workdir / "config.json").read_text())
+    config["env_id"] = "evil <img src=x onerror=alert(1)> [link](http://x) *b*"
+    (workdir / "config.json").write_text(json.dumps(config))
+    write_report(str(workdir))
+    md = (workdir / "report" / "report.md").read_text()
+    assert "<img" not in md and "](http" not in md and "*b*" not in md
+    assert "&lt;img" in md
+
+
+def test_a_time_interval_checkpoints_between_step_intervals(tmp_path):
+    trainer = Trainer(tiny(checkpoint_every=10_000, checkpoint_seconds=1e-3), str(tmp_path / "r"))
+    try:
+        trainer.run()
+        steps = trainer.checkpointer.all_steps()
+    finally:
+        trainer.close()
+    # The 3 kept are those of the last three vector steps (4 envs): saved by time alone.
+    assert steps == [120, 124, 128]
+
+
+def test_a_failed_checkpoint_save_stops_the_run_naming_the_cause_and_the_last_good_step(
+    tmp_path, monkeypatch
+):
+    trainer = Trainer(tiny(), str(tmp_path / "run"))
+    try:
+        trainer.run(stop_at=64)
+        trainer.checkpointer.wait()
+
+        def disk_full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(trainer.checkpointer.manager, "save", disk_full)
+        with pytest.raises(
+            CheckpointSaveError, match="disk is full.*last complete checkpoint is step 64"
+        ):
+            trainer.run()
+        assert trainer.env_step == 128  # stopped at the failed save, not later
+    finally:
+        monkeypatch.undo()
+        trainer.close()
+    resumed = Trainer(tiny(), str(tmp_path / "run"))
+    try:
+        assert resumed.resumed_from == 64
+    finally:
+        resumed.close()
+
+
+def test_start_up_refuses_a_replay_that_cannot_fit_in_memory_and_an_infinite_learning_rate():
+    with pytest.raises(ConfigError, match="replay_capacity.*GiB"):
+        ReplayBuffer(10**9, 1, (64, 64, 3), np.uint8, 1)
+    with pytest.raises(ConfigError, match="actor.lr: must be a finite number"):
+        validate(small_config(**{"actor.lr": float("inf")}))
+    with pytest.raises(ConfigError, match="checkpoint_seconds"):
+        validate(small_config(checkpoint_seconds=-1.0))
+
+
+def test_lock_holder_and_time_are_recorded_only_after_the_resume_check(finished_run, tmp_path):
+    workdir = copy_run(finished_run, tmp_path)
+    lock = workdir / ".lock"
+    before = lock.read_bytes()
+    with pytest.raises(ResumeRefusedError):
+        Trainer(tiny(seed=5), str(workdir))
+    assert lock.read_bytes() == before
+    time.sleep(0.01)
+    trainer = Trainer(tiny(), str(workdir))
+    try:
+        assert f"pid {os.getpid()}" in lock.read_text()
+    finally:
+        trainer.close()
