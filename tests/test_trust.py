@@ -275,3 +275,65 @@ def test_lock_holder_and_time_are_recorded_only_after_the_resume_check(finished_
         assert f"pid {os.getpid()}" in lock.read_text()
     finally:
         trainer.close()
+
+
+def _register_exploding_env():
+    """A CartPole whose step() raises at its 20th step."""
+    import gymnasium
+    from gymnasium.envs.classic_control import CartPoleEnv
+
+    class Exploding(CartPoleEnv):
+        def step(self, action):
+            self.steps = getattr(self, "steps", 0) + 1
+            if self.steps >= 20:
+                raise RuntimeError("simulator crashed")
+            return super().step(action)
+
+    if "WmJaxExploding-v0" not in gymnasium.registry:
+        gymnasium.register("WmJaxExploding-v0", entry_point=Exploding, max_episode_steps=500)
+
+
+def test_an_environment_that_raises_inside_step_stops_the_run_with_a_named_error(tmp_path):
+    from wm_jax.envs import EnvStepError
+
+    _register_exploding_env()
+    # The crash comes during the random prefill: nothing is compiled.
+    config = tiny(env_id="WmJaxExploding-v0", prefill_steps=96, checkpoint_every=32)
+    trainer = Trainer(config, str(tmp_path / "run"))
+    try:
+        with pytest.raises(
+            EnvStepError,
+            match="WmJaxExploding-v0 raised RuntimeError inside step.*simulator crashed.*at env "
+            "step 7[26].*last good checkpoint is env step 64",
+        ):
+            trainer.run()
+    finally:
+        trainer.close()
+
+
+def test_a_signal_during_an_evaluation_abandons_it_and_saves(tmp_path, monkeypatch):
+    import wm_jax.trainer as trainer_lib
+
+    trainer = Trainer(tiny(eval_every=64, eval_episodes=4), str(tmp_path / "run"))
+    real_evaluate = trainer_lib.evaluate
+    steps_seen = []
+
+    def evaluate_with_signal(*args, should_stop=None, **kwargs):
+        # SIGTERM arrives while the evaluation runs (the handler only sets a flag).
+        os.kill(os.getpid(), signal.SIGTERM)
+
+        def counting_stop():
+            steps_seen.append(1)
+            return should_stop()
+
+        return real_evaluate(*args, should_stop=counting_stop, **kwargs)
+
+    monkeypatch.setattr(trainer_lib, "evaluate", evaluate_with_signal)
+    try:
+        result = trainer.run()
+    finally:
+        trainer.close()
+    assert result.interrupted_by == signal.SIGTERM
+    assert result.env_steps == 64 and result.eval_returns == []
+    assert len(steps_seen) == 1  # stopped at its first vector step, not after 4 episodes
+    assert trainer.checkpointer.latest_step() == 64

@@ -95,6 +95,14 @@ _VECTOR_MODES = ("sync", "async")
 GYMNAX_PREFIX = "gymnax:"  # env ids run by wm_jax.gymnax_env rather than gymnasium
 
 
+class EnvStepError(RuntimeError):
+    """The environment itself raised inside ``reset()`` or ``step()``."""
+
+
+class EvaluationStopped(Exception):
+    """:meth:`VectorEnv.run_episodes` was asked to stop before its episodes ended."""
+
+
 class UnsupportedSpaceError(ValueError):
     """An environment's observation or action space cannot be used by wm_jax."""
 
@@ -598,6 +606,13 @@ class VectorEnv:
                 f"observation_space is {space} (shape {space.shape}, dtype {space.dtype}): make "
                 "reset() and step() return observations of exactly that shape, or fix the space."
             ) from err
+        except (InvalidEnvDataError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # the env's own code failed: name it, keep the cause
+            raise EnvStepError(
+                f"the environment {self.env_id} raised {type(err).__name__} inside "
+                f"{getattr(fn, '__name__', 'a call')}() of one of its {self.num_envs} envs: {err}"
+            ) from err
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Starts a new episode in every env and returns the first observations ``[N, ...]``.
@@ -851,16 +866,23 @@ class VectorEnv:
             filler_done = done
         return obs, returns
 
-    def run_episodes(self, act: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    def run_episodes(
+        self,
+        act: Callable[[np.ndarray, int], np.ndarray],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
         """Plays one episode in every env from a fresh reset, with ``act(obs, t)`` giving the
         agent's actions ``[N, A]`` at vector step ``t``; returns each episode's undiscounted
-        return ``[N]`` (envs that finish early idle until the last one is done)."""
+        return ``[N]`` (envs that finish early idle until the last one is done).  Raises
+        :class:`EvaluationStopped` as soon as ``should_stop()`` is true (e.g. on SIGTERM)."""
         obs = self.reset()
         done = np.zeros(self.num_envs, bool)
         running = np.zeros(self.num_envs)
         returns = np.zeros(self.num_envs)
         t = 0
         while not done.all():
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped(f"stopped after {t} of the evaluation's vector steps")
             out = self.step(act(obs, t))
             running += np.where(done, 0.0, out.transition.reward)
             ended = (out.transition.terminated | out.transition.truncated) & ~done

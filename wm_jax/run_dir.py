@@ -70,6 +70,7 @@ EXIT_ENV_DATA = 4
 EXIT_LOCKED = 5  # another run holds the workdir
 EXIT_RESUME_REFUSED = 6  # the workdir's run has another config or env; nothing was changed
 EXIT_WORKDIR = 7  # the workdir or a checkpoint cannot be written (disk full, read-only)
+EXIT_ENV_ERROR = 8  # the environment raised inside reset() or step()
 
 
 def stop_with(err: Exception, code: int) -> None:

@@ -100,9 +100,10 @@ def main(argv):
 
     from wm_jax.checkpoint import CheckpointSaveError
     from wm_jax.config import ConfigError
-    from wm_jax.envs import InvalidEnvDataError
+    from wm_jax.envs import EnvStepError, InvalidEnvDataError
     from wm_jax.run_dir import (
         EXIT_ENV_DATA,
+        EXIT_ENV_ERROR,
         EXIT_LOCKED,
         EXIT_NONFINITE,
         EXIT_RESUME_REFUSED,
@@ -149,6 +150,8 @@ def main(argv):
         stop_with(err, EXIT_NONFINITE)
     except InvalidEnvDataError as err:
         stop_with(err, EXIT_ENV_DATA)
+    except EnvStepError as err:
+        stop_with(err, EXIT_ENV_ERROR)
     result = results[0]
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name

@@ -38,7 +38,7 @@ from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer, ProcessExtras
 from wm_jax.config import ConfigError, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.envs import VectorEnv, make_env_spec
+from wm_jax.envs import EnvStepError, EvaluationStopped, VectorEnv, make_env_spec
 from wm_jax.inference import spec_to_json
 from wm_jax.normalizer import RunningMeanStd, normalize
 from wm_jax.open_loop import make_open_loop_fn
@@ -141,9 +141,10 @@ def _make_envs(config, num_envs: int, seed: int, mode: str) -> VectorEnv:
 
 
 def evaluate(
-    config, act_fn, state, normalizer, episodes: int, seed: int
+    config, act_fn, state, normalizer, episodes: int, seed: int, should_stop=None
 ) -> tuple[float, float, list[float]]:
-    """Runs ``episodes`` episodes (one per eval env) with the deterministic policy."""
+    """Runs ``episodes`` episodes (one per eval env) with the deterministic policy; raises
+    :class:`wm_jax.envs.EvaluationStopped` once ``should_stop()`` is true."""
     mean, std = normalizer.stats()
     key = jax.random.PRNGKey(seed)  # unused by the deterministic policy
     carry = act_fn.initial_carry(episodes)
@@ -157,7 +158,7 @@ def evaluate(
         return np.asarray(actions)
 
     with _make_envs(config, episodes, seed, "sync") as env:
-        values = env.run_episodes(policy)
+        values = env.run_episodes(policy, should_stop)
     return float(values.mean()), float(values.std()), [float(v) for v in values]
 
 
@@ -515,6 +516,21 @@ class Trainer:
         )
         return np.asarray(actions)
 
+    def _step_envs(self, actions):
+        try:
+            return self.envs.step(actions)
+        except EnvStepError as err:
+            last = self.checkpointer.latest_step() if self.checkpointer is not None else None
+            raise EnvStepError(
+                f"{err} (at env step {self.env_step}; "
+                + (
+                    f"the last good checkpoint is env step {last} in {self.checkpointer.directory}"
+                    ": rerunning the same command resumes from it)"
+                    if last is not None
+                    else "no checkpoint was written yet)"
+                )
+            ) from err
+
     def _sample(self):
         rows = self.config.batch_size // self.process_count
         return sample_batch(self.replay, self.config, self.updates, rows, self.stream)
@@ -591,13 +607,13 @@ class Trainer:
         train_returns = [0.0, 0]  # sum and count of the episode returns since the last log
         bar = _progress(end, self.env_step) if self.lead else _NoBar()
         last_time, last_step = time.time(), self.env_step
-        stop = _StopOnSignal()
+        stop = self._stop = _StopOnSignal()
         signum = None  # the signal that stops the run (of any process, with several)
         try:
             stop.__enter__()
             while self.env_step < end and signum is None:
                 actions = self._act()
-                out = self.envs.step(actions)
+                out = self._step_envs(actions)
                 self.replay.add(*out.transition)
                 if self.multiprocess:
                     obs, episodes, returns, signum = self._exchange(out, stop.signum)
@@ -621,7 +637,11 @@ class Trainer:
                     if trained:
                         self._check_nonfinite()
                 if c.eval_every and self.env_step % c.eval_every < c.num_envs:
-                    mean, std = self._evaluate()
+                    try:
+                        mean, std = self._evaluate()
+                    except EvaluationStopped:  # a signal: abandon it, save and stop
+                        signum = stop.signum
+                        break
                     self.eval_returns.append((self.env_step, mean, std))
                     if self.lead:
                         self.detector.update(
@@ -706,6 +726,9 @@ class Trainer:
         c = self.config
         mean_std = np.zeros(2, np.float64)
         if self.lead:
+            stop = getattr(self, "_stop", None)
+            # One process may abandon an evaluation: the others wait for its broadcast.
+            should_stop = None if self.multiprocess or stop is None else lambda: bool(stop.signum)
             mean, std, _ = evaluate(
                 c,
                 self.act_fn,
@@ -713,6 +736,7 @@ class Trainer:
                 self.normalizer,
                 c.eval_episodes,
                 seed=c.seed + 100_000 + self.env_step,
+                should_stop=should_stop,
             )
             mean_std[:] = mean, std
         if self.multiprocess:
