@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_spec
+from conftest import make_spec, small_config
 
 pytest.importorskip("gymnax")
 
@@ -28,6 +28,7 @@ from wm_jax.device_loop import (  # noqa: E402
     replay_sample_sequences,
     train_device,
 )
+from wm_jax.metrics import read_metrics  # noqa: E402
 from wm_jax.normalizer import RunningMeanStd  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,3 +246,26 @@ def test_vmapped_seeds_and_learning_rates_equal_the_same_runs_one_at_a_time(devi
     # Different seeds, and different learning rates, really are different runs.
     assert not np.allclose(out["straight/0/3e-05"]["wm"], out["straight/1/3e-05"]["wm"])
     assert not np.allclose(out["straight/1/3e-05"]["actor"], out["straight/1/0.0001"]["actor"])
+
+
+def test_the_device_loop_stops_on_consecutive_nonfinite_updates_like_the_host_loop(tmp_path):
+    from wm_jax.trainer import NonFiniteError
+
+    c = small_config(
+        env_id="gymnax:CartPole-v1",
+        loop="device",
+        total_env_steps=480,
+        prefill_steps=64,
+        eval_every=0,
+        log_every=32,
+        checkpoint_every=64,
+        report=False,
+        max_nonfinite_updates=3,
+        **{"schedule.warmup_steps": 64, "schedule.transition_steps": 96},
+        **{"diagnostics.open_loop_every": 0, "world_model.lr": 1e30},
+    )
+    stop = r"consecutive \w+ updates had a non-finite.*last good checkpoint"
+    with pytest.raises(NonFiniteError, match=stop):
+        train_device(c, str(tmp_path / "nan"))
+    rows = read_metrics(str(tmp_path / "nan"))
+    assert max(r["env_step"] for r in rows) < 480  # stopped, not run to the end

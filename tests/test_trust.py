@@ -337,3 +337,46 @@ def test_a_signal_during_an_evaluation_abandons_it_and_saves(tmp_path, monkeypat
     assert result.env_steps == 64 and result.eval_returns == []
     assert len(steps_seen) == 1  # stopped at its first vector step, not after 4 episodes
     assert trainer.checkpointer.latest_step() == 64
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0, reason="mounts a small tmpfs (root on Linux)"
+)
+def test_a_full_disk_stops_the_run_with_a_named_error_and_leaves_a_resumable_workdir(tmp_path):
+    from wm_jax.errors import WorkdirError
+
+    disk = tmp_path / "small_disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
+    try:
+        workdir = disk / "run"
+        config = tiny(replay_capacity=2_000)
+        trainer = Trainer(config, str(workdir))
+        try:
+            trainer.run(stop_at=64)
+            trainer.checkpointer.wait()
+            fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 65536)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC
+            finally:
+                os.close(fd)
+            with pytest.raises((WorkdirError, CheckpointSaveError), match="disk is full"):
+                trainer.run()
+        finally:
+            trainer.close()
+        os.remove(disk / "filler")
+        resumed = Trainer(config, str(workdir))
+        try:
+            assert resumed.resumed_from == 64
+            assert resumed.run().env_steps == 128
+        finally:
+            resumed.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

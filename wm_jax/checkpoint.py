@@ -213,10 +213,17 @@ class Checkpointer:
         self.check_for_errors()
 
     def close(self) -> None:
+        """Waits for a background save and closes; a failed save was reported by the loop
+        (:meth:`check_for_errors`), so here it is only logged."""
         try:
             self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - closing after a failure must not raise again
+            logging.warning("checkpoint save in %s did not complete: %s", self.directory, err)
         finally:
-            self.manager.close()
+            try:
+                self.manager.close()
+            except Exception as err:  # noqa: BLE001
+                logging.warning("closing the checkpointer of %s: %s", self.directory, err)
 
 
 class ProcessExtras:

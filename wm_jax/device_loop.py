@@ -58,6 +58,7 @@ from wm_jax.trainer import (
     _all_finite,
     _prepare_batch,
     _StopOnSignal,
+    check_nonfinite,
     record_open_loop,
 )
 from wm_jax.types import Sequence, TrainState, Transition
@@ -780,6 +781,10 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
                         metrics_lib.log_line(env_step, record, _LOG_KEYS)
             if crossed(c.log_every):
                 last_time, last_step = now, env_step
+            if not prefill:  # the host loop's rule: max_nonfinite_updates skips in a row stop
+                for i, run in enumerate(runs):
+                    one = ls if num_seeds == 1 else _index(ls, i)
+                    check_nonfinite(one.train, c, env_step, run.checkpointer)
             seconds = c.get("checkpoint_seconds", 0.0)
             timed = bool(seconds) and time.monotonic() - last_save >= seconds
             if c.checkpoint_every and (crossed(c.checkpoint_every) or timed):

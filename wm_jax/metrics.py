@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from wm_jax.errors import workdir_error
+
 
 def aggregate(history: list[dict[str, Any]]) -> dict[str, float]:
     """Means over a window of per-update metric dicts (keys may differ between updates), with the
@@ -71,13 +73,21 @@ class MetricsWriter:
                 if isinstance(value, float):
                     self._tb.add_scalar(name, value, env_step)
         record = {"env_step": int(env_step), **clean}
-        self._file.write(json.dumps(record) + "\n")
+        try:
+            self._file.write(json.dumps(record) + "\n")
+        except OSError as err:  # disk full, ...: a named error, not a traceback mid-loop
+            raise workdir_error(os.path.dirname(self.path), err, "append to metrics.jsonl") from err
         return record
 
     def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        """Closes both streams; an error flushing them (a full disk) is only logged: the run
+        already stopped on it, or stops on its next checkpoint."""
+        for close in (self._file.close, self._tb.close if self._tb is not None else None):
+            try:
+                if close is not None:
+                    close()
+            except OSError as err:
+                logging.warning("closing the metrics of %s: %s", os.path.dirname(self.path), err)
 
 
 def read_jsonl(path: str, warn: bool = True) -> list[dict[str, Any]]:

@@ -61,22 +61,19 @@ from wm_jax.checkpoint import Checkpointer, CheckpointSaveError
 from wm_jax.config import ConfigError, get_config, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import EnvSpec, UnsupportedSpaceError, from_env_action, spec_from_spaces
-from wm_jax.inference import _partial, spec_from_json, spec_to_json
-from wm_jax.normalizer import RunningMeanStd
-from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.replay import ReplayBuffer
-from wm_jax.run_dir import (
+from wm_jax.errors import (
     EXIT_LOCKED,
     EXIT_NONFINITE,
     EXIT_RESUME_REFUSED,
     EXIT_WORKDIR,
-    ResumeRefusedError,
-    RunDir,
     WorkdirError,
-    WorkdirLockedError,
-    atomic_write,
     stop_with,
 )
+from wm_jax.inference import _partial, spec_from_json, spec_to_json
+from wm_jax.normalizer import RunningMeanStd
+from wm_jax.open_loop import make_open_loop_fn
+from wm_jax.replay import ReplayBuffer
+from wm_jax.run_dir import ResumeRefusedError, RunDir, WorkdirLockedError, atomic_write
 from wm_jax.safe_load import UntrustedImportError, check_config
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 from wm_jax.trainer import LOG_KEYS as TRAINER_LOG_KEYS

@@ -123,7 +123,9 @@ def _returns_figure(plt, records, findings):
     return fig
 
 
-_MD_SPECIAL = "\\`*_{}[]()#+-.!|~>"
+# Markdown's markup characters (an intraword "_" or "-" cannot start markup; escaping them would
+# only make names such as gradient_explosion harder to read or search).
+_MD_SPECIAL = "\\`*{}[]()#+!|~>"
 
 
 def _md(text: str) -> str:

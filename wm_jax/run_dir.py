@@ -24,19 +24,18 @@ checked before anything is written, logs that follow the checkpoints.
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from typing import Any
 
 from absl import logging
 
 from wm_jax.config import ConfigError
+from wm_jax.errors import WorkdirError, workdir_error
 from wm_jax.metrics import read_jsonl
 
 LOCK_NAME = ".lock"
@@ -63,33 +62,12 @@ RESUMABLE = (
 )
 
 
-# Exit codes of the command lines (README "When things go wrong"); 1 is a usage or config
-# error, 128 + N a signal.
-EXIT_NONFINITE = 3
-EXIT_ENV_DATA = 4
-EXIT_LOCKED = 5  # another run holds the workdir
-EXIT_RESUME_REFUSED = 6  # the workdir's run has another config or env; nothing was changed
-EXIT_WORKDIR = 7  # the workdir or a checkpoint cannot be written (disk full, read-only)
-EXIT_ENV_ERROR = 8  # the environment raised inside reset() or step()
-
-
-def stop_with(err: Exception, code: int) -> None:
-    """Ends a command line with ``err``'s message (no traceback) and exit status ``code``."""
-    logging.error("%s", err)
-    print(f"stopped: {err}", file=sys.stderr)
-    sys.exit(code)
-
-
 class WorkdirLockedError(RuntimeError):
     """Another live process holds the workdir's lock."""
 
 
 class ResumeRefusedError(ConfigError):
     """The workdir holds a run whose config or environment differs from the new one."""
-
-
-class WorkdirError(RuntimeError):
-    """The workdir cannot be written (read-only, full disk, ...); names the path and cause."""
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -144,17 +122,6 @@ def atomic_write(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def workdir_error(workdir: str, err: OSError, doing: str) -> WorkdirError:
-    cause = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exceeded",
-        errno.EROFS: "the filesystem is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-    }.get(err.errno, os.strerror(err.errno) if err.errno else str(err))
-    return WorkdirError(f"cannot {doing} in {workdir}: {cause} ({err})")
 
 
 def _step_of(row: dict[str, Any], key: str) -> int:

@@ -101,18 +101,17 @@ def main(argv):
     from wm_jax.checkpoint import CheckpointSaveError
     from wm_jax.config import ConfigError
     from wm_jax.envs import EnvStepError, InvalidEnvDataError
-    from wm_jax.run_dir import (
+    from wm_jax.errors import (
         EXIT_ENV_DATA,
         EXIT_ENV_ERROR,
         EXIT_LOCKED,
         EXIT_NONFINITE,
         EXIT_RESUME_REFUSED,
         EXIT_WORKDIR,
-        ResumeRefusedError,
         WorkdirError,
-        WorkdirLockedError,
         stop_with,
     )
+    from wm_jax.run_dir import ResumeRefusedError, WorkdirLockedError
     from wm_jax.trainer import NonFiniteError, train
 
     config = _CONFIG.value

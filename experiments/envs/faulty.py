@@ -4,9 +4,14 @@ Importing this module registers ``FaultyCartPole-v1``; from the command line use
 ``experiments.envs.faulty:FaultyCartPole-v1`` (gymnasium imports the module first).  Faults are
 drawn from the env's own seeded generator, so an episode is still a deterministic function of its
 reset seed and actions (which exact resume relies on).
+
+While the file named by ``$WM_JAX_FAULTY_RAISE_FILE`` exists, ``step()`` raises: the soak
+benchmark's "environment exception" fault.
 """
 
 from __future__ import annotations
+
+import os
 
 import gymnasium
 import numpy as np
@@ -20,6 +25,9 @@ class FaultyCartPole(CartPoleEnv):
         self.nan_reward_prob = nan_reward_prob
 
     def step(self, action):
+        trigger = os.environ.get("WM_JAX_FAULTY_RAISE_FILE")
+        if trigger and os.path.exists(trigger):
+            raise RuntimeError(f"simulated simulator crash ({trigger} exists)")
         obs, reward, terminated, truncated, info = super().step(action)
         obs = np.array(obs, np.float32)
         if self.np_random.random() < self.nan_obs_prob:
