@@ -730,6 +730,11 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from wm_jax.compilation_cache import enable_compilation_cache
+    from wm_jax.errors import exit_on_termination
+
+    exit_on_termination()
+    enable_compilation_cache()
     FLAGS = flags.FLAGS
     for flag in ("workdir", "dataset"):
         if not FLAGS[flag].value:

@@ -95,7 +95,12 @@ def _join_processes() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from wm_jax.compilation_cache import enable_compilation_cache
+    from wm_jax.errors import exit_on_termination
+
+    exit_on_termination()
     _join_processes()
+    enable_compilation_cache()
     import jax
 
     from wm_jax.checkpoint import CheckpointSaveError
@@ -155,9 +160,15 @@ def main(argv):
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name
         if lead:
+            # Without --workdir the run got a fresh directory: the rerun must name it.
+            how = (
+                "rerun the same command to resume"
+                if _WORKDIR.value
+                else f"rerun the same command with --workdir={workdir} to resume"
+            )
             print(
                 f"interrupted by {name} at env step {result.env_steps}; a final checkpoint is "
-                f"in {os.path.abspath(workdir)}/checkpoints: rerun the same command to resume",
+                f"in {os.path.abspath(workdir)}/checkpoints: {how}",
                 file=sys.stderr,
             )
         sys.exit(128 + result.interrupted_by)  # the shell's convention for "ended by a signal"

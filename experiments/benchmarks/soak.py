@@ -110,14 +110,17 @@ def _start(workdir: str, attempt: int, name: str = "attempt"):
         f"--config.log_every={_LOG_EVERY.value}",
         f"--config.eval_every={_EVAL_EVERY.value}",
     ]
-    log_path = os.path.join(os.path.dirname(workdir), f"{name}_{attempt}.log")
+    log_path = os.path.join(_LOG_DIR[0], f"{name}_{attempt}.log")
     log = open(log_path, "w")
     env = {**os.environ, "WM_JAX_FAULTY_RAISE_FILE": _raise_file(workdir)}
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log_path
 
 
+_LOG_DIR = [""]  # the soak's root: logs and the trigger file stay off the (filled) tmpfs
+
+
 def _raise_file(workdir: str) -> str:
-    return os.path.join(os.path.dirname(workdir), "env_raise_now")
+    return os.path.join(_LOG_DIR[0], "env_raise_now")
 
 
 def _log_text(log_path: str) -> str:
@@ -197,6 +200,7 @@ def main(argv):
 
 
 def _soak(root: str, workdir: str, disk: str | None, kinds_all) -> dict:
+    _LOG_DIR[0] = root
     rng = np.random.default_rng(_SEED.value)
     kinds = [kinds_all[i % len(kinds_all)] for i in rng.permutation(_FAULTS.value)]
     # Fault times: spread over the run, after the first checkpoints exist.
@@ -266,6 +270,9 @@ def _soak(root: str, workdir: str, disk: str | None, kinds_all) -> dict:
         while proc.poll() is None and _logged_step(workdir) < before:
             time.sleep(0.2)
         fault["wall_lost_s"] = round(time.time() - t_fault, 1)
+        # The next fault hits a running loop, not the restart's start-up.
+        while proc.poll() is None and _logged_step(workdir) <= max(before, resumed or 0):
+            time.sleep(0.2)
         expected = EXPECTED_EXIT.get(kind, -signal.SIGKILL)
         from_checkpoint = resumed is not None and (resumed > 0 or not had_checkpoint)
         fault["survived"] = fault["exit_code"] == expected and from_checkpoint
