@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import sys
 
 from absl import logging
@@ -41,14 +40,3 @@ def workdir_error(workdir: str, err: OSError, doing: str) -> WorkdirError:
     }.get(err.errno, os.strerror(err.errno) if err.errno else str(err))
     return WorkdirError(f"cannot {doing} in {workdir}: {cause} ({err})")
 
-
-def exit_on_termination() -> None:
-    """Until the training loop installs its own handler (finish the step, save, exit), SIGTERM
-    ends the process at once with the status of a signalled stop (143): during start-up there is
-    nothing new to save, and every file written so far was written atomically."""
-
-    def terminate(signum, frame):
-        del frame
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)

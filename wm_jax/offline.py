@@ -730,11 +730,9 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from wm_jax.compilation_cache import enable_compilation_cache
-    from wm_jax.errors import exit_on_termination
+    from wm_jax import cli
 
-    exit_on_termination()
-    enable_compilation_cache()
+    cli.start()
     FLAGS = flags.FLAGS
     for flag in ("workdir", "dataset"):
         if not FLAGS[flag].value:
@@ -745,7 +743,6 @@ def main(argv):
             config.seed = FLAGS.seed
         if FLAGS.freeze_world_model:
             config.offline.freeze_world_model = True
-    logging.set_verbosity(logging.INFO)
     try:
         result = train_offline(
             config, FLAGS.workdir, FLAGS.dataset, allow_imports=FLAGS.allow_imports

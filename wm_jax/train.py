@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from wm_jax import config as config_module
@@ -95,12 +95,11 @@ def _join_processes() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from wm_jax.compilation_cache import enable_compilation_cache
-    from wm_jax.errors import exit_on_termination
+    from wm_jax import cli
 
-    exit_on_termination()
+    cli.exit_on_termination()
     _join_processes()
-    enable_compilation_cache()
+    cli.enable_compilation_cache()
     import jax
 
     from wm_jax.checkpoint import CheckpointSaveError
@@ -134,7 +133,7 @@ def main(argv):
     workdir = _WORKDIR.value or os.path.join(
         "runs", f"{config.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    logging.set_verbosity(logging.INFO if lead else logging.WARNING)  # one process reports
+    cli.configure_logging(lead)  # one process reports
     try:
         if config.loop == "device":
             from wm_jax.device_loop import train_device
@@ -178,10 +177,10 @@ def main(argv):
         if final is not None:
             summary += f"; final eval return {final[1]:.1f} ± {final[2]:.1f}"
         print(summary)
-        print(
-            f"results in {result.workdir} "
-            "(metrics.jsonl, tensorboard/, checkpoints/, report/report.html)"
-        )
+        made = ["metrics.jsonl", "tensorboard/", "checkpoints/"]
+        if config.report and result.env_steps >= config.total_env_steps:
+            made.append("report/report.html")
+        print(f"results in {result.workdir} ({', '.join(made)})")
 
 
 def run():
