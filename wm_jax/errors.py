@@ -40,3 +40,12 @@ def workdir_error(workdir: str, err: OSError, doing: str) -> WorkdirError:
     }.get(err.errno, os.strerror(err.errno) if err.errno else str(err))
     return WorkdirError(f"cannot {doing} in {workdir}: {cause} ({err})")
 
+
+
+# OS errors that mean "this directory cannot take more writes", wherever they surface (a library
+# opening a new event file, orbax creating a directory, ...).
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def is_storage_error(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in STORAGE_ERRNOS

@@ -67,7 +67,9 @@ from wm_jax.errors import (
     EXIT_RESUME_REFUSED,
     EXIT_WORKDIR,
     WorkdirError,
+    is_storage_error,
     stop_with,
+    workdir_error,
 )
 from wm_jax.inference import _partial, spec_from_json, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
@@ -757,6 +759,10 @@ def main(argv):
         raise app.UsageError(str(err)) from None
     except (WorkdirError, CheckpointSaveError) as err:
         stop_with(err, EXIT_WORKDIR)
+    except OSError as err:
+        if not is_storage_error(err):
+            raise
+        stop_with(workdir_error(os.path.abspath(FLAGS.workdir), err, "write the run"), EXIT_WORKDIR)
     except NonFiniteError as err:
         stop_with(err, EXIT_NONFINITE)
     workdir = os.path.abspath(FLAGS.workdir)

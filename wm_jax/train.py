@@ -113,7 +113,9 @@ def main(argv):
         EXIT_RESUME_REFUSED,
         EXIT_WORKDIR,
         WorkdirError,
+        is_storage_error,
         stop_with,
+        workdir_error,
     )
     from wm_jax.run_dir import ResumeRefusedError, WorkdirLockedError
     from wm_jax.trainer import NonFiniteError, train
@@ -149,6 +151,10 @@ def main(argv):
         raise app.UsageError(str(err)) from None
     except (WorkdirError, CheckpointSaveError) as err:
         stop_with(err, EXIT_WORKDIR)
+    except OSError as err:
+        if not is_storage_error(err):
+            raise
+        stop_with(workdir_error(os.path.abspath(workdir), err, "write the run"), EXIT_WORKDIR)
     except NonFiniteError as err:
         stop_with(err, EXIT_NONFINITE)
     except InvalidEnvDataError as err:
