@@ -132,12 +132,12 @@ def test_gymnax_termination_sets_terminated():
 def test_the_device_loop_refuses_a_multi_process_run(monkeypatch, tmp_path):
     from conftest import small_config
 
-    from wm_jax import trainer
+    from wm_jax import loops
 
     # The check comes first: no env, compile or workdir is touched.
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     config = small_config(env_id="gymnax:CartPole-v1", loop="device")
-    for run in (train_device, trainer.train):
+    for run in (train_device, loops.train):
         with pytest.raises(ConfigError, match="needs loop=host"):
             run(config, str(tmp_path))
 

@@ -136,7 +136,7 @@ def tiny_config(**overrides):
 
 
 def test_training_on_an_env_that_emits_nan_stops_with_a_clear_error(tmp_path):
-    from wm_jax.trainer import train
+    from wm_jax.loops import train
 
     with pytest.raises(InvalidEnvDataError, match="non-finite observation"):
         train(tiny_config(), str(tmp_path / "raise"))

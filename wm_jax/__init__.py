@@ -28,7 +28,7 @@ _API = {
     "get_config": "wm_jax.config",
     "validate_config": "wm_jax.config",
     "ConfigError": "wm_jax.config",
-    "train": "wm_jax.trainer",
+    "train": "wm_jax.loops",
     "Trainer": "wm_jax.trainer",
     "RunResult": "wm_jax.trainer",
     "NonFiniteError": "wm_jax.trainer",

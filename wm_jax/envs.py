@@ -71,6 +71,7 @@ import numpy as np
 from gymnasium import spaces
 
 from wm_jax.env_guard import EnvGuard, InvalidEnvDataError
+from wm_jax.env_ids import GYMNAX_PREFIX, UnsupportedSpaceError
 
 __all__ = [
     "GYMNAX_PREFIX",
@@ -92,7 +93,6 @@ __all__ = [
 ]
 
 _VECTOR_MODES = ("sync", "async")
-GYMNAX_PREFIX = "gymnax:"  # env ids run by wm_jax.gymnax_env rather than gymnasium
 
 
 class EnvStepError(RuntimeError):
@@ -101,10 +101,6 @@ class EnvStepError(RuntimeError):
 
 class EvaluationStopped(Exception):
     """:meth:`VectorEnv.run_episodes` was asked to stop before its episodes ended."""
-
-
-class UnsupportedSpaceError(ValueError):
-    """An environment's observation or action space cannot be used by wm_jax."""
 
 
 @dataclasses.dataclass(frozen=True)

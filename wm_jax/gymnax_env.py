@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from wm_jax.envs import GYMNAX_PREFIX, UnsupportedSpaceError
+from wm_jax.env_ids import GYMNAX_PREFIX, UnsupportedSpaceError
 
 __all__ = [
     "GymnaxNotInstalledError",

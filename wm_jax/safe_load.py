@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from wm_jax.envs import GYMNAX_PREFIX
+from wm_jax.env_ids import GYMNAX_PREFIX
 
 
 class UntrustedImportError(ValueError):

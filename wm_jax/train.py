@@ -117,8 +117,9 @@ def main(argv):
         stop_with,
         workdir_error,
     )
+    from wm_jax.loops import train_all
     from wm_jax.run_dir import ResumeRefusedError, WorkdirLockedError
-    from wm_jax.trainer import NonFiniteError, train
+    from wm_jax.trainer import NonFiniteError
 
     config = _CONFIG.value
     with config.unlocked():
@@ -137,12 +138,7 @@ def main(argv):
     )
     cli.configure_logging(lead)  # one process reports
     try:
-        if config.loop == "device":
-            from wm_jax.device_loop import train_device
-
-            results = train_device(config, workdir)
-        else:
-            results = [train(config, workdir)]
+        results = train_all(config, workdir)
     except WorkdirLockedError as err:
         stop_with(err, EXIT_LOCKED)
     except ResumeRefusedError as err:

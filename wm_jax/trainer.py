@@ -784,22 +784,3 @@ def _progress(total: int, initial: int):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)
-
-
-def train(config, workdir: str, stop_at: int | None = None) -> RunResult:
-    """Builds a :class:`Trainer` (resuming from a checkpoint in ``workdir``) and runs it; with
-    ``config.loop = "device"`` runs :func:`wm_jax.device_loop.train_device` instead."""
-    if config.get("loop", "host") == "device":
-        if config.num_seeds > 1:
-            raise ConfigError(
-                "config.num_seeds: several seeds give several results; call "
-                "wm_jax.train_device(config, workdir), which returns one per seed"
-            )
-        from wm_jax.device_loop import train_device
-
-        return train_device(config, workdir, stop_at)[0]
-    trainer = Trainer(config, workdir)
-    try:
-        return trainer.run(stop_at)
-    finally:
-        trainer.close()
