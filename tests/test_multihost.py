@@ -43,6 +43,7 @@ out, pid, port, flags = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 import importlib
 from absl import app
 import wm_jax.trainer as trainer_lib
+import wm_jax.shell as shell
 cli = importlib.import_module("wm_jax.train")  # the module (wm_jax.train is also a function)
 
 trained = {}
@@ -86,7 +87,7 @@ np.save(f"{out}/params_{pid}.npy", flat(local_copy(
 batch = random_transitions(jax.random.PRNGKey(7), t.spec, batch=16)
 mine = jax.tree.map(lambda x: np.asarray(x)[8 * pid: 8 * (pid + 1)], batch)
 counts, names = UpdateCounts(1, 1, 1), ("world_model_loss", "actor_loss", "critic_loss")
-prep = lambda b: trainer_lib._prepare_batch_jit(  # as in training (identity on these values)
+prep = lambda b: shell.prepare_batch_jit(  # as in training (identity on these values)
     b, np.zeros(4, np.float32), np.ones(4, np.float32), np.float32(1.0))
 state, m = t.steps.train_step(t.state, prep(shard_batch(mine, t.mesh)), counts, np.float32(0.5))
 result["sharded_losses"] = [float(m[k]) for k in names]

@@ -52,13 +52,13 @@ from wm_jax.policy import ActCarry, act, initial_carry
 from wm_jax.run_dir import RunDir
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import make_mesh, shard_batch
-from wm_jax.trainer import (
+from wm_jax.shell import (
     NonFiniteError,
     RunResult,
-    _all_finite,
-    _prepare_batch,
-    _StopOnSignal,
+    StopOnSignal,
+    all_finite,
     check_nonfinite,
+    prepare_batch,
     record_open_loop,
 )
 from wm_jax.types import Sequence, TrainState, Transition
@@ -429,7 +429,7 @@ class DeviceLoop:
         else:
             batch = replay_sample_flat(ls.replay, sample_key, c.batch_size)
         mean, std = normalizer_stats(ls.norm, self.norm_enabled)
-        batch = _prepare_batch(batch, mean, std, c.reward_scale)
+        batch = prepare_batch(batch, mean, std, c.reward_scale)
         mix = critic_real_mix(ls.env_step, c.schedule)
         train, metrics = train_step(self.agent, ls.train, batch, counts, mix)
         return ls.replace(train=train, updates=ls.updates + 1, key=key), metrics
@@ -506,7 +506,7 @@ class DeviceLoop:
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), 13)
         windows = self._open_loop_windows(ls.replay, key, d.open_loop_batch, d.open_loop_horizon)
         mean, std = normalizer_stats(ls.norm, self.norm_enabled)
-        batch = _prepare_batch(windows, mean, std, c.reward_scale)
+        batch = prepare_batch(windows, mean, std, c.reward_scale)
         out = jax.device_get(self._open_loop_fn(ls.train.wm_params, batch))
         windows, mean, std = jax.device_get((windows, mean, std))
         return record_open_loop(out, windows, mean, std, step, workdir)
@@ -740,7 +740,7 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
     per_iteration = loop.cadence.env_repeat * c.num_envs
     last_time, last_step = time.time(), env_step
     last_save = time.monotonic()
-    signals = _StopOnSignal()  # SIGTERM/SIGINT: finish the segment, save, return
+    signals = StopOnSignal()  # SIGTERM/SIGINT: finish the segment, save, return
     try:
         signals.__enter__()
         while env_step < end and signals.signum is None:
@@ -825,7 +825,7 @@ def _record(summary, env_step, c, elapsed, last_step) -> dict[str, Any]:
 def _save(runs, ls: LoopState, num_seeds: int) -> None:
     for i, run in enumerate(runs):
         one = ls if num_seeds == 1 else _index(ls, i)
-        if not bool(_all_finite(one.train)):
+        if not bool(all_finite(one.train)):
             raise NonFiniteError(
                 f"seed {run.seed}: the train state at env step {int(one.env_step)} holds "
                 f"non-finite values; not saving it.  The last good checkpoint is env step "

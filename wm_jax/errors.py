@@ -41,7 +41,6 @@ def workdir_error(workdir: str, err: OSError, doing: str) -> WorkdirError:
     return WorkdirError(f"cannot {doing} in {workdir}: {cause} ({err})")
 
 
-
 # OS errors that mean "this directory cannot take more writes", wherever they surface (a library
 # opening a new event file, orbax creating a directory, ...).
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)

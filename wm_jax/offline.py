@@ -78,16 +78,16 @@ from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import ResumeRefusedError, RunDir, WorkdirLockedError, atomic_write
 from wm_jax.safe_load import UntrustedImportError, check_config
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
-from wm_jax.trainer import LOG_KEYS as TRAINER_LOG_KEYS
-from wm_jax.trainer import (
+from wm_jax.shell import (
     NonFiniteError,
-    _all_finite,
-    _prepare_batch_jit,
-    _StopOnSignal,
+    StopOnSignal,
+    all_finite,
     check_nonfinite,
     open_loop_check,
+    prepare_batch_jit,
     sample_batch,
 )
+from wm_jax.trainer import LOG_KEYS as TRAINER_LOG_KEYS
 from wm_jax.types import TrainState
 from wm_jax.update import make_agent, make_steps
 
@@ -570,7 +570,7 @@ class OfflineTrainer:
     def save(self) -> None:
         """A checkpoint in the online trainer's layout (state + replay, normaliser, counters),
         so the workdir also serves as a ``run:`` dataset; there is no env state to save."""
-        if not bool(_all_finite(self.state)):
+        if not bool(all_finite(self.state)):
             raise NonFiniteError(
                 f"the train state at update {self.updates} holds non-finite values; not saving "
                 f"it.  The last good checkpoint is update {self.checkpointer.latest_step()} in "
@@ -617,14 +617,14 @@ class OfflineTrainer:
         seconds = c.get("checkpoint_seconds", 0.0)
         history: list[dict[str, Any]] = []
         last_time, last_updates = time.time(), self.updates
-        stop = _StopOnSignal()
+        stop = StopOnSignal()
         try:
             stop.__enter__()
             while self.updates < end and stop.signum is None:
                 counts = offline_counts(self.updates, c, self.schedule)
                 mix = np.float32(critic_real_mix(self.updates, self.schedule))
                 batch = sample_batch(self.replay, c, self.updates)
-                batch = _prepare_batch_jit(batch, mean, std, reward_scale)
+                batch = prepare_batch_jit(batch, mean, std, reward_scale)
                 self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
                 self.updates += 1
                 history.append(metrics)

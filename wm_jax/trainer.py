@@ -20,12 +20,8 @@ checkpoints (:class:`wm_jax.checkpoint.ProcessExtras` holds each one's replay an
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import signal
-import sys
-import threading
 import time
 from typing import Any
 
@@ -40,15 +36,27 @@ from wm_jax.config import ConfigError, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import EnvStepError, EvaluationStopped, VectorEnv, make_env_spec
 from wm_jax.inference import spec_to_json
-from wm_jax.normalizer import RunningMeanStd, normalize
+from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, carry_to_arrays, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import RunDir
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
-from wm_jax.types import Sequence
-from wm_jax.update import make_agent, make_steps, nonfinite_streak
+from wm_jax.shell import (
+    NoBar,
+    NonFiniteError,
+    NoWriter,
+    RunResult,
+    StopOnSignal,
+    all_finite,
+    check_nonfinite,
+    open_loop_check,
+    prepare_batch_jit,
+    progress_bar,
+    sample_batch,
+)
+from wm_jax.update import make_agent, make_steps
 
 LOG_KEYS = (
     "eval_return",
@@ -62,70 +70,6 @@ LOG_KEYS = (
     "critic_loss",
     "env_steps_per_s",
 )
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive updates had non-finite losses or gradients; the run stopped."""
-
-
-@dataclasses.dataclass
-class RunResult:
-    """What :func:`train` returns: where the run is, how far it got, its evaluations."""
-
-    workdir: str
-    env_steps: int
-    eval_returns: list[tuple[int, float, float]]  # (env_step, mean, std)
-    resumed_from: int | None
-    interrupted_by: int | None = None  # the signal (SIGTERM/SIGINT) that stopped the run early
-
-
-class _StopOnSignal:
-    """While active, SIGTERM and SIGINT ask the loop to stop after the current env step (so a
-    final checkpoint can be written) instead of killing it; a second signal acts as usual."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        logging.warning("received %s: stopping after this step", signal.Signals(signum).name)
-        for sig, handler in self._previous.items():  # a second signal is not deferred
-            signal.signal(sig, handler)
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():  # signal() works only there
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _prepare_batch(batch, obs_mean, obs_std, reward_scale):
-    """Host numpy batch -> device batch with normalised observations and scaled rewards."""
-    batch = jax.tree.map(jax.numpy.asarray, batch)
-    if isinstance(batch, Sequence):
-        return batch.replace(
-            obs=normalize(batch.obs, obs_mean, obs_std), reward=batch.reward * reward_scale
-        )
-    return batch.replace(
-        obs=normalize(batch.obs, obs_mean, obs_std),
-        next_obs=normalize(batch.next_obs, obs_mean, obs_std),
-        reward=batch.reward * reward_scale,
-    )
-
-
-_prepare_batch_jit = jax.jit(_prepare_batch)
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
-    return jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))
 
 
 def _make_envs(config, num_envs: int, seed: int, mode: str) -> VectorEnv:
@@ -162,20 +106,6 @@ def evaluate(
     return float(values.mean()), float(values.std()), [float(v) for v in values]
 
 
-def sample_batch(
-    replay: ReplayBuffer, config, updates: int, rows: int | None = None, stream: tuple = ()
-):
-    """The host batch of update number ``updates``: its generator is derived from
-    ``(seed, updates)``, so a resumed run draws exactly what the uninterrupted one would have.
-    ``rows`` (default ``config.batch_size``) and ``stream`` (appended to the seed) give each
-    process of a multi-process run its own share of the batch."""
-    rng = np.random.default_rng([config.seed, updates, 11, *stream])
-    rows = config.batch_size if rows is None else rows
-    if config.sequence_mode:
-        return replay.sample_sequences(rng, rows, config.sequence_length)
-    return replay.sample_flat(rng, rows)
-
-
 def process_seed(seed: int, process_index: int) -> int:
     """The env seed of process ``process_index`` in a multi-process run: 63 bits of
     ``SeedSequence([seed, process_index])``, so processes never share an episode seed."""
@@ -187,92 +117,6 @@ def _fingerprint(tree) -> jax.Array:
     """Per-leaf sums and sums of squares: equal on every process while replicas agree."""
     leaves = [x.astype(jax.numpy.float32) for x in jax.tree.leaves(tree)]
     return jax.numpy.stack([f(x) for x in leaves for f in (jax.numpy.sum, lambda v: (v * v).sum())])
-
-
-def open_loop_check(
-    open_loop_fn, wm_params, replay: ReplayBuffer, normalizer, config, step: int, workdir: str
-) -> dict[str, Any] | None:
-    """The open-loop prediction check on replayed windows (:mod:`wm_jax.open_loop`); writes
-    one line of ``open_loop.jsonl`` and returns scalar summaries for the metrics, or None
-    while the replay holds no window of the configured horizon."""
-    d = config.diagnostics
-    rng = np.random.default_rng([config.seed, step, 13])
-    try:
-        windows = replay.sample_sequences(rng, d.open_loop_batch, d.open_loop_horizon)
-    except ValueError:
-        return None
-    mean, std = normalizer.stats()
-    batch = _prepare_batch_jit(windows, mean, std, np.float32(config.reward_scale))
-    out = jax.device_get(open_loop_fn(wm_params, batch))
-    return record_open_loop(out, windows, mean, std, step, workdir)
-
-
-def record_open_loop(out, windows, mean, std, step: int, workdir: str) -> dict[str, Any]:
-    """Writes one open-loop check (``out`` of :func:`wm_jax.open_loop.open_loop_check` on the
-    host ``windows``) to ``open_loop.jsonl``, and for image observations a PNG strip of true vs
-    predicted frames (:mod:`wm_jax.open_loop_video`); returns the metrics' summaries.  Shared
-    by the host and device loops."""
-    obs_err = out["obs_error_by_step"]
-    record: dict[str, Any] = {
-        "env_step": step,
-        "error_by_step": obs_err.tolist(),
-        "state_error_by_step": out["state_error_by_step"].tolist(),
-        "valid_by_step": out["valid_by_step"].tolist(),
-    }
-    obs_rank = windows.obs.ndim - 2  # windows.obs is [B, T + 1, *obs_shape]
-    if obs_rank == 1:  # a few trajectories in raw observation units
-        n = min(3, windows.obs.shape[0])
-        std_np, mean_np = np.asarray(std), np.asarray(mean)
-        record["true"] = windows.obs[:n, 1:].tolist()
-        record["pred"] = (out["pred_obs"][:n] * std_np + mean_np).tolist()
-        record["mask"] = windows.mask[:n].tolist()
-    elif obs_rank == 3:  # images: true vs decoded frames over the horizon, as a PNG strip
-        from wm_jax.open_loop_video import write_strip
-
-        record["strip"] = write_strip(
-            workdir, step, windows.obs[:, 1:], out["pred_obs"], windows.mask,
-            windows.obs.dtype, mean, std,
-        )  # fmt: skip
-    with open(os.path.join(workdir, "open_loop.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-    valid = out["valid_by_step"] > 0
-    last = int(np.nonzero(valid)[0][-1]) if valid.any() else 0
-    return {
-        "open_loop_error_step1": float(obs_err[0]),
-        "open_loop_error_last": float(obs_err[last]),
-        "open_loop_error_mean": float(np.mean(obs_err[valid])) if valid.any() else 0.0,
-    }
-
-
-def check_nonfinite(
-    state, config, step: int, checkpointer: Checkpointer | None, unit: str = "env step"
-) -> None:
-    """Stops a run after ``max_nonfinite_updates`` consecutive skipped updates of any
-    optimiser (each skip left that optimiser's parameters and state unchanged)."""
-    streaks = jax.device_get(
-        {
-            "world_model": nonfinite_streak(state.wm_opt_state),
-            "actor": nonfinite_streak(state.actor_opt_state),
-            "critic": nonfinite_streak(state.critic_opt_state),
-        }
-    )
-    group, streak = max(streaks.items(), key=lambda kv: int(kv[1]))
-    limit = config.max_nonfinite_updates
-    if int(streak) < limit:
-        return
-    last = checkpointer.latest_step() if checkpointer is not None else None
-    where = (
-        f"the last good checkpoint is {unit} {last} in {checkpointer.directory}"
-        if last is not None
-        else "no checkpoint was written"
-    )
-    raise NonFiniteError(
-        f"{int(streak)} consecutive {group} updates had a non-finite loss or gradient at {unit} "
-        f"{step} (limit config.max_nonfinite_updates={limit}); every one was "
-        f"skipped, so no NaN reached the parameters, and {where}.  Likely causes: a "
-        f"learning rate too high for config.{group}.lr={config[group].lr}, or NaN/Inf "
-        "in the observations or rewards the environment returns."
-    )
 
 
 class Trainer:
@@ -407,7 +251,7 @@ class Trainer:
             return
         # The update guard skips non-finite updates, so this never fires unless something
         # outside it went wrong; a NaN must still never reach a checkpoint.
-        if not bool(_all_finite(self.state)):
+        if not bool(all_finite(self.state)):
             raise NonFiniteError(
                 f"the train state at env step {self.env_step} holds non-finite values; not "
                 f"saving it.  The last good checkpoint is env step "
@@ -572,7 +416,7 @@ class Trainer:
         batch = self._sample()
         if self.mesh is not None:  # this process's rows become its part of the global batch
             batch = shard_batch(batch, self.mesh)
-        batch = _prepare_batch_jit(batch, mean, std, np.float32(c.reward_scale))
+        batch = prepare_batch_jit(batch, mean, std, np.float32(c.reward_scale))
         self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
         self.updates += 1
         history.append(metrics)
@@ -600,14 +444,14 @@ class Trainer:
         writer = (
             metrics_lib.MetricsWriter(self.workdir, purge_step=self._purge_step)
             if self.lead
-            else _NoWriter()
+            else NoWriter()
         )
         self._purge_step = None  # a later run() call continues this process's own events
         history: list[dict[str, Any]] = []
         train_returns = [0.0, 0]  # sum and count of the episode returns since the last log
-        bar = _progress(end, self.env_step) if self.lead else _NoBar()
+        bar = progress_bar(end, self.env_step) if self.lead else NoBar()
         last_time, last_step = time.time(), self.env_step
-        stop = self._stop = _StopOnSignal()
+        stop = self._stop = StopOnSignal()
         signum = None  # the signal that stops the run (of any process, with several)
         try:
             stop.__enter__()
@@ -754,33 +598,3 @@ class Trainer:
                 self.checkpointer.close()
         finally:
             self.run_dir.close()
-
-
-class _NoWriter:
-    """The metrics writer of processes other than 0: writes nothing."""
-
-    def write(self, env_step, metrics):
-        return {"env_step": int(env_step), **metrics_lib.jsonable(metrics)}
-
-    def close(self):
-        pass
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, initial: int):
-    """A tqdm bar with env steps/s when attached to a terminal; silent otherwise."""
-    if not sys.stderr.isatty():
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)

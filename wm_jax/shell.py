@@ -1,0 +1,220 @@
+"""What the three training loops share (host :mod:`wm_jax.trainer`, on-device
+:mod:`wm_jax.device_loop`, offline :mod:`wm_jax.offline`): the run's result, the signal
+handling, the host batch pipeline, the non-finite guard, the open-loop check's record and the
+console progress bar.  The workdir itself (lock, resume check, logs that follow checkpoints) is
+:mod:`wm_jax.run_dir`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from wm_jax import metrics as metrics_lib
+from wm_jax.checkpoint import Checkpointer
+from wm_jax.normalizer import normalize
+from wm_jax.replay import ReplayBuffer
+from wm_jax.types import Sequence
+from wm_jax.update import nonfinite_streak
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates had non-finite losses or gradients; the run stopped."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`train` returns: where the run is, how far it got, its evaluations."""
+
+    workdir: str
+    env_steps: int
+    eval_returns: list[tuple[int, float, float]]  # (env_step, mean, std)
+    resumed_from: int | None
+    interrupted_by: int | None = None  # the signal (SIGTERM/SIGINT) that stopped the run early
+
+
+class StopOnSignal:
+    """While active, SIGTERM and SIGINT ask the loop to stop after the current env step (so a
+    final checkpoint can be written) instead of killing it; a second signal acts as usual."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        logging.warning("received %s: stopping after this step", signal.Signals(signum).name)
+        for sig, handler in self._previous.items():  # a second signal is not deferred
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signal() works only there
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare_batch(batch, obs_mean, obs_std, reward_scale):
+    """Host numpy batch -> device batch with normalised observations and scaled rewards."""
+    batch = jax.tree.map(jax.numpy.asarray, batch)
+    if isinstance(batch, Sequence):
+        return batch.replace(
+            obs=normalize(batch.obs, obs_mean, obs_std), reward=batch.reward * reward_scale
+        )
+    return batch.replace(
+        obs=normalize(batch.obs, obs_mean, obs_std),
+        next_obs=normalize(batch.next_obs, obs_mean, obs_std),
+        reward=batch.reward * reward_scale,
+    )
+
+
+prepare_batch_jit = jax.jit(prepare_batch)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    return jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))
+
+
+def sample_batch(
+    replay: ReplayBuffer, config, updates: int, rows: int | None = None, stream: tuple = ()
+):
+    """The host batch of update number ``updates``: its generator is derived from
+    ``(seed, updates)``, so a resumed run draws exactly what the uninterrupted one would have.
+    ``rows`` (default ``config.batch_size``) and ``stream`` (appended to the seed) give each
+    process of a multi-process run its own share of the batch."""
+    rng = np.random.default_rng([config.seed, updates, 11, *stream])
+    rows = config.batch_size if rows is None else rows
+    if config.sequence_mode:
+        return replay.sample_sequences(rng, rows, config.sequence_length)
+    return replay.sample_flat(rng, rows)
+
+
+def open_loop_check(
+    open_loop_fn, wm_params, replay: ReplayBuffer, normalizer, config, step: int, workdir: str
+) -> dict[str, Any] | None:
+    """The open-loop prediction check on replayed windows (:mod:`wm_jax.open_loop`); writes
+    one line of ``open_loop.jsonl`` and returns scalar summaries for the metrics, or None
+    while the replay holds no window of the configured horizon."""
+    d = config.diagnostics
+    rng = np.random.default_rng([config.seed, step, 13])
+    try:
+        windows = replay.sample_sequences(rng, d.open_loop_batch, d.open_loop_horizon)
+    except ValueError:
+        return None
+    mean, std = normalizer.stats()
+    batch = prepare_batch_jit(windows, mean, std, np.float32(config.reward_scale))
+    out = jax.device_get(open_loop_fn(wm_params, batch))
+    return record_open_loop(out, windows, mean, std, step, workdir)
+
+
+def record_open_loop(out, windows, mean, std, step: int, workdir: str) -> dict[str, Any]:
+    """Writes one open-loop check (``out`` of :func:`wm_jax.open_loop.open_loop_check` on the
+    host ``windows``) to ``open_loop.jsonl``, and for image observations a PNG strip of true vs
+    predicted frames (:mod:`wm_jax.open_loop_video`); returns the metrics' summaries.  Shared
+    by the host and device loops."""
+    obs_err = out["obs_error_by_step"]
+    record: dict[str, Any] = {
+        "env_step": step,
+        "error_by_step": obs_err.tolist(),
+        "state_error_by_step": out["state_error_by_step"].tolist(),
+        "valid_by_step": out["valid_by_step"].tolist(),
+    }
+    obs_rank = windows.obs.ndim - 2  # windows.obs is [B, T + 1, *obs_shape]
+    if obs_rank == 1:  # a few trajectories in raw observation units
+        n = min(3, windows.obs.shape[0])
+        std_np, mean_np = np.asarray(std), np.asarray(mean)
+        record["true"] = windows.obs[:n, 1:].tolist()
+        record["pred"] = (out["pred_obs"][:n] * std_np + mean_np).tolist()
+        record["mask"] = windows.mask[:n].tolist()
+    elif obs_rank == 3:  # images: true vs decoded frames over the horizon, as a PNG strip
+        from wm_jax.open_loop_video import write_strip
+
+        record["strip"] = write_strip(
+            workdir, step, windows.obs[:, 1:], out["pred_obs"], windows.mask,
+            windows.obs.dtype, mean, std,
+        )  # fmt: skip
+    with open(os.path.join(workdir, "open_loop.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    valid = out["valid_by_step"] > 0
+    last = int(np.nonzero(valid)[0][-1]) if valid.any() else 0
+    return {
+        "open_loop_error_step1": float(obs_err[0]),
+        "open_loop_error_last": float(obs_err[last]),
+        "open_loop_error_mean": float(np.mean(obs_err[valid])) if valid.any() else 0.0,
+    }
+
+
+def check_nonfinite(
+    state, config, step: int, checkpointer: Checkpointer | None, unit: str = "env step"
+) -> None:
+    """Stops a run after ``max_nonfinite_updates`` consecutive skipped updates of any
+    optimiser (each skip left that optimiser's parameters and state unchanged)."""
+    streaks = jax.device_get(
+        {
+            "world_model": nonfinite_streak(state.wm_opt_state),
+            "actor": nonfinite_streak(state.actor_opt_state),
+            "critic": nonfinite_streak(state.critic_opt_state),
+        }
+    )
+    group, streak = max(streaks.items(), key=lambda kv: int(kv[1]))
+    limit = config.max_nonfinite_updates
+    if int(streak) < limit:
+        return
+    last = checkpointer.latest_step() if checkpointer is not None else None
+    where = (
+        f"the last good checkpoint is {unit} {last} in {checkpointer.directory}"
+        if last is not None
+        else "no checkpoint was written"
+    )
+    raise NonFiniteError(
+        f"{int(streak)} consecutive {group} updates had a non-finite loss or gradient at {unit} "
+        f"{step} (limit config.max_nonfinite_updates={limit}); every one was "
+        f"skipped, so no NaN reached the parameters, and {where}.  Likely causes: a "
+        f"learning rate too high for config.{group}.lr={config[group].lr}, or NaN/Inf "
+        "in the observations or rewards the environment returns."
+    )
+
+
+class NoWriter:
+    """The metrics writer of processes other than 0: writes nothing."""
+
+    def write(self, env_step, metrics):
+        return {"env_step": int(env_step), **metrics_lib.jsonable(metrics)}
+
+    def close(self):
+        pass
+
+
+class NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total: int, initial: int):
+    """A tqdm bar with env steps/s when attached to a terminal; silent otherwise."""
+    if not sys.stderr.isatty():
+        return NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)
