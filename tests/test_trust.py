@@ -380,3 +380,37 @@ def test_a_full_disk_stops_the_run_with_a_named_error_and_leaves_a_resumable_wor
             resumed.close()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0, reason="mounts small tmpfs (root on Linux)"
+)
+def test_a_read_only_or_too_small_workdir_is_refused_at_start_up_with_a_named_error(tmp_path):
+    from wm_jax.errors import WorkdirError
+
+    def mount(path, options):
+        path.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr!r}")
+
+    read_only, small = tmp_path / "ro", tmp_path / "small"
+    mount(read_only, "ro,size=1m")
+    try:
+        mount(small, "size=1m")
+        try:
+            with pytest.raises(WorkdirError, match="read-only"):
+                Trainer(tiny(), str(read_only / "run"))
+            result = run_cli(str(read_only / "run"), "--config.total_env_steps=64")
+            assert result.returncode == 7, result.stderr[-2000:]
+            assert "read-only" in result.stderr and "Traceback" not in result.stderr
+            # A 100k-transition replay does not fit on 1 MiB: refused before any step.
+            with pytest.raises(WorkdirError, match="a checkpoint needs about"):
+                Trainer(tiny(replay_capacity=100_000), str(small / "run"))
+            assert not os.path.exists(small / "run" / "config.json")
+        finally:
+            subprocess.run(["umount", "-l", str(small)], check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)

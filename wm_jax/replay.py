@@ -104,6 +104,11 @@ class ReplayBuffer:
         self._write_pos = np.zeros(n, dtype=np.int64)
         self._count = np.zeros(n, dtype=np.int64)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the buffer holds when full (what a checkpoint of it needs)."""
+        return replay_bytes(self.capacity, self.obs_shape, self.obs_dtype, self.action_dim)
+
     def __len__(self) -> int:
         """Number of stored transitions, across envs."""
         return int(self._count.sum())

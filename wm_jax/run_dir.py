@@ -124,6 +124,15 @@ def atomic_write(path: str, text: str) -> None:
         raise
 
 
+def tree_bytes(tree) -> int:
+    """Bytes of the arrays of a pytree (what a checkpoint of it holds)."""
+    import jax
+    import numpy as np
+
+    leaves = jax.tree.leaves(tree)
+    return int(sum(getattr(x, "nbytes", None) or np.asarray(x).nbytes for x in leaves))
+
+
 def _step_of(row: dict[str, Any], key: str) -> int:
     try:
         return int(row.get(key, -1))

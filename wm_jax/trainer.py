@@ -40,7 +40,7 @@ from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, carry_to_arrays, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
-from wm_jax.run_dir import RunDir
+from wm_jax.run_dir import RunDir, tree_bytes
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
 from wm_jax.shell import (
@@ -209,6 +209,8 @@ class Trainer:
         self.replay_ready = False  # every process's replay holds a batch's windows
         self.resumed_from = None
         self.detector = Detector(Thresholds.from_config(c))
+        if self.checkpointer is not None:  # one checkpoint must fit on the workdir's disk
+            self.run_dir.check_free_space(tree_bytes(self.state) + self.replay.nbytes)
         self.run_dir.write_run_files(c, spec_json)
         self.obs = self.envs.reset()
         # The policy's memory between steps (the RSSM's state; unused by the other models).
