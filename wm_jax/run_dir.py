@@ -36,7 +36,6 @@ from absl import logging
 
 from wm_jax.config import ConfigError
 from wm_jax.errors import WorkdirError, workdir_error
-from wm_jax.metrics import read_jsonl
 
 LOCK_NAME = ".lock"
 LOG_FILES = ("metrics.jsonl", "open_loop.jsonl")
@@ -173,6 +172,27 @@ class RunDir:
 
     # -- the lock ------------------------------------------------------------------------------
 
+    @staticmethod
+    def probe(workdir: str) -> None:
+        """Raises :class:`WorkdirLockedError` at once if a live run holds ``workdir``; takes
+        nothing and creates nothing (a command line calls it before importing JAX, so a second
+        run is refused in a fraction of a second; the run still takes the lock properly)."""
+        path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file: nobody has held this workdir
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip()
+            raise WorkdirLockedError(
+                f"{os.path.dirname(path)} is in use by another run ({holder or 'starting up'}); "
+                "one run per workdir: wait for it to end, stop it, or use another --workdir"
+            ) from None
+        finally:
+            os.close(fd)
+
     def lock(self) -> None:
         try:
             os.makedirs(self.path, exist_ok=True)
@@ -285,6 +305,8 @@ class RunDir:
             path = os.path.join(self.path, name)
             if not os.path.exists(path):
                 continue
+            from wm_jax.metrics import read_jsonl  # (imports jax: not needed for a lock probe)
+
             rows = read_jsonl(path)
             kept = [r for r in rows if _step_of(r, step_key) <= keep_up_to]
             with open(path, "rb") as f:

@@ -98,6 +98,14 @@ def main(argv):
     from wm_jax import cli
 
     cli.exit_on_termination()
+    if _WORKDIR.value and _COORDINATOR.value is None and not _DISTRIBUTED.value:
+        from wm_jax.errors import EXIT_LOCKED, stop_with
+        from wm_jax.run_dir import RunDir, WorkdirLockedError
+
+        try:  # before importing JAX: a second run on a busy workdir is refused at once
+            RunDir.probe(_WORKDIR.value)
+        except WorkdirLockedError as err:
+            stop_with(err, EXIT_LOCKED)
     _join_processes()
     cli.enable_compilation_cache()
     import jax
