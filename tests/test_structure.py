@@ -78,3 +78,17 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle_inside_wm_jax():
     assert find_cycle(import_graph()) is None, find_cycle(import_graph())
+
+
+def test_docs_config_md_is_the_generated_reference_and_every_field_is_explained():
+    from wm_jax.config_reference import config_reference
+
+    path = os.path.join(os.path.dirname(PACKAGE), "docs", "config.md")
+    with open(path) as f:
+        committed = f.read()
+    generated = config_reference()
+    assert committed == generated, (
+        "docs/config.md is stale: python -m wm_jax.config_reference > docs/config.md"
+    )
+    unexplained = [line for line in generated.splitlines() if line.endswith("|  |")]
+    assert not unexplained, f"config fields without a comment in wm_jax/config.py: {unexplained}"

@@ -26,12 +26,14 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     # --- experiment ----------------------------------------------------------------------
+    # any gymnasium id, "module:EnvId" (imports module), or "gymnax:<name>"
     c.env_id = "CartPole-v1"
+    # keyword arguments of gymnasium.make (or gymnax); "pixels": observe renders
     c.env_kwargs = ml_collections.ConfigDict()
-    c.seed = 0
-    c.num_envs = 4
+    c.seed = 0  # seeds parameters, envs, replay sampling and acting
+    c.num_envs = 4  # envs stepped together (a vector step is num_envs env steps)
     c.vector_mode = "sync"  # "sync" | "async" (exact resume needs "sync")
-    c.total_env_steps = 30_000
+    c.total_env_steps = 30_000  # length of the run in env steps (may grow on resume)
     # "host": gymnasium envs stepped by Python, replay in numpy (any env).  "device": the whole
     # loop compiled into one program (wm_jax.device_loop; gymnax envs only, "gymnax:<name>").
     c.loop = "host"
@@ -44,25 +46,25 @@ def get_config() -> ml_collections.ConfigDict:
     c.lr_sweep = ""
 
     # --- the training loop (wm_jax.trainer) ----------------------------------------------
-    c.replay_capacity = 100_000
+    c.replay_capacity = 100_000  # transitions kept (oldest overwritten), split evenly over the envs
     c.prefill_steps = 1_000  # env steps of uniformly random actions before training starts
     c.train_ratio = 0.25  # train steps per env step (0.25 with 4 envs: one per vector step)
     c.obs_norm = True  # running mean/std normalisation of float observations
-    c.reward_scale = 1.0
+    c.reward_scale = 1.0  # rewards are multiplied by this before training
     c.eval_every = 2_500  # env steps; 0 disables periodic evaluation
-    c.eval_episodes = 5
+    c.eval_episodes = 5  # deterministic-policy episodes per evaluation
     c.log_every = 1_000  # env steps
     c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
     # Also checkpoint once this many seconds of training passed since the last save, so a crash
     # loses at most about this much time (0: steps only; one-process runs).
     c.checkpoint_seconds = 120.0
-    c.keep_checkpoints = 3
+    c.keep_checkpoints = 3  # newest checkpoints kept on disk
     # Non-finite losses/gradients skip that optimiser's update; this many in a row stop the run.
     c.max_nonfinite_updates = 100
     # NaN/Inf or out-of-range observations/rewards from the env: "raise" | "sanitize" | "off"
     # (wm_jax.env_guard); |reward| above max_abs_reward counts as out of range.
     c.env_check = "raise"
-    c.max_abs_reward = 1e6
+    c.max_abs_reward = 1e6  # |reward| above this is invalid env data (see env_check)
     c.report = True  # write report plots at the end of a run
 
     # --- components (chosen by name: see wm_jax.networks registries) ---------------------
@@ -74,65 +76,65 @@ def get_config() -> ml_collections.ConfigDict:
     m.representation = "autoencoder"  # "autoencoder" | "vae"
     m.dynamics = "mlp"  # "mlp" | "ensemble" | "transformer" | "rssm"
     m.decoder = "auto"  # "mlp" | "cnn" | "auto"
-    m.feature_dim = 256
-    m.state_dim = 64
-    m.hidden_dim = 256
-    m.hidden_layers = 2
-    m.activation = "elu"
-    m.layer_norm = True
+    m.feature_dim = 256  # encoder output width
+    m.state_dim = 64  # latent state width (autoencoder/VAE representation)
+    m.hidden_dim = 256  # hidden width of every MLP (and the attention width of the transformer)
+    m.hidden_layers = 2  # hidden layers of every MLP
+    m.activation = "elu"  # activation of every MLP (any jax.nn function name)
+    m.layer_norm = True  # LayerNorm after each hidden layer (the seeds have none)
     m.state_norm = "layernorm"  # autoencoder states: "layernorm" | "tanh" | "none"
-    m.cnn_depth = 32
+    m.cnn_depth = 32  # channels of the first conv layer of the CNN encoder/decoder
     # Conv layers of the CNN encoder/decoder (channels cnn_depth·2^i); stride 2 only while the
     # map is larger than 6 pixels, so small boards (Catch 10×5, MinAtar 10×10) want 2-3.
     m.cnn_layers = 4
-    m.dynamics_residual = True
+    m.dynamics_residual = True  # the dynamics model predicts s_{t+1} - s_t
     m.dynamics_std = "learned"  # "learned" | "fixed"
-    m.dynamics_fixed_std = 1.0
+    m.dynamics_fixed_std = 1.0  # σ of the dynamics model with dynamics_std="fixed"
     # The reward predictor's σ: "learned" (the seeds') | "fixed" (reward_fixed_std; Loss 2 is
     # then a squared error, robust to sparse rewards).
     m.reward_std = "learned"
-    m.reward_fixed_std = 1.0
-    m.ensemble_size = 5
+    m.reward_fixed_std = 1.0  # σ of the reward predictor with reward_std="fixed"
+    m.ensemble_size = 5  # members of the "ensemble" dynamics model
     # Transformer dynamics: causal self-attention of width hidden_dim over the last
     # context_length (state, action) pairs (a banded mask: sequences may be longer).
     m.context_length = 16
-    m.transformer_layers = 2
-    m.transformer_heads = 4
+    m.transformer_layers = 2  # attention blocks of the transformer dynamics
+    m.transformer_heads = 4  # attention heads (must divide hidden_dim)
     # RSSM (model.representation = model.dynamics = "rssm"): recurrent h of rssm_deter units,
     # z = rssm_stoch one-hot categoricals of rssm_classes classes (DreamerV3: 32 x 32).
     m.rssm_deter = 256
-    m.rssm_stoch = 16
-    m.rssm_classes = 16
-    m.rssm_unimix = 0.01
+    m.rssm_stoch = 16  # categorical variables of the RSSM latent z
+    m.rssm_classes = 16  # classes per RSSM categorical
+    m.rssm_unimix = 0.01  # uniform mixture in the RSSM categoricals (DreamerV3: 1%)
 
     # --- world-model losses (seeds Losses 1-5) -------------------------------------------
     wm = c.world_model = ml_collections.ConfigDict()
-    wm.lr = 1e-4
-    wm.eps = 1e-8
-    wm.grad_clip = 1.0
+    wm.lr = 1e-4  # Adam learning rate of the world-model optimiser
+    wm.eps = 1e-8  # Adam's ε
+    wm.grad_clip = 1.0  # clip_by_global_norm of the world model gradient
     # Linear learning-rate anneal to lr·lr_final_scale over the run's expected updates of this
     # optimiser (1.0: constant, the seeds); PPO-style annealing steadies late policy updates.
     wm.lr_final_scale = 1.0
     wm.dynamics_loss = "mse"  # "mse" (seeds Loss 1) | "nll" (seeds Interface 2)
     wm.dynamics_target_grad = False  # let the dynamics loss pull on the target state's encoder
-    wm.dynamics_scale = 1.0
-    wm.reward_scale = 1.0
-    wm.continue_scale = 1.0
+    wm.dynamics_scale = 1.0  # weight of the dynamics loss (Loss 1)
+    wm.reward_scale = 1.0  # weight of the reward loss (Loss 2)
+    wm.continue_scale = 1.0  # weight of the continue loss (Loss 3)
     wm.termination_weight = 1.0  # BCE weight of c = 0 samples (class imbalance); seeds: 1
-    wm.decoder_scale = 1.0
+    wm.decoder_scale = 1.0  # weight of the decoder loss (Loss 4)
     wm.representation_scale = 1.0  # the representation learner's own loss
-    wm.vae_beta = 1.0
+    wm.vae_beta = 1.0  # KL weight of the "vae" representation
     wm.multi_step_scale = 1.0  # sequence mode only (seeds Loss 5); 0 turns it off
     # RSSM dynamics loss: α·KL(sg(q) || p) + (1 - α)·KL(q || sg(p)), each KL clipped below at
     # kl_free_bits nats (DreamerV2's balancing, DreamerV3's free bits).
     wm.kl_balance = 0.8
-    wm.kl_free_bits = 1.0
+    wm.kl_free_bits = 1.0  # nats below which each RSSM KL term is not penalised
 
     # --- imagination and returns ---------------------------------------------------------
     im = c.imagination = ml_collections.ConfigDict()
-    im.horizon = 15
-    im.gamma = 0.99
-    im.lambda_ = 0.95
+    im.horizon = 15  # imagined steps per rollout (H)
+    im.gamma = 0.99  # discount γ
+    im.lambda_ = 0.95  # λ of the λ-returns
     im.sample_dynamics = False  # imagine with the next-state mean (False) or a sample (True)
     im.num_starts = 0  # start states per batch; 0 uses every real state in the batch
     im.continue_mode = "probs"  # imagined c_t: "probs" (seeds) | "mode" (1 if P(continue) > 0.5)
@@ -140,25 +142,25 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- actor (policy head) -------------------------------------------------------------
     a = c.actor = ml_collections.ConfigDict()
-    a.lr = 3e-5
-    a.eps = 1e-8
-    a.grad_clip = 1.0
-    a.lr_final_scale = 1.0
-    a.entropy_coef = 0.01
+    a.lr = 3e-5  # Adam learning rate of the actor
+    a.eps = 1e-8  # Adam's ε
+    a.grad_clip = 1.0  # clip_by_global_norm of the actor gradient
+    a.lr_final_scale = 1.0  # as world_model.lr_final_scale
+    a.entropy_coef = 0.01  # weight of the policy entropy bonus
     a.gradient = "dynamics"  # "dynamics" (reparameterised / straight-through) | "reinforce"
     a.return_norm = False  # divide returns by max(1, P95 - P5) (DreamerV3); seeds: off
     a.return_norm_decay = 0.0  # 0: percentiles of each batch; 0.99: an EMA over batches (DreamerV3)
     a.discount_weights = False  # weight imagined steps by Π γ·c (Dreamer); seeds: plain mean
-    a.unimix = 0.0
-    a.min_std = 0.1
-    a.max_std = 1.0
+    a.unimix = 0.0  # uniform mixture in discrete policies (DreamerV3: 0.01)
+    a.min_std = 0.1  # lower bound of a continuous policy's σ
+    a.max_std = 1.0  # upper bound of a continuous policy's σ
 
     # --- critic (value function) ---------------------------------------------------------
     cr = c.critic = ml_collections.ConfigDict()
-    cr.lr = 3e-5
-    cr.eps = 1e-8
-    cr.grad_clip = 1.0
-    cr.lr_final_scale = 1.0
+    cr.lr = 3e-5  # Adam learning rate of the critic
+    cr.eps = 1e-8  # Adam's ε
+    cr.grad_clip = 1.0  # clip_by_global_norm of the critic gradient
+    cr.lr_final_scale = 1.0  # as world_model.lr_final_scale
     # τ of the target critic, θ' <- (1 - τ)·θ' + τ·θ after each critic update; 1.0 bootstraps
     # from the online critic itself (the seeds); ~0.02 gives the usual slow target network.
     cr.target_update_rate = 1.0
@@ -171,28 +173,29 @@ def get_config() -> ml_collections.ConfigDict:
     s.warmup_steps = 5_000  # world model only
     s.transition_steps = 10_000  # critic_real_mix anneals 1 -> final_real_mix by here
     s.final_real_mix = 0.0  # weight of real-data critic targets after the transition (seeds: 0)
-    s.wm_updates = 1
-    s.actor_updates = 1
-    s.critic_updates = 1
+    s.wm_updates = 1  # world-model updates per train step
+    s.actor_updates = 1  # actor updates per train step (after warmup)
+    s.critic_updates = 1  # critic updates per train step (after warmup)
     s.multi_update = False  # the seeds' optional early/late schedule
-    s.early_late_boundary = 50_000
-    s.early_wm_updates = 2
-    s.late_actor_updates = 2
-    s.late_critic_updates = 2
+    s.early_late_boundary = 50_000  # multi_update: env step where "early" ends
+    s.early_wm_updates = 2  # multi_update: world-model updates per step early on
+    s.late_actor_updates = 2  # multi_update: actor updates per step later
+    s.late_critic_updates = 2  # multi_update: critic updates per step later
 
     # --- diagnostics (wm_jax.open_loop, wm_jax.diagnostics) ------------------------------
     d = c.diagnostics = ml_collections.ConfigDict()
     d.open_loop_every = 5_000  # env steps between open-loop prediction checks; 0 disables
-    d.open_loop_horizon = 50
+    d.open_loop_horizon = 50  # steps each open-loop check predicts without observations
     d.open_loop_batch = 16  # replayed windows per check
     # Failure-mode detector thresholds (see wm_jax/diagnostics.py for what each one means).
     for name, value in dataclasses.asdict(Thresholds()).items():
         d[name] = value
 
     # --- batches -------------------------------------------------------------------------
-    c.batch_size = 64
+    c.batch_size = 64  # transitions (flat) or sequences (sequence_mode) per train step
+    # train on replayed sequences (enables the multi-step loss) instead of flat transitions
     c.sequence_mode = False
-    c.sequence_length = 16
+    c.sequence_length = 16  # steps per replayed sequence
 
     # --- offline training from a fixed dataset (wm_jax.offline), counted in updates ---------
     o = c.offline = ml_collections.ConfigDict()
