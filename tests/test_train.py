@@ -130,3 +130,10 @@ def test_cli_stops_after_consecutive_nonfinite_updates_with_a_pointer_to_the_cau
     # The skipped updates are on record for the detector before the run stops.
     records = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]
     assert any((r.get(k) or 0) > 0 for r in records for k in r if k.endswith("_update_skipped"))
+
+
+def test_cli_names_a_mistyped_config_field_in_one_line_with_the_closest_name(tmp_path):
+    result = run_cli(str(tmp_path / "typo"), "--config.actor.lrr=1e-4")
+    assert result.returncode == 1
+    assert "unknown config field --config.actor.lrr: did you mean 'lr'?" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 3

@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import logging as py_logging
+import re
 import signal
+import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from wm_jax.compilation_cache import enable_compilation_cache
 
@@ -53,3 +55,47 @@ def start(lead: bool = True) -> None:
     exit_on_termination()
     enable_compilation_cache()
     configure_logging(lead)
+
+
+
+def _config_error_exit(err: BaseException) -> None:
+    text = str(err).replace("\\n", " ").replace("\n", " ")
+    missing_part, _, _ = text.partition("Did you mean")
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", missing_part))
+    overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
+    field = next(
+        (o for o in overrides if any(part in names for part in o.split(".")[1:])),
+        overrides[0] if overrides else "(a --config override)",
+    )
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    message = f"unknown config field {field}"
+    if hint:
+        message += f": did you mean {hint.group(1)!r}?"
+    sys.stderr.write(f"FATAL Flags parsing error: {message} (docs/config.md lists every field)\n")
+    sys.exit(1)
+
+
+def define_config_flag(default: str, lock_config: bool = True):
+    """``--config`` (a Python config file) with ``--config.x=y`` overrides.  ml_collections
+    resolves the overrides of ``sys.argv`` when the flag is defined: one naming a field that does
+    not exist (a typo such as ``--config.actor.lrr``) ends the program with a one-line message
+    and the closest field name, not a traceback."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file(
+            "config",
+            default=default,
+            help_string="Python config file with get_config(); override fields with --config.x=y.",
+            lock_config=lock_config,
+        )
+    except (AttributeError, KeyError) as err:
+        _config_error_exit(err)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with :func:`define_config_flag`'s one-line errors."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as err:
+        _config_error_exit(err)

@@ -701,16 +701,10 @@ def train_offline(
 def _define_flags() -> None:
     """The CLI's flags, defined only when run as a program: a library import must not claim
     absl flag names (--config, --workdir, --seed) that other entry points define too."""
-    from ml_collections import config_flags
-
+    from wm_jax import cli
     from wm_jax import config as config_module
 
-    config_flags.DEFINE_config_file(
-        "config",
-        default=config_module.__file__,
-        help_string="Python config file with get_config(); override fields with --config.x=y.",
-        lock_config=True,
-    )
+    cli.define_config_flag(config_module.__file__)
     flags.DEFINE_string("workdir", None, "Directory of the offline run (required).")
     flags.DEFINE_string(
         "dataset", None, "run:<workdir of an earlier run> or minari:<dataset_id> (required)."
@@ -784,7 +778,9 @@ def main(argv):
 def run():
     """Console-script entry point (``wm-jax-offline``)."""
     _define_flags()
-    app.run(main)
+    from wm_jax.cli import parse_flags
+
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -28,16 +28,11 @@ import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from wm_jax import cli
 from wm_jax import config as config_module
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    default=config_module.__file__,
-    help_string="Python config file with get_config(); override fields with --config.x=y.",
-    lock_config=True,
-)
+_CONFIG = cli.define_config_flag(config_module.__file__)
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
@@ -95,8 +90,6 @@ def _join_processes() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from wm_jax import cli
-
     cli.exit_on_termination()
     if _WORKDIR.value and _COORDINATOR.value is None and not _DISTRIBUTED.value:
         from wm_jax.errors import EXIT_LOCKED, stop_with
@@ -195,7 +188,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``wm-jax-train``)."""
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":
