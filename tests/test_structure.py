@@ -92,3 +92,38 @@ def test_docs_config_md_is_the_generated_reference_and_every_field_is_explained(
     )
     unexplained = [line for line in generated.splitlines() if line.endswith("|  |")]
     assert not unexplained, f"config fields without a comment in wm_jax/config.py: {unexplained}"
+
+
+def _test_names(path: str) -> set[str]:
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+
+
+def cited_tests(text: str) -> list[tuple[str, str]]:
+    """``tests/x.py::test_name`` references in a document (parametrisation ids dropped)."""
+    import re
+
+    return [(m[0], m[1]) for m in re.findall(r"(tests/[\w/]+\.py)::(test_\w+)", text)]
+
+
+def test_every_test_cited_in_the_docs_exists():
+    root = os.path.dirname(PACKAGE)
+    docs = [os.path.join(root, "README.md"), os.path.join(root, "BUILD_NOTES.md")]
+    docs += [os.path.join(root, "docs", n) for n in os.listdir(os.path.join(root, "docs"))]
+    missing, cited = [], 0
+    for doc in docs:
+        with open(doc) as f:
+            for file, name in cited_tests(f.read()):
+                cited += 1
+                path = os.path.join(root, file)
+                if not os.path.exists(path) or name not in _test_names(path):
+                    missing.append(f"{os.path.basename(doc)}: {file}::{name}")
+    assert cited >= 20  # the claims table itself is read
+    assert not missing, missing
+
+
+def test_the_citation_check_catches_a_missing_test():
+    assert cited_tests("see `tests/test_api.py::test_nope[x]`") == [
+        ("tests/test_api.py", "test_nope")
+    ]
