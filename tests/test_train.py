@@ -137,3 +137,24 @@ def test_cli_names_a_mistyped_config_field_in_one_line_with_the_closest_name(tmp
     assert result.returncode == 1
     assert "unknown config field --config.actor.lrr: did you mean 'lr'?" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 3
+
+
+def test_tensorboard_groups_tags_by_component_and_shows_the_config(cli_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, _ = cli_run
+    events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in (
+        "eval/eval_return",
+        "train/train_return",
+        "world_model/dynamics_loss",
+        "world_model/reward_mae",
+        "actor/entropy",
+        "actor/mean_imagined_return",
+        "critic/critic_loss",
+    ):
+        assert tag in scalars, sorted(scalars)
+    assert not [t for t in scalars if "/" not in t]
+    assert any("config" in t for t in events.Tags()["tensors"])

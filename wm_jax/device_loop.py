@@ -60,6 +60,7 @@ from wm_jax.shell import (
     check_nonfinite,
     prepare_batch,
     record_open_loop,
+    write_config_text,
 )
 from wm_jax.types import Sequence, TrainState, Transition
 from wm_jax.update import init_state, make_agent, train_step
@@ -699,6 +700,8 @@ def _train_device(c, loop, root, seed_configs, spec_json, sweep, grid, stop_at) 
         for run, step in zip(runs, resumed, strict=True):
             purge = run.run_dir.continue_logs(step)  # rows after the checkpoint: dropped
             run.writer = metrics_lib.MetricsWriter(run.workdir, purge_step=purge)
+            if step is None:
+                write_config_text(run.writer, c)
     except BaseException:
         for run in runs:
             if run.checkpointer is not None:

@@ -48,6 +48,27 @@ def jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+# TensorBoard groups tags by the part before "/": the run's story first (eval, train), then one
+# section per component.  metrics.jsonl keeps the flat names the seeds use.
+_TB_GROUPS = (
+    ("eval/", ("eval_",)),
+    ("train/", ("train_", "episodes", "updates", "env_steps_per_s", "updates_per_s", "phase")),
+    ("env/", ("env_",)),
+    ("open_loop/", ("open_loop_",)),
+    ("critic/", ("critic_",)),
+    ("actor/", ("actor_", "entropy", "mean_imagined_return", "imagined_", "return_", "policy_")),
+)
+
+
+def tensorboard_tag(name: str) -> str:
+    """``eval_return`` -> ``eval/eval_return``, ``critic_loss`` -> ``critic/critic_loss``; what
+    belongs to no other group is the world model's (its losses, predictors, representation)."""
+    for group, prefixes in _TB_GROUPS:
+        if any(name == p or name.startswith(p) for p in prefixes):
+            return group + name
+    return "world_model/" + name
+
+
 class MetricsWriter:
     """Writes metric dicts keyed by environment step to the workdir."""
 
@@ -71,13 +92,18 @@ class MetricsWriter:
         if self._tb is not None:
             for name, value in clean.items():
                 if isinstance(value, float):
-                    self._tb.add_scalar(name, value, env_step)
+                    self._tb.add_scalar(tensorboard_tag(name), value, env_step)
         record = {"env_step": int(env_step), **clean}
         try:
             self._file.write(json.dumps(record) + "\n")
         except OSError as err:  # disk full, ...: a named error, not a traceback mid-loop
             raise workdir_error(os.path.dirname(self.path), err, "append to metrics.jsonl") from err
         return record
+
+    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+        """A markdown text panel in TensorBoard (the run's config, ...)."""
+        if self._tb is not None:
+            self._tb.add_text(tag, text, step)
 
     def close(self) -> None:
         """Closes both streams; an error flushing them (a full disk) is only logged: the run

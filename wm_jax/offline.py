@@ -86,6 +86,7 @@ from wm_jax.shell import (
     open_loop_check,
     prepare_batch_jit,
     sample_batch,
+    write_config_text,
 )
 from wm_jax.trainer import LOG_KEYS as TRAINER_LOG_KEYS
 from wm_jax.types import TrainState
@@ -613,6 +614,8 @@ class OfflineTrainer:
         mean, std = self.normalizer.stats()  # fixed: fitted once on the dataset
         reward_scale = np.float32(c.reward_scale)
         writer = metrics_lib.MetricsWriter(self.workdir, purge_step=self._purge_step)
+        if self._purge_step is not None and self.resumed_from is None:
+            write_config_text(writer, c)
         self._purge_step = None  # a later run() call continues this process's own events
         seconds = c.get("checkpoint_seconds", 0.0)
         history: list[dict[str, Any]] = []

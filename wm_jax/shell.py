@@ -190,11 +190,19 @@ def check_nonfinite(
     )
 
 
+def write_config_text(writer, config) -> None:
+    """The run's resolved config as a TensorBoard text panel (written once, on a fresh start)."""
+    writer.write_text("config", "```json\n" + config.to_json_best_effort(indent=1) + "\n```")
+
+
 class NoWriter:
     """The metrics writer of processes other than 0: writes nothing."""
 
     def write(self, env_step, metrics):
         return {"env_step": int(env_step), **metrics_lib.jsonable(metrics)}
+
+    def write_text(self, tag, text, step=0):
+        pass
 
     def close(self):
         pass

@@ -55,6 +55,7 @@ from wm_jax.shell import (
     prepare_batch_jit,
     progress_bar,
     sample_batch,
+    write_config_text,
 )
 from wm_jax.update import make_agent, make_steps
 
@@ -448,6 +449,8 @@ class Trainer:
             if self.lead
             else NoWriter()
         )
+        if self._purge_step is not None and self.resumed_from is None:
+            write_config_text(writer, c)
         self._purge_step = None  # a later run() call continues this process's own events
         history: list[dict[str, Any]] = []
         train_returns = [0.0, 0]  # sum and count of the episode returns since the last log
