@@ -211,8 +211,11 @@ def test_report_md_escapes_the_strings_it_embeds(finished_run, tmp_path):
     (workdir / "config.json").write_text(json.dumps(config))
     write_report(str(workdir))
     md = (workdir / "report" / "report.md").read_text()
-    assert "<img" not in md and "](http" not in md and "*b*" not in md
-    assert "&lt;img" in md
+    # The config section is a fenced code block (rendered literally); the rest is markup.
+    markup, _, config_block = md.partition("## Config")
+    assert "<img" not in markup and "](http" not in markup and "*b*" not in markup
+    assert "&lt;img" in markup
+    assert config_block.strip().startswith("```json") and config_block.strip().endswith("```")
 
 
 def test_a_time_interval_checkpoints_between_step_intervals(tmp_path):

@@ -136,6 +136,25 @@ def _md(text: str) -> str:
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
 
 
+def _versions() -> str:
+    from importlib import metadata
+
+    names = ("wm_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "gymnasium")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
+def _machine() -> str:
+    import platform
+
+    return f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()})"
+
+
 def _open_loop_figures(plt, workdir):
     path = os.path.join(workdir, "open_loop.jsonl")
     if not os.path.exists(path):
@@ -352,6 +371,10 @@ def write_report(workdir: str, findings: list | None = None) -> str:
         best = max(evals, key=lambda e: e[1])
         summary.append(f"final eval return: {evals[-1][1]:.1f} (env step {evals[-1][0]})")
         summary.append(f"best eval return: {best[1]:.1f} (env step {best[0]})")
+    if "seed" in config:
+        summary.append(f"seed: {config['seed']}")
+    summary.append(f"software: {_versions()}")
+    summary.append(f"report written on: {_machine()}")
     if findings:
         finding_lines = [str(f) for f in findings]
     else:
@@ -361,6 +384,9 @@ def write_report(workdir: str, findings: list | None = None) -> str:
     md += ["", *[f"- {_md(line)}" for line in finding_lines]]
     md += ["", "## Plots", ""]
     md += [f"![{name}]({os.path.basename(path)})" for name, path in images]
+    config_text = json.dumps(config, indent=1, sort_keys=True)
+    # (JSON strings cannot end a fenced block: a line of ``` never appears in it.)
+    md += ["", "## Config", "", "```json", config_text, "```"]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(md) + "\n")
 
@@ -377,6 +403,11 @@ def write_report(workdir: str, findings: list | None = None) -> str:
             f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{name}</figcaption></figure>"
         )
+    body.append(
+        "<h2>Config</h2><details><summary>config.json</summary><pre>"
+        + html.escape(config_text)
+        + "</pre></details>"
+    )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>wm_jax run report</title>"
         "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
