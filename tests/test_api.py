@@ -13,6 +13,7 @@ import pytest
 from conftest import small_config
 
 import wm_jax
+from wm_jax.metrics import read_metrics
 
 
 def test_every_public_name_imports_and_is_documented():
@@ -211,3 +212,33 @@ def test_offline_training_refuses_the_env_module_a_dataset_run_names(
         OfflineTrainer(config, str(tmp_path / "offline"), f"run:{crafted}")
     assert not marker.exists()
     assert not (tmp_path / "offline").exists()
+
+
+def test_a_run_keeps_its_best_evaluated_agent_loadable_with_which_best(tmp_path):
+    c = small_config(
+        total_env_steps=128,
+        prefill_steps=32,
+        eval_every=32,
+        eval_episodes=2,
+        log_every=64,
+        checkpoint_every=64,
+        report=False,
+        **{"schedule.warmup_steps": 64, "schedule.transition_steps": 96},
+        **{"diagnostics.open_loop_every": 0},
+    )
+    trainer = wm_jax.Trainer(c, str(tmp_path / "run"))
+    try:
+        result = trainer.run()
+    finally:
+        trainer.close()
+    step, best, _ = max(result.eval_returns, key=lambda e: e[1])
+    meta = json.loads((tmp_path / "run" / "best" / "policy.json").read_text())
+    assert meta["eval_return"] == best and meta["step"] == step
+    policy = wm_jax.load_policy(str(tmp_path / "run"), which="best")
+    assert policy.step == step
+    assert wm_jax.load_policy(str(tmp_path / "run")).step == 128
+    rows = [r for r in read_metrics(str(tmp_path / "run")) if "eval_return_std" in r]
+    for r in rows:  # the standard error of the mean over eval_episodes = 2
+        assert r["eval_return_stderr"] == pytest.approx(r["eval_return_std"] / 2**0.5)
+    with pytest.raises(FileNotFoundError, match="no best agent"):
+        wm_jax.load_policy(str(tmp_path), which="best")

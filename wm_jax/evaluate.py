@@ -1,6 +1,7 @@
 """Evaluate a trained agent::
 
     python -m wm_jax.evaluate --workdir=runs/cartpole --episodes=10
+    python -m wm_jax.evaluate --workdir=runs/cartpole --which=best  # the best evaluated agent
     python -m wm_jax.evaluate --workdir=runs/cartpole --gif=episode.gif   # + an episode's frames
     python -m wm_jax.evaluate --workdir=exported_bundle --env_id=CartPole-v1
 
@@ -78,6 +79,9 @@ def record_episode(
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory or exported policy bundle")
 _EPISODES = flags.DEFINE_integer("episodes", 10, "episodes to evaluate")
+_WHICH = flags.DEFINE_enum(
+    "which", "last", ["last", "best"], "a run's newest checkpoint, or its best evaluated agent"
+)
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the evaluation episodes")
 _ENV_ID = flags.DEFINE_string("env_id", None, "environment id (default: the run's)")
@@ -99,7 +103,7 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     try:
-        policy = load_policy(_WORKDIR.value, _STEP.value, _ALLOW_IMPORTS.value)
+        policy = load_policy(_WORKDIR.value, _STEP.value, _ALLOW_IMPORTS.value, _WHICH.value)
         mean, std, returns = evaluate_policy(
             policy, _EPISODES.value, _SEED.value, _ENV_ID.value, not _STOCHASTIC.value
         )

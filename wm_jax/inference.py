@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -160,11 +161,18 @@ def _check_imports(config: dict[str, Any], allowed: frozenset[str], source: str)
     check_modules(names, allowed, f"{source} (config.imports)")
 
 
+BEST_DIR = "best"  # a run's best agent by evaluation return, as a bundle inside its workdir
+
+
 def load_policy(
-    path: str, step: int | None = None, allow_imports: str | list[str] | None = None
+    path: str,
+    step: int | None = None,
+    allow_imports: str | list[str] | None = None,
+    which: str = "last",
 ) -> Policy:
-    """Loads a :class:`Policy` from a run's workdir (its newest checkpoint, or ``step``) or from
-    a directory written by :func:`export_policy`.
+    """Loads a :class:`Policy` from a run's workdir (its newest checkpoint, or ``step``; with
+    ``which="best"`` the agent of its best evaluation, kept in ``<workdir>/best``) or from a
+    directory written by :func:`export_policy`.
 
     Nothing named in the loaded files is imported unless ``allow_imports`` names it (a list or
     ``"a,b"``): modules in the run's ``config.imports`` (custom components) and, when the policy
@@ -175,6 +183,18 @@ def load_policy(
     """
     path = os.path.abspath(path)
     allowed = normalize_allowed(allow_imports)
+    if which not in ("last", "best"):
+        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+    if which == "best":
+        if step is not None:
+            raise ValueError("step= picks a checkpoint of the last timeline; not with which='best'")
+        best = os.path.join(path, BEST_DIR)
+        if not os.path.exists(os.path.join(best, "policy.json")):
+            raise FileNotFoundError(
+                f"{path} has no best agent yet ({BEST_DIR}/ is written at the first evaluation; "
+                "config.eval_every > 0)"
+            )
+        path = best
     if os.path.exists(os.path.join(path, "policy.json")):
         meta = _read_json(os.path.join(path, "policy.json"))
         if meta.get("format") != BUNDLE_FORMAT:
@@ -246,6 +266,63 @@ def load_policy(
     )
 
 
+def write_bundle(
+    out_dir: str,
+    config,
+    spec: EnvSpec,
+    wm_params,
+    actor_params,
+    obs_mean,
+    obs_std,
+    step: int | None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Writes a policy bundle (``policy.json`` + ``arrays/``) to the new directory ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    arrays = {
+        "wm_params": wm_params,
+        "actor_params": actor_params,
+        "obs_mean": np.asarray(obs_mean),
+        "obs_std": np.asarray(obs_std),
+    }
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(out_dir, "arrays"), arrays)
+    checkpointer.wait_until_finished()
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "step": step,
+        "config": json.loads(config.to_json_best_effort()),
+        "spec": spec_to_json(spec),
+        **(extra or {}),
+    }
+    with open(os.path.join(out_dir, "policy.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return out_dir
+
+
+def replace_bundle(out_dir: str, **bundle) -> str:
+    """:func:`write_bundle` to ``out_dir`` replacing what is there, atomically: the new bundle is
+    written beside it and renamed into place, so a crash leaves the old one or the new one."""
+    out_dir = os.path.abspath(out_dir)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    old = f"{out_dir}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_bundle(tmp, **bundle)
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def read_bundle_meta(path: str) -> dict[str, Any] | None:
+    """The ``policy.json`` of a bundle directory, or None if there is none (or it is damaged)."""
+    try:
+        return _read_json(os.path.join(path, "policy.json"))
+    except (OSError, ValueError):
+        return None
+
+
 def export_policy(policy_or_path: Policy | str, out_dir: str, step: int | None = None) -> str:
     """Writes a self-contained inference bundle (``policy.json`` + ``arrays/``) to ``out_dir``
     from a :class:`Policy` or a run's workdir; returns ``out_dir``."""
@@ -255,22 +332,13 @@ def export_policy(policy_or_path: Policy | str, out_dir: str, step: int | None =
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(os.path.join(out_dir, "policy.json")):
         raise FileExistsError(f"{out_dir} already holds a policy bundle")
-    os.makedirs(out_dir, exist_ok=True)
-    arrays = {
-        "wm_params": policy.wm_params,
-        "actor_params": policy.actor_params,
-        "obs_mean": np.asarray(policy.obs_mean),
-        "obs_std": np.asarray(policy.obs_std),
-    }
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(out_dir, "arrays"), arrays)
-    checkpointer.wait_until_finished()
-    meta = {
-        "format": BUNDLE_FORMAT,
-        "step": policy.step,
-        "config": json.loads(policy.config.to_json_best_effort()),
-        "spec": spec_to_json(policy.spec),
-    }
-    with open(os.path.join(out_dir, "policy.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    return out_dir
+    return write_bundle(
+        out_dir,
+        config=policy.config,
+        spec=policy.spec,
+        wm_params=policy.wm_params,
+        actor_params=policy.actor_params,
+        obs_mean=policy.obs_mean,
+        obs_std=policy.obs_std,
+        step=policy.step,
+    )

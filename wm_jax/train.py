@@ -180,6 +180,13 @@ def main(argv):
         if final is not None:
             summary += f"; final eval return {final[1]:.1f} ± {final[2]:.1f}"
         print(summary)
+        best_dir = os.path.join(result.workdir, "best")
+        if result.eval_returns and os.path.isdir(best_dir):
+            step, mean, std = max(result.eval_returns, key=lambda e: e[1])
+            print(
+                f"best eval return {mean:.1f} ± {std:.1f} at env step {step}, kept in "
+                f"{best_dir}: python -m wm_jax.evaluate --workdir={result.workdir} --which=best"
+            )
         made = ["metrics.jsonl", "tensorboard/", "checkpoints/"]
         if config.report and result.env_steps >= config.total_env_steps:
             made.append("report/report.html")
