@@ -124,3 +124,26 @@ def test_detector_reports_each_finding_once():
     assert [f.mode for f in new] == ["gradient_explosion"]
     assert [f.mode for f in detector.findings] == ["gradient_explosion"]
     assert set(MODES) >= {f.mode for f in detector.findings}
+
+
+def test_one_components_gradient_owning_the_world_models_is_takeover():
+    # The reward head's learned sigma at its floor: ~99 % of the clipped norm, row after row.
+    records = stream(reward_predictor_grad_norm=lambda i: 2.97, dynamics_grad_norm=lambda i: 0.3)
+    (finding,) = [f for f in detect(records) if f.mode == "gradient_takeover"]
+    assert "reward_predictor_grad_norm is 99%" in finding.message
+    assert "reward_std=fixed" in finding.remedy
+    # A component with a large but not dominant share, or a short burst, is not flagged.
+    assert "gradient_takeover" not in {
+        f.mode for f in detect(stream(reward_predictor_grad_norm=lambda i: 2.0))
+    }
+    burst = stream(reward_predictor_grad_norm=lambda i: 2.97 if i in (3, 4) else 0.5)
+    assert "gradient_takeover" not in {f.mode for f in detect(burst)}
+
+
+def test_a_sudden_jump_of_the_reconstruction_error_is_a_world_model_spike():
+    records = stream(dynamics_mse=lambda i: 20.0 if i == 8 else 1.0 / (1 + i))
+    (finding,) = [f for f in detect(records) if f.mode == "world_model_loss_spike"]
+    assert finding.env_step == 9000 and "jumped to 20" in finding.message
+    # The usual early fall and noise are not spikes.
+    noisy = stream(dynamics_mse=lambda i: (1.0 / (1 + i)) * (1.6 if i % 2 else 1.0))
+    assert "world_model_loss_spike" not in {f.mode for f in detect(noisy)}

@@ -32,6 +32,20 @@ Each signature compares robust summaries (medians over ``window`` log rows) of t
    coefficient, a lower actor learning rate, uniform mixing (``actor.unimix``), return
    normalisation so the entropy bonus keeps its weight.
 
+Two more signatures came from runs that swung (issue 19):
+
+6. ``gradient_takeover`` — one world-model component's gradient norm is at least
+   ``takeover_share`` of the whole world model's (global norms, so 0.95 is ~90 % of the squared
+   norm) for ``takeover_rows`` log rows in a row: with one clip for the whole model, that
+   component's loss starves the others (a learned reward σ at its floor on a sparse or constant
+   reward is the usual cause).  Remedy: ``model.reward_std=fixed``, down-weight that loss, or a
+   larger ``world_model.grad_clip``.
+7. ``world_model_loss_spike`` — once the world model has ``spike_min_rows`` rows, a row whose
+   reconstruction error (the key of signature 1) is ``spike_factor`` times the median of the
+   ``window`` rows before it: the model was knocked off what it had learned (a burst of rare
+   data, a learning-rate or clipping problem).  Remedy: lower ``world_model.lr``, clip its
+   gradients, check the replay for rare transitions.
+
 Thresholds are config values (``config.diagnostics``).  The detector is a pure function of the
 records; :class:`Detector` wraps it for the training loop and logs new findings as warnings.
 """
@@ -52,6 +66,8 @@ MODES = (
     "gradient_explosion",
     "critic_divergence",
     "entropy_collapse",
+    "gradient_takeover",
+    "world_model_loss_spike",
 )
 
 REMEDIES = {
@@ -75,6 +91,15 @@ REMEDIES = {
     "entropy_collapse": (
         "raise actor.entropy_coef, lower actor.lr, mix in a uniform policy (actor.unimix), "
         "normalise returns (actor.return_norm) so the entropy bonus keeps its weight."
+    ),
+    "gradient_takeover": (
+        "one loss owns the world model's clipped gradient: for the reward predictor use "
+        "model.reward_std=fixed (sparse or constant rewards), else lower that loss's scale "
+        "(world_model.<name>_scale) or raise world_model.grad_clip."
+    ),
+    "world_model_loss_spike": (
+        "lower world_model.lr, clip its gradients (world_model.grad_clip), and look for rare "
+        "transitions (terminations, reward bursts) the model meets for the first time."
     ),
 }
 
@@ -106,6 +131,10 @@ class Thresholds:
     entropy_max_drop: float = 3.0  # nats, for continuous (possibly negative) entropies
     entropy_patience: int = 4  # log rows the collapse must last with no real improvement
     entropy_min_real_rise: float = 0.5  # real return up by half = "not premature"
+    takeover_share: float = 0.95  # a component's / the world model's gradient norm
+    takeover_rows: int = 3  # log rows in a row
+    spike_factor: float = 5.0  # reconstruction error vs the median of the rows before
+    spike_min_rows: int = 4  # world-model rows before spikes are judged
 
     @classmethod
     def from_config(cls, config) -> Thresholds:
@@ -160,17 +189,9 @@ def _median_at(steps: list[int], values: list[float], lo: int, hi: int) -> float
 
 
 def _world_model(rows, t: Thresholds) -> Finding | None:
-    def logged(name):
-        return any(_finite(r.get(name)) for r in rows)
-
     # An RSSM's dynamics loss is a KL floored by free bits, which may never fall much even
     # when the model learns well; its reconstruction error is the telling curve.
-    if logged("dynamics_mse"):
-        key = "dynamics_mse"
-    elif logged("kl_dynamics") and logged("decoder_loss"):
-        key = "decoder_loss"
-    else:
-        key = "dynamics_loss"
+    key = _reconstruction_key(rows)
     steps, vals = _series(rows, key)
     for i in range(max(t.wm_check_rows, t.window) - 1, len(vals)):
         recent = float(np.median(vals[i - t.window + 1 : i + 1]))
@@ -184,6 +205,57 @@ def _world_model(rows, t: Thresholds) -> Finding | None:
             )
         if recent <= (1.0 - t.wm_min_drop) * vals[0]:
             return None  # it learned; a later plateau is not this failure
+    return None
+
+
+def _reconstruction_key(rows) -> str:
+    def logged(name):
+        return any(_finite(r.get(name)) for r in rows)
+
+    if logged("dynamics_mse"):
+        return "dynamics_mse"
+    if logged("kl_dynamics") and logged("decoder_loss"):
+        return "decoder_loss"
+    return "dynamics_loss"
+
+
+def _takeover(rows, t: Thresholds) -> Finding | None:
+    from wm_jax.networks.world_model import COMPONENTS
+
+    streak: dict[str, int] = {}
+    for r in rows:
+        total = r.get("world_model_grad_norm")
+        if not _finite(total) or total <= 0:
+            continue
+        for name in COMPONENTS:
+            part = r.get(f"{name}_grad_norm")
+            share = part / total if _finite(part) else 0.0
+            streak[name] = streak.get(name, 0) + 1 if share >= t.takeover_share else 0
+            if streak[name] >= t.takeover_rows:
+                return Finding(
+                    "gradient_takeover",
+                    r["env_step"],
+                    f"{name}_grad_norm is {share:.0%} of world_model_grad_norm ({part:.3g} of "
+                    f"{total:.3g}) for {streak[name]} log rows: its loss owns the clipped "
+                    "update and the other components barely learn.",
+                    REMEDIES["gradient_takeover"],
+                )
+    return None
+
+
+def _spike(rows, t: Thresholds) -> Finding | None:
+    key = _reconstruction_key(rows)
+    steps, vals = _series(rows, key)
+    for i in range(max(t.spike_min_rows, t.window), len(vals)):
+        before = float(np.median(vals[i - t.window : i]))
+        if before > 0 and vals[i] > t.spike_factor * before:
+            return Finding(
+                "world_model_loss_spike",
+                steps[i],
+                f"{key} jumped to {vals[i]:.3g} from a median of {before:.3g} over the "
+                f"{t.window} log rows before.",
+                REMEDIES["world_model_loss_spike"],
+            )
     return None
 
 
@@ -321,6 +393,8 @@ def detect(records: list[dict[str, Any]], thresholds: Thresholds | None = None) 
         _explosion(rows, t),
         _critic(critic_rows, t),
         _entropy(actor_rows, records, t),
+        _takeover(rows, t),
+        _spike(rows, t),
     ]
     return sorted((f for f in found if f is not None), key=lambda f: f.env_step)
 
