@@ -3,6 +3,7 @@ log lines, all from the same aggregated dict."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -89,16 +90,30 @@ class MetricsWriter:
     def write(self, env_step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Appends one record; returns it as written (see :func:`jsonable`)."""
         clean = jsonable(metrics)
-        if self._tb is not None:
-            for name, value in clean.items():
-                if isinstance(value, float):
-                    self._tb.add_scalar(tensorboard_tag(name), value, env_step)
         record = {"env_step": int(env_step), **clean}
         try:
             self._file.write(json.dumps(record) + "\n")
         except OSError as err:  # disk full, ...: a named error, not a traceback mid-loop
             raise workdir_error(os.path.dirname(self.path), err, "append to metrics.jsonl") from err
+        if self._tb is not None:
+            self._check_tensorboard()
+            for name, value in clean.items():
+                if isinstance(value, float):
+                    self._tb.add_scalar(tensorboard_tag(name), value, env_step)
         return record
+
+    def _check_tensorboard(self) -> None:
+        """tensorboardX writes from a thread; when a write fails (a full disk) the thread dies
+        and, once its queue fills, every later add_scalar would block forever: stop instead."""
+        event_writer = getattr(self._tb._get_file_writer(), "event_writer", None)
+        worker = getattr(event_writer, "_worker", None)
+        if worker is not None and not worker.is_alive():
+            self._tb = None  # nothing more can be handed to it
+            raise workdir_error(
+                os.path.dirname(self.path),
+                OSError(errno.EIO, "the TensorBoard writer thread stopped (see the log above)"),
+                "write TensorBoard events",
+            )
 
     def write_text(self, tag: str, text: str, step: int = 0) -> None:
         """A markdown text panel in TensorBoard (the run's config, ...)."""

@@ -251,7 +251,12 @@ def _soak(root: str, workdir: str, disk: str | None, kinds_all) -> dict:
             os.remove(_raise_file(workdir))
         elif kind == "disk_full":
             filler = _fill_disk(disk)
-            fault["exit_code"] = proc.wait(timeout=600)
+            try:
+                fault["exit_code"] = proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:  # a hang is a failure: record it, go on
+                proc.kill()
+                proc.wait()
+                fault["exit_code"] = "hung"
             os.remove(filler)
         else:
             proc.send_signal(signal.SIGKILL)
