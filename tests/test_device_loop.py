@@ -269,3 +269,41 @@ def test_the_device_loop_stops_on_consecutive_nonfinite_updates_like_the_host_lo
         train_device(c, str(tmp_path / "nan"))
     rows = read_metrics(str(tmp_path / "nan"))
     assert max(r["env_step"] for r in rows) < 480  # stopped, not run to the end
+
+
+def test_host_and_device_loops_log_the_same_metric_names_and_keep_a_best_agent(tmp_path):
+    import wm_jax
+    from wm_jax.trainer import Trainer
+
+    def config(loop):
+        return small_config(
+            env_id="gymnax:CartPole-v1",
+            loop=loop,
+            total_env_steps=192,
+            prefill_steps=64,
+            eval_every=96,
+            eval_episodes=2,
+            log_every=64,
+            checkpoint_every=96,
+            report=False,
+            **{"schedule.warmup_steps": 64, "schedule.transition_steps": 128},
+            **{"diagnostics.open_loop_every": 0},
+        )
+
+    train_device(config("device"), str(tmp_path / "device"))
+    host = Trainer(config("host"), str(tmp_path / "host"))
+    try:
+        host.run()
+    finally:
+        host.close()
+
+    def names(workdir, evals):
+        rows = read_metrics(str(workdir))
+        rows = [r for r in rows if ("eval_return_std" in r) == evals and r["env_step"] == 192]
+        return set().union(*(r.keys() for r in rows))
+
+    assert names(tmp_path / "device", False) == names(tmp_path / "host", False)
+    assert names(tmp_path / "device", True) == names(tmp_path / "host", True)
+    assert {"updates", "episodes", "train_return"} <= names(tmp_path / "device", False)
+    best = wm_jax.load_policy(str(tmp_path / "device"), which="best")
+    assert best.step in (96, 192)

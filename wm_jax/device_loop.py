@@ -46,7 +46,7 @@ from wm_jax.config import ConfigError, parse_lr_sweep, validate, validate_for_en
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import GYMNAX_PREFIX, EnvSpec, make_env_spec
 from wm_jax.gymnax_env import board_to_uint8, make_gymnax
-from wm_jax.inference import spec_to_json
+from wm_jax.inference import BEST_DIR, read_bundle_meta, replace_bundle, spec_to_json
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, act, initial_carry
 from wm_jax.run_dir import RunDir
@@ -604,6 +604,7 @@ class SeedRun:
     detector: Detector
     run_dir: RunDir
     eval_returns: list = dataclasses.field(default_factory=list)
+    best_return: float = -np.inf  # of the agent kept in <workdir>/best
 
 
 def _stack(trees):
@@ -698,6 +699,8 @@ def _train_device(c, loop, root, seed_configs, spec_json, sweep, grid, stop_at) 
 
             resumed.append(run.checkpointer.restore_newest_valid(states[i].train, load))
         for run, step in zip(runs, resumed, strict=True):
+            best = read_bundle_meta(os.path.join(run.workdir, BEST_DIR))
+            run.best_return = -np.inf if best is None else float(best.get("eval_return", -np.inf))
             purge = run.run_dir.continue_logs(step)  # rows after the checkpoint: dropped
             run.writer = metrics_lib.MetricsWriter(run.workdir, purge_step=purge)
             if step is None:
@@ -766,16 +769,17 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
             now = time.time()
             for i, run in enumerate(runs):
                 seed_summary = summary if num_seeds == 1 else _index(summary, i)
+                one = ls if num_seeds == 1 else _index(ls, i)
                 if evals is not None:
                     mean, std = float(evals[i].mean()), float(evals[i].std())
                     run.eval_returns.append((env_step, mean, std))
-                    run.detector.update(
-                        run.writer.write(env_step, {"eval_return": mean, "eval_return_std": std})
-                    )
+                    row = {"eval_return": mean, "eval_return_std": std}
+                    row["eval_return_stderr"] = std / np.sqrt(max(evals.shape[1], 1))
+                    run.detector.update(run.writer.write(env_step, row))
+                    _keep_if_best(run, one, loop, c, env_step, mean, std, evals.shape[1])
                 if crossed(c.log_every):
-                    record = _record(seed_summary, env_step, c, now - last_time, last_step)
+                    record = _record(seed_summary, one, env_step, c, now - last_time, last_step)
                     if crossed(c.diagnostics.open_loop_every) and env_step > loop.train_start:
-                        one = ls if num_seeds == 1 else _index(ls, i)
                         record.update(loop.open_loop_check(one, run.seed, run.workdir) or {})
                     run.detector.update(run.writer.write(env_step, record))
                     if i == 0:
@@ -812,17 +816,41 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
 _LOG_KEYS = ("eval_return", "train_return", "world_model_loss", "mean_imagined_return")
 
 
-def _record(summary, env_step, c, elapsed, last_step) -> dict[str, Any]:
+def _record(summary, one: LoopState, env_step, c, elapsed, last_step) -> dict[str, Any]:
+    """One log row, with the host loop's names: ``updates`` and ``episodes`` count from the
+    start of the run, ``train_return`` averages the episodes finished since the last row."""
     summary = dict(summary)
     episodes = float(summary.pop("_episodes"))
     total = float(summary.pop("_return_sum"))
     record = metrics_lib.aggregate([summary]) if summary else {}
     record["env_steps_per_s"] = (env_step - last_step) / max(elapsed, 1e-9)
-    record["episodes_finished"] = episodes
+    record["updates"] = int(one.updates)
+    record["episodes"] = int(np.sum(jax.device_get(one.episode)))
     record["phase"] = phase(env_step, c.schedule)
     if episodes:
         record["train_return"] = total / episodes
     return record
+
+
+def _keep_if_best(run, one: LoopState, loop, c, env_step, mean, std, episodes) -> None:
+    """The host loop's best agent, per seed: a policy bundle in ``<seed workdir>/best``."""
+    if not mean > run.best_return:
+        return
+    obs_mean, obs_std = jax.device_get(normalizer_stats(one.norm, loop.norm_enabled))
+    seed_config = c.copy_and_resolve_references()
+    seed_config.seed = run.seed
+    replace_bundle(
+        os.path.join(run.workdir, BEST_DIR),
+        config=seed_config,
+        spec=loop.spec,
+        wm_params=jax.device_get(one.train.wm_params),
+        actor_params=jax.device_get(one.train.actor_params),
+        obs_mean=obs_mean,
+        obs_std=obs_std,
+        step=env_step,
+        extra={"eval_return": mean, "eval_return_std": std, "eval_episodes": int(episodes)},
+    )
+    run.best_return = mean
 
 
 def _save(runs, ls: LoopState, num_seeds: int) -> None:
