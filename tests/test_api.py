@@ -62,6 +62,7 @@ def in_memory_actions(trainer, obs, key, deterministic):
     return np.asarray(actions)
 
 
+@pytest.mark.slow
 def test_loaded_and_exported_policies_act_exactly_like_the_in_memory_agent(trained, tmp_path):
     trainer, workdir = trained
     obs = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
@@ -89,6 +90,7 @@ def test_loaded_and_exported_policies_act_exactly_like_the_in_memory_agent(train
     assert not list((tmp_path / "bundle").rglob("*.pkl"))
 
 
+@pytest.mark.slow
 def test_a_named_checkpoint_step_loads_and_a_non_run_directory_is_refused(trained, tmp_path):
     _, workdir = trained
     assert wm_jax.load_policy(str(workdir), step=96).step == 96
@@ -96,6 +98,7 @@ def test_a_named_checkpoint_step_loads_and_a_non_run_directory_is_refused(traine
         wm_jax.load_policy(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_the_return_and_writes_a_gif(trained):
     pytest.importorskip("pygame")  # classic-control rendering
     from PIL import Image
@@ -120,6 +123,7 @@ def test_evaluate_cli_prints_the_return_and_writes_a_gif(trained):
         assert gif.n_frames > 5 and gif.size == (600, 400)
 
 
+@pytest.mark.slow
 def test_evaluate_policy_matches_the_trainers_evaluation(trained):
     trainer, _ = trained
     from wm_jax.trainer import evaluate
@@ -149,6 +153,7 @@ def _crafted_run(workdir, tmp_path, name, **config_changes):
     return crafted, marker
 
 
+@pytest.mark.slow
 def test_load_policy_refuses_modules_a_run_or_bundle_names_and_imports_only_allowed_ones(
     trained, tmp_path, monkeypatch
 ):
@@ -172,6 +177,7 @@ def test_load_policy_refuses_modules_a_run_or_bundle_names_and_imports_only_allo
     sys.modules.pop("pwned_imports", None)
 
 
+@pytest.mark.slow
 def test_evaluating_a_loaded_policy_never_imports_the_module_of_its_env_id(
     trained, tmp_path, monkeypatch
 ):
@@ -200,6 +206,7 @@ def test_evaluating_a_loaded_policy_never_imports_the_module_of_its_env_id(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_offline_training_refuses_the_env_module_a_dataset_run_names(
     trained, tmp_path, monkeypatch
 ):
@@ -214,6 +221,7 @@ def test_offline_training_refuses_the_env_module_a_dataset_run_names(
     assert not (tmp_path / "offline").exists()
 
 
+@pytest.mark.slow
 def test_a_run_keeps_its_best_evaluated_agent_loadable_with_which_best(tmp_path):
     c = small_config(
         total_env_steps=128,

@@ -107,6 +107,7 @@ def assert_same_params(straight, workdir):
     assert np.array_equal(resumed, straight), f"max abs diff {np.max(np.abs(resumed - straight))}"
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_matches_uninterrupted_run_metric_for_metric(
     tmp_path, straight_run
 ):
@@ -132,6 +133,7 @@ def checkpoint_steps(workdir):
     return sorted(int(n) for n in names if n.isdigit()), [n for n in names if "tmp" in n]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_checkpoint_write_and_a_truncated_checkpoint_lose_nothing(
     tmp_path, straight_params
 ):
@@ -176,6 +178,7 @@ def test_sigkill_mid_checkpoint_write_and_a_truncated_checkpoint_lose_nothing(
     assert_same_params(straight_params, run)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_final_checkpoint_exits_cleanly_and_the_rerun_resumes(tmp_path):
     workdir = tmp_path / "term"
     # Start the CLI and terminate it once it has logged a few hundred env steps.

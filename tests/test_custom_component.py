@@ -52,6 +52,7 @@ def build_toy(m, spec):
 register_dynamics(TOY, build_toy)
 
 
+@pytest.mark.slow
 def test_dynamics_registered_from_a_test_file_trains_through_the_loop(tmp_path):
     c = small_config(
         total_env_steps=200,
@@ -167,6 +168,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_docs_command_trains_the_gated_model_and_the_snippet_loads_it(
     tmp_path, monkeypatch, capsys
 ):
@@ -206,6 +208,7 @@ def test_docs_command_trains_the_gated_model_and_the_snippet_loads_it(
         assert expected in f.read()
 
 
+@pytest.mark.slow
 def test_docs_library_snippet_trains_the_gated_model(tmp_path, monkeypatch):
     (snippet,) = [b for b in doc_blocks("python") if "wm_jax.train(" in b]
     monkeypatch.syspath_prepend(REPO)

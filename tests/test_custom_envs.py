@@ -159,6 +159,7 @@ def test_seven_actions_spec_and_argmax_to_int64():
     np.testing.assert_array_equal(from_env_action(env_action, spec), one_hot([6, 0], 7))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id", [WIDE_ID, SEVEN_ID])
 def test_trainer_trains_on_odd_spaces_with_actions_inside_them(env_id, tmp_path):
     train_briefly(env_id, tmp_path)  # the envs assert every action's dtype and range
@@ -168,6 +169,7 @@ def test_trainer_trains_on_odd_spaces_with_actions_inside_them(env_id, tmp_path)
         assert SevenEnv.actions_seen == set(range(7))
 
 
+@pytest.mark.slow
 def test_point_mass_example_reaches_its_goal_and_terminates():
     spec = make_env_spec(POINT_MASS_ID)
     assert (spec.obs_shape, spec.action_dim, spec.discrete, spec.max_episode_steps) == (
@@ -286,6 +288,7 @@ def test_gymnax_resume_from_state_dict_gives_identical_obs_and_transitions():
                     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_gymnax_cartpole_trains_through_the_trainer(tmp_path):
     # Catch trains too (CNN encoder on its [10, 5, 1] board), checked through the CLI: its CNN
     # compiles ~3x slower than this MLP, too slow for the suite.

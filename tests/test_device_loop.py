@@ -219,6 +219,7 @@ def device_runs(tmp_path_factory):
 RUNS = [(seed, lr) for seed in (0, 1) for lr in ("3e-05", "0.0001")]
 
 
+@pytest.mark.slow
 def test_device_loop_resumes_exactly_where_an_uninterrupted_run_would_be(device_runs):
     root, out = device_runs
     for seed, lr in RUNS:
@@ -235,6 +236,7 @@ def test_device_loop_resumes_exactly_where_an_uninterrupted_run_would_be(device_
         assert max(steps) == 480 and 80 in steps
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_and_learning_rates_equal_the_same_runs_one_at_a_time(device_runs):
     _, out = device_runs
     # Seed 1 with the swept actor lr 1e-4 (3.33 x the config's 3e-5) = seed 1 run alone with
@@ -248,6 +250,7 @@ def test_vmapped_seeds_and_learning_rates_equal_the_same_runs_one_at_a_time(devi
     assert not np.allclose(out["straight/1/3e-05"]["actor"], out["straight/1/0.0001"]["actor"])
 
 
+@pytest.mark.slow
 def test_the_device_loop_stops_on_consecutive_nonfinite_updates_like_the_host_loop(tmp_path):
     from wm_jax.trainer import NonFiniteError
 
@@ -271,6 +274,7 @@ def test_the_device_loop_stops_on_consecutive_nonfinite_updates_like_the_host_lo
     assert max(r["env_step"] for r in rows) < 480  # stopped, not run to the end
 
 
+@pytest.mark.slow
 def test_host_and_device_loops_log_the_same_metric_names_and_keep_a_best_agent(tmp_path):
     import wm_jax
     from wm_jax.trainer import Trainer

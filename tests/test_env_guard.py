@@ -135,6 +135,7 @@ def tiny_config(**overrides):
     return c
 
 
+@pytest.mark.slow
 def test_training_on_an_env_that_emits_nan_stops_with_a_clear_error(tmp_path):
     from wm_jax.loops import train
 
@@ -142,6 +143,7 @@ def test_training_on_an_env_that_emits_nan_stops_with_a_clear_error(tmp_path):
         train(tiny_config(), str(tmp_path / "raise"))
 
 
+@pytest.mark.slow
 def test_training_in_sanitize_mode_counts_repairs_and_keeps_every_parameter_finite(tmp_path):
     import jax
 

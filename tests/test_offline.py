@@ -135,6 +135,7 @@ def online_run(tmp_path_factory):
     return workdir, replay
 
 
+@pytest.mark.slow
 def test_offline_training_lowers_the_world_model_loss_and_trains_actor_and_critic_without_an_env(
     minari_run,
 ):
@@ -155,6 +156,7 @@ def test_offline_training_lowers_the_world_model_loss_and_trains_actor_and_criti
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir / "tensorboard"))
 
 
+@pytest.mark.slow
 def test_a_minari_trained_workdir_loads_with_load_policy_and_records_the_datasets_env(
     minari_run, minari_dataset
 ):
@@ -171,6 +173,7 @@ def test_a_minari_trained_workdir_loads_with_load_policy_and_records_the_dataset
     assert meta["dataset"] == f"minari:{MINARI_ID}" and meta["transitions"] == len(obs)
 
 
+@pytest.mark.slow
 def test_imagination_only_fine_tuning_keeps_the_world_model_bit_identical(minari_run, tmp_path):
     source_result, source = minari_run
     config = offline_config(
@@ -197,6 +200,7 @@ def test_imagination_only_fine_tuning_keeps_the_world_model_bit_identical(minari
     assert again.resumed_from == 10 and same(again.state, result.state)
 
 
+@pytest.mark.slow
 def test_an_online_runs_replay_is_the_dataset_and_trains_offline(online_run, tmp_path):
     workdir, replay = online_run
     data = load_dataset(f"run:{workdir}")
@@ -297,6 +301,7 @@ def test_a_missing_minari_package_is_reported_with_the_install_command(monkeypat
         train_offline(offline_config(), str(tmp_path / "x"), f"minari:{MINARI_ID}")
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_bad_dataset_naming_the_flag_without_a_traceback(tmp_path):
     cmd = [sys.executable, "-m", "wm_jax.offline", f"--workdir={tmp_path}", "--dataset=foo:bar"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)

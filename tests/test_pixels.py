@@ -173,6 +173,7 @@ def test_pixel_option_validates_and_fails_clearly_without_a_renderer():
         VectorEnv(CATCH, 1, seed=0, env_kwargs={"pixels": 32})
 
 
+@pytest.mark.slow
 def test_cartpole_from_pixels_gives_resized_uint8_renders_that_resume_exactly():
     kwargs = {"pixels": 16}
     spec = make_env_spec("CartPole-v1", kwargs)
@@ -195,6 +196,7 @@ def test_cartpole_from_pixels_gives_resized_uint8_renders_that_resume_exactly():
             np.testing.assert_array_equal(resumed.step(push).obs, frame)
 
 
+@pytest.mark.slow
 def test_host_loop_stores_catch_as_uint8_and_writes_an_open_loop_strip(tmp_path):
     # Collection and the open-loop check only: training on images is the CLI test's (device
     # loop) and the host loop's train step is the one the vector tests compile.
@@ -258,6 +260,7 @@ def test_strip_shows_true_model_and_diff_rows_and_greys_out_finished_steps():
     assert to_rgb(np.full((1, 1, 1), 0.5))[0, 0].tolist() == [128, 128, 128]
 
 
+@pytest.mark.slow
 def test_catch_from_pixels_trains_from_the_cli_with_video_in_the_report(tmp_path):
     workdir = tmp_path / "catch"
     cmd = [

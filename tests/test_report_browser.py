@@ -90,6 +90,7 @@ def images_in_browser(page: str, directory) -> list[dict]:
     return json.loads(html.unescape(match.group(1)))
 
 
+@pytest.mark.slow
 def test_every_report_image_loads_at_its_png_size_in_headless_chromium(tmp_path):
     run = str(tmp_path / "run")
     make_run(run, nan_at=6)  # every figure, open-loop plots and a finding included
@@ -105,6 +106,7 @@ def test_every_report_image_loads_at_its_png_size_in_headless_chromium(tmp_path)
         assert (img["width"], img["height"]) == (width, height), img
 
 
+@pytest.mark.slow
 def test_browser_check_reports_an_image_that_cannot_be_decoded(tmp_path):
     """The check can fail: a PNG cut short after its header does not load."""
     run = str(tmp_path / "run")

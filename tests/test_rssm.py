@@ -169,6 +169,7 @@ def test_rssm_config_errors_name_the_field():
         validate(rssm_config(sequence_mode=False))
 
 
+@pytest.mark.slow
 def test_rssm_trainer_run_resumes_exactly(tmp_path):
     """The policy's recurrent state is part of the checkpoint: a run stopped mid-episode and
     resumed reaches the same parameters as one that never stopped."""
@@ -201,6 +202,7 @@ def test_rssm_trainer_run_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path):
     """In the on-device loop the acting carry is part of the loop state: it is reset where
     episodes end, checkpointed, and a resumed run matches an uninterrupted one bit for bit."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,6 +77,7 @@ print(json.dumps({"single": single, "sharded": sharded, "odd": odd, "loops": loo
 """
 
 
+@pytest.mark.slow
 def test_sharded_training_matches_single_device_training_and_both_loops_run_data_parallel():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     proc = subprocess.run(

@@ -54,6 +54,7 @@ def cli_run(tmp_path_factory):
     return workdir, result
 
 
+@pytest.mark.slow
 def test_cli_trains_logs_and_checkpoints(cli_run):
     workdir, result = cli_run
     assert f"results in {workdir}" in result.stdout
@@ -101,6 +102,7 @@ def test_cli_rejects_an_unknown_environment_id(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_env_kwargs_reach_the_environment_and_bad_json_is_refused(tmp_path):
     # A 12-step time limit makes the 16-step windows impossible: the env got the kwarg.
     result = run_cli(
@@ -115,6 +117,7 @@ def test_cli_env_kwargs_reach_the_environment_and_bad_json_is_refused(tmp_path):
     assert result.returncode != 0 and "--env_kwargs is not valid JSON" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_stops_after_consecutive_nonfinite_updates_with_a_pointer_to_the_cause(tmp_path):
     # An absurd learning rate blows the world model up; every later update is non-finite.
     result = run_cli(
@@ -139,6 +142,7 @@ def test_cli_names_a_mistyped_config_field_in_one_line_with_the_closest_name(tmp
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 3
 
 
+@pytest.mark.slow
 def test_tensorboard_groups_tags_by_component_and_shows_the_config(cli_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

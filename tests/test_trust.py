@@ -92,6 +92,7 @@ def hold_lock(workdir):
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_is_refused_and_kill_9_frees_the_lock(
     finished_run, tmp_path
 ):
@@ -115,6 +116,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused_and_kill_9_frees_the_lock(
     RunDir.open(str(workdir), None, None).close()
 
 
+@pytest.mark.slow
 def test_two_live_trainers_in_one_process_cannot_share_a_workdir(tmp_path):
     first = Trainer(tiny(checkpoint_every=0), str(tmp_path / "run"))
     try:
@@ -133,6 +135,7 @@ def test_two_live_trainers_in_one_process_cannot_share_a_workdir(tmp_path):
         ({"env_id": "CartPole-v0"}, "env_id: 'CartPole-v1' -> 'CartPole-v0'"),
     ],
 )
+@pytest.mark.slow
 def test_a_refused_resume_names_every_differing_field_and_leaves_the_workdir_byte_identical(
     finished_run, tmp_path, change, named
 ):
@@ -145,6 +148,7 @@ def test_a_refused_resume_names_every_differing_field_and_leaves_the_workdir_byt
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_changed_resume_with_exit_6_and_no_traceback(finished_run, tmp_path):
     workdir = copy_run(finished_run, tmp_path)
     config = json.loads((workdir / "config.json").read_text())
@@ -156,6 +160,7 @@ def test_the_cli_refuses_a_changed_resume_with_exit_6_and_no_traceback(finished_
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_resuming_with_a_longer_run_is_allowed(finished_run, tmp_path):
     workdir = copy_run(finished_run, tmp_path)
     trainer = Trainer(tiny(total_env_steps=160, log_every=16), str(workdir))
@@ -166,6 +171,7 @@ def test_resuming_with_a_longer_run_is_allowed(finished_run, tmp_path):
         trainer.close()
 
 
+@pytest.mark.slow
 def test_after_a_lost_checkpoint_metrics_hold_each_step_once_and_damaged_lines_are_skipped(
     finished_run, tmp_path
 ):
@@ -189,6 +195,7 @@ def test_after_a_lost_checkpoint_metrics_hold_each_step_once_and_damaged_lines_a
     assert all(json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_the_report_is_written_from_a_damaged_metrics_file(finished_run, tmp_path):
     from wm_jax.report import write_report
 
@@ -202,6 +209,7 @@ def test_the_report_is_written_from_a_damaged_metrics_file(finished_run, tmp_pat
     assert os.path.exists(write_report(str(workdir)))
 
 
+@pytest.mark.slow
 def test_report_md_escapes_the_strings_it_embeds(finished_run, tmp_path):
     from wm_jax.report import write_report
 
@@ -218,6 +226,7 @@ def test_report_md_escapes_the_strings_it_embeds(finished_run, tmp_path):
     assert config_block.strip().startswith("```json") and config_block.strip().endswith("```")
 
 
+@pytest.mark.slow
 def test_a_time_interval_checkpoints_between_step_intervals(tmp_path):
     trainer = Trainer(tiny(checkpoint_every=10_000, checkpoint_seconds=1e-3), str(tmp_path / "r"))
     try:
@@ -229,6 +238,7 @@ def test_a_time_interval_checkpoints_between_step_intervals(tmp_path):
     assert steps == [120, 124, 128]
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_save_stops_the_run_naming_the_cause_and_the_last_good_step(
     tmp_path, monkeypatch
 ):
@@ -256,6 +266,7 @@ def test_a_failed_checkpoint_save_stops_the_run_naming_the_cause_and_the_last_go
         resumed.close()
 
 
+@pytest.mark.slow
 def test_start_up_refuses_a_replay_that_cannot_fit_in_memory_and_an_infinite_learning_rate():
     with pytest.raises(ConfigError, match="replay_capacity.*GiB"):
         ReplayBuffer(10**9, 1, (64, 64, 3), np.uint8, 1)
@@ -265,6 +276,7 @@ def test_start_up_refuses_a_replay_that_cannot_fit_in_memory_and_an_infinite_lea
         validate(small_config(checkpoint_seconds=-1.0))
 
 
+@pytest.mark.slow
 def test_lock_holder_and_time_are_recorded_only_after_the_resume_check(finished_run, tmp_path):
     workdir = copy_run(finished_run, tmp_path)
     lock = workdir / ".lock"
@@ -296,6 +308,7 @@ def _register_exploding_env():
         gymnasium.register("WmJaxExploding-v0", entry_point=Exploding, max_episode_steps=500)
 
 
+@pytest.mark.slow
 def test_an_environment_that_raises_inside_step_stops_the_run_with_a_named_error(tmp_path):
     from wm_jax.envs import EnvStepError
 
@@ -314,6 +327,7 @@ def test_an_environment_that_raises_inside_step_stops_the_run_with_a_named_error
         trainer.close()
 
 
+@pytest.mark.slow
 def test_a_signal_during_an_evaluation_abandons_it_and_saves(tmp_path, monkeypatch):
     import wm_jax.trainer as trainer_lib
 
@@ -345,6 +359,7 @@ def test_a_signal_during_an_evaluation_abandons_it_and_saves(tmp_path, monkeypat
 @pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0, reason="mounts a small tmpfs (root on Linux)"
 )
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_a_named_error_and_leaves_a_resumable_workdir(tmp_path):
     from wm_jax.errors import WorkdirError
 
@@ -388,6 +403,7 @@ def test_a_full_disk_stops_the_run_with_a_named_error_and_leaves_a_resumable_wor
 @pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0, reason="mounts small tmpfs (root on Linux)"
 )
+@pytest.mark.slow
 def test_a_read_only_or_too_small_workdir_is_refused_at_start_up_with_a_named_error(tmp_path):
     from wm_jax.errors import WorkdirError
 
