@@ -433,3 +433,47 @@ def test_a_read_only_or_too_small_workdir_is_refused_at_start_up_with_a_named_er
             subprocess.run(["umount", "-l", str(small)], check=False)
     finally:
         subprocess.run(["umount", "-l", str(read_only)], check=False)
+
+
+@pytest.mark.slow
+def test_after_kill_9_the_run_resumes_from_a_checkpoint_no_older_than_the_time_interval(
+    tmp_path,
+):
+    workdir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "wm_jax.train", f"--workdir={workdir}",
+        "--config.total_env_steps=1000000", "--config.checkpoint_every=1000000",
+        "--config.checkpoint_seconds=3", "--config.eval_every=0", "--config.log_every=32",
+        "--config.prefill_steps=64", "--config.batch_size=16", "--config.report=False",
+        "--config.model.feature_dim=16", "--config.model.state_dim=8",
+        "--config.model.hidden_dim=16", "--config.imagination.horizon=4",
+        "--config.diagnostics.open_loop_every=0",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = workdir / "checkpoints"
+    try:
+        deadline = time.time() + 400
+        # Run until checkpoints have been written by time for a while (the step interval never
+        # comes), then kill at an arbitrary moment.
+        while time.time() < deadline:
+            steps = [int(n) for n in os.listdir(checkpoints) if n.isdigit()] if (
+                checkpoints.exists()
+            ) else []
+            if len(steps) >= 3:
+                break
+            time.sleep(0.5)
+        assert len(steps) >= 3, "no time-based checkpoints were written"
+        time.sleep(1.7)
+    finally:
+        killed_at = time.time()
+        proc.kill()
+        proc.wait()
+    steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+    newest_written = os.path.getmtime(checkpoints / str(steps[-1]))
+    # No older than the interval (3 s) plus one vector step and the save itself (slack 5 s).
+    assert killed_at - newest_written < 3 + 5
+    rerun = [a for a in cmd if "total_env_steps" not in a]
+    rerun.append(f"--config.total_env_steps={steps[-1] + 8}")  # run length may change
+    result = subprocess.run(rerun, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resumed from checkpoint at env step {steps[-1]}" in result.stderr
