@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import make_spec, small_config
 
 from wm_jax.types import Transition
@@ -20,6 +21,7 @@ def linear_system_batch(key, batch, a_matrix, b_matrix):
     return Transition(obs, action, reward, next_obs, jnp.ones(batch), jnp.ones(batch))
 
 
+@pytest.mark.slow
 def test_world_model_learns_a_linear_system():
     rng = np.random.default_rng(0)
     q, _ = np.linalg.qr(rng.normal(size=(4, 4)))

@@ -146,6 +146,7 @@ def test_world_model_update_trains_the_kl_and_every_component(rssm_step):
     assert "representation_recon" not in metrics  # no autoencoder term for the RSSM
 
 
+@pytest.mark.slow
 def test_train_step_reads_the_batch_once_with_the_same_result_as_separate_updates(rssm, rssm_step):
     # train_step shares one observe_batch between the actor and the critic; each update called
     # on its own reads the batch itself.  Both paths must give the same parameters and metrics.

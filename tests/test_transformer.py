@@ -57,6 +57,7 @@ def _predict(model, params, states, actions, mask=None):
     return model.apply(params, states, actions, _context(states, actions, mask)).loc
 
 
+@pytest.mark.slow
 def test_changing_a_step_never_changes_an_earlier_prediction_and_changes_later_ones():
     model, params = _module(context_length=8)
     states, actions = _sequence()
@@ -69,6 +70,7 @@ def test_changing_a_step_never_changes_an_earlier_prediction_and_changes_later_o
         assert bool(jnp.all(diff > 1e-4)), (t, diff)
 
 
+@pytest.mark.slow
 def test_band_limits_one_layer_to_the_last_context_length_steps():
     model, params = _module(layers=1, context_length=3)
     states, actions = _sequence(t=8)
@@ -93,6 +95,7 @@ def test_padded_keys_are_ignored_by_real_positions():
     assert float(jnp.abs(noisy[1, 4:] - before[1, 4:]).max()) > 1e-4
 
 
+@pytest.mark.slow
 def test_single_step_fallback_equals_a_length_one_context():
     model, params = _module()
     states, actions = _sequence(b=4, t=1)
@@ -103,6 +106,7 @@ def test_single_step_fallback_equals_a_length_one_context():
     np.testing.assert_allclose(fallback.scale, one.scale[:, 0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_kv_cache_steps_equal_whole_sequence_attention_past_the_window():
     model, params = _module(context_length=4)
     states, actions = _sequence(t=9)  # longer than K: the window slides
@@ -155,6 +159,7 @@ def agent_setup():
     return agent, steps, steps.init(jax.random.PRNGKey(0)), spec
 
 
+@pytest.mark.slow
 def test_padded_steps_contribute_zero_loss_and_zero_gradient(agent_setup):
     agent, _, state, spec = agent_setup
     batch = random_sequence(jax.random.PRNGKey(3), spec, batch=4, length=6, terminate_at=None)
@@ -186,6 +191,7 @@ def test_padded_steps_contribute_zero_loss_and_zero_gradient(agent_setup):
     assert float(jnp.abs(batch_grads.obs).max()) > 0  # the real steps do have one
 
 
+@pytest.mark.slow
 def test_imagination_carries_the_window(agent_setup):
     agent, _, state, spec = agent_setup
     nets, wm = agent.nets, agent.nets.world_model
@@ -229,6 +235,7 @@ def test_imagination_carries_the_window(agent_setup):
     assert float(jnp.abs(single.states[2:] - imagined.states[2:]).max()) > 1e-4
 
 
+@pytest.mark.slow
 def test_train_step_runs_and_is_finite(agent_setup):
     agent, steps, state, spec = agent_setup
     batch = random_sequence(jax.random.PRNGKey(8), spec, batch=4, length=6, terminate_at=4)
