@@ -783,8 +783,8 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
                         record.update(loop.open_loop_check(one, run.seed, run.workdir) or {})
                     run.detector.update(run.writer.write(env_step, record))
                     if i == 0:
-                        if run.eval_returns:
-                            record["eval_return"] = run.eval_returns[-1][1]
+                        if run.eval_returns and run.eval_returns[-1][0] > last_step:
+                            record["eval_return"] = run.eval_returns[-1][1]  # new ones only
                         metrics_lib.log_line(env_step, record, _LOG_KEYS)
             if crossed(c.log_every):
                 last_time, last_step = now, env_step

@@ -560,7 +560,8 @@ class Trainer:
             record.update(repaired)
         if train_returns[1]:
             record["train_return"] = train_returns[0] / train_returns[1]
-        if self.eval_returns:
+        # The console line shows an evaluation once, in the log row after it (not stale copies).
+        if self.eval_returns and self.eval_returns[-1][0] > self.env_step - c.log_every:
             record["eval_return"] = self.eval_returns[-1][1]
         every = c.diagnostics.open_loop_every
         if every and self.env_step % every < c.log_every and self.updates:
