@@ -486,8 +486,10 @@ def real_value_targets(
     """Return targets from *real* data for the critic_real_mix: ``(states, targets, weights)``.
 
     Flat batches give one-step targets ``r + γ·c·V'(s')``; sequences give λ-returns along the real
-    window.  ``V'`` is the target critic; states are read with the current world model
-    (``observed``, :func:`observe_batch`, if already made).
+    steps of each window, bootstrapped with ``V'(s')`` of the last real step where the window's
+    episode ends (truncation, termination) or its data stops: padding is never read.  ``V'`` is
+    the target critic; states are read with the current world model (``observed``,
+    :func:`observe_batch`, if already made).
     """
     cfg = agent.config.imagination
     if observed is None:
@@ -497,7 +499,12 @@ def real_value_targets(
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         targets = swap(
             lambda_returns(
-                swap(batch.reward), swap(batch.cont), swap(next_values), cfg.gamma, cfg.lambda_
+                swap(batch.reward),
+                swap(batch.cont),
+                swap(next_values),
+                cfg.gamma,
+                cfg.lambda_,
+                mask=swap(batch.mask),
             )
         )
     else:
