@@ -24,7 +24,13 @@ from wm_jax.device_loop import replay_add, replay_init, replay_sample_sequences
 from wm_jax.replay import ReplayBuffer
 from wm_jax.returns import lambda_returns
 from wm_jax.types import Sequence
-from wm_jax.update import init_state, make_agent, observe_batch, real_value_targets
+from wm_jax.update import (
+    init_state,
+    make_agent,
+    observe_batch,
+    real_value_targets,
+    world_model_loss,
+)
 
 T = 8  # window length
 # Episode lengths and how each ends: a time limit before the window ends (the issue's case), a
@@ -188,6 +194,30 @@ def test_real_value_targets_equal_rlax_lambda_returns_on_the_unpadded_segment(mo
     loss, _ = losses.critic_loss(values, targets, weights)
     ref_loss, _ = losses.critic_loss(flat_v, flat_r, jnp.ones_like(flat_r))
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["mlp", "rssm"])
+@pytest.mark.parametrize("replay", ["host", "device"])
+def test_world_model_losses_of_a_padded_window_equal_those_of_its_real_segment(model, replay):
+    """Every world-model loss term and metric (dynamics/KL, reward, continue, decoder,
+    representation, multi-step, state statistics) of a padded window equals that of the window
+    of its real steps alone: padding contributes nothing, and the last real step's true next
+    observation counts like any other observation."""
+    agent, state = agent_and_state(model)
+    loss_fn = jax.jit(functools.partial(world_model_loss, agent))
+    batch = REPLAYS[replay]()
+    key = jax.random.PRNGKey(4)
+    n_real = np.asarray(batch.mask).sum(1)
+    picks = {int(np.argmax(n_real == n)) for n in set(n_real.tolist())}  # one per length
+    assert len(picks) >= 3
+    for b in sorted(picks):
+        _, padded = loss_fn(state.wm_params, window(batch, b), key)
+        _, alone = loss_fn(state.wm_params, segment(batch, b), key)
+        assert padded.keys() == alone.keys()
+        for name in padded:
+            np.testing.assert_allclose(
+                padded[name], alone[name], rtol=2e-4, atol=1e-5, err_msg=f"{name}, window {b}"
+            )
 
 
 def test_masked_lambda_returns_equal_rlax_on_each_real_prefix_whatever_the_padding_holds():

@@ -205,7 +205,9 @@ def world_model_loss(
             )
         flat = batch.to_transitions()
         next_states = states[:, 1:].reshape((b * t, -1))
-        obs_mask = jnp.concatenate([batch.mask, batch.mask[:, -1:]], 1)
+        # obs[:, k + 1] is real when transition k is: the last real step's true next observation
+        # counts, the padding after it does not.
+        obs_mask = jnp.concatenate([batch.mask[:, :1], batch.mask], 1)
         all_obs, all_states, all_mask = batch.obs, states, obs_mask
     else:
         flat = batch
