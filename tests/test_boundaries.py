@@ -239,3 +239,20 @@ def test_masked_lambda_returns_equal_rlax_on_each_real_prefix_whatever_the_paddi
         lambda_returns(r, c, v, gamma, lam),
         rtol=1e-6,
     )
+
+
+def test_device_windows_never_mark_unwritten_slots_real():
+    """A window longer than what the ring holds stops at the newest written step."""
+    r = replay_init(16, 1, make_spec(obs_shape=OBS, action_dim=ACTIONS))
+    for obs, a, rew, nxt, term, _, ep in _stream()[:3]:  # 3 steps of a still-running episode
+        r = replay_add(
+            r,
+            jnp.asarray(obs[None]),
+            jnp.asarray(a[None]),
+            jnp.asarray([rew]),
+            jnp.asarray([1.0 - float(term)]),
+            jnp.asarray(nxt[None]),
+            jnp.asarray([ep], jnp.int32),
+        )
+    batch = replay_sample_sequences(r, jax.random.PRNGKey(0), 4, T)
+    np.testing.assert_array_equal(np.asarray(batch.mask).sum(1), [3, 3, 3, 3])
