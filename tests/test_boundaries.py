@@ -131,6 +131,17 @@ def agent_and_state(model: str):
     config = small_config(sequence_mode=True, sequence_length=T)
     if model == "rssm":
         config = rssm_config()
+    elif model == "transformer":  # a context model: attention masks the padding
+        config = small_config(
+            **{
+                "sequence_mode": True,
+                "sequence_length": T,
+                "model.dynamics": "transformer",
+                "model.context_length": 4,
+                "model.transformer_layers": 1,
+                "model.transformer_heads": 2,
+            }
+        )
     agent = make_agent(config, make_spec(obs_shape=OBS, action_dim=ACTIONS))
     state = init_state(agent, jax.random.PRNGKey(0))
     # The value head starts at zero; give the target critic values worth bootstrapping.
@@ -196,7 +207,7 @@ def test_real_value_targets_equal_rlax_lambda_returns_on_the_unpadded_segment(mo
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["mlp", "rssm"])
+@pytest.mark.parametrize("model", ["mlp", "rssm", "transformer"])
 @pytest.mark.parametrize("replay", ["host", "device"])
 def test_world_model_losses_of_a_padded_window_equal_those_of_its_real_segment(model, replay):
     """Every world-model loss term and metric (dynamics/KL, reward, continue, decoder,
