@@ -29,6 +29,7 @@ from wm_jax.update import (
     make_agent,
     observe_batch,
     real_value_targets,
+    start_states,
     world_model_loss,
 )
 
@@ -267,3 +268,26 @@ def test_device_windows_never_mark_unwritten_slots_real():
         )
     batch = replay_sample_sequences(r, jax.random.PRNGKey(0), 4, T)
     np.testing.assert_array_equal(np.asarray(batch.mask).sum(1), [3, 3, 3, 3])
+
+
+def test_imagination_starts_are_drawn_among_real_steps():
+    """``imagination.num_starts`` subsamples the window steps: padded steps (weight 0) are only
+    drawn when a batch has fewer real steps than starts, so padding never crowds real starts
+    out (Catch's 9-step episodes in 10-step windows are half padding)."""
+    agent, state = agent_and_state("mlp")
+    agent = agent._replace(config=small_config(sequence_mode=True, sequence_length=T))
+    batch = host_windows(batch=16)
+    mask = np.asarray(batch.mask).reshape(-1)
+    real = int(mask.sum())
+    assert 8 < real < mask.size  # padding to skip
+    observed = observe_batch(agent, state.wm_params, batch)
+    for n in (real // 2, real):
+        agent.config.imagination.num_starts = n
+        for seed in range(8):
+            _, weights, _ = start_states(
+                agent, state.wm_params, batch, jax.random.PRNGKey(seed), observed
+            )
+            np.testing.assert_array_equal(weights, np.ones(n))
+    agent.config.imagination.num_starts = real + 3  # more starts than real steps: all of them
+    _, weights, _ = start_states(agent, state.wm_params, batch, jax.random.PRNGKey(0), observed)
+    assert float(weights.sum()) == real

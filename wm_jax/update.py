@@ -338,7 +338,8 @@ def start_states(
     observed: BatchStates | None = None,
 ) -> tuple[chex.Array, chex.Array, ContextWindow | None]:
     """Encodes the real observations of ``batch`` into imagination start states ``[N, S]`` (held
-    fixed) and their weights ``[N]`` (the padding mask); optionally subsamples ``num_starts``.
+    fixed) and their weights ``[N]`` (the padding mask); optionally subsamples ``num_starts``
+    of them, uniformly among the real steps (padded ones only where too few are real).
     ``observed`` (:func:`observe_batch` with the same ``wm_params``) saves reading it again.
 
     The third result is, for a dynamics model that reads a context, each start's window of the
@@ -357,7 +358,8 @@ def start_states(
             window = wm.dynamics.empty_window(states.shape[0], 1)
     n = agent.config.imagination.num_starts
     if 0 < n < states.shape[0]:
-        idx = jax.random.choice(key, states.shape[0], (n,), replace=False)
+        # Among the real steps: padded ones (weight 0) only fill in when fewer than n are real.
+        idx = jax.random.choice(key, states.shape[0], (n,), replace=False, p=mask)
         states, mask = states[idx], mask[idx]
         window = jax.tree.map(lambda x: x[idx], window)
     return states, mask, window
