@@ -232,7 +232,8 @@ def replay_sample_sequences(
     age = jax.random.randint(t_key, (batch_size,), 0, jnp.maximum(r.size - length + 1, 1))
     t = (_oldest(r) + age[:, None] + jnp.arange(length)[None]) % r.capacity  # [B, T]
     e = jax.random.randint(e_key, (batch_size,), 0, r.reward.shape[1])[:, None]
-    mask = (r.episode[t, e] == r.episode[t[:, :1], e]).astype(jnp.float32)
+    written = age[:, None] + jnp.arange(length)[None] < r.size  # a ring shorter than a window
+    mask = ((r.episode[t, e] == r.episode[t[:, :1], e]) & written).astype(jnp.float32)
     obs = jnp.concatenate([r.obs[t[:, :1], e], r.next_obs[t, e]], axis=1)
     return Sequence(
         obs=obs, action=r.action[t, e], reward=r.reward[t, e], cont=r.cont[t, e], mask=mask

@@ -70,7 +70,7 @@ def dynamics_loss(
         "dynamics_loss": loss,
         "dynamics_mse": mse,
         "dynamics_nll": nll,
-        "dynamics_std": jnp.mean(next_state_dist.scale),
+        "dynamics_std": masked_mean(_member_mean(jnp.mean(next_state_dist.scale, -1), 1), mask),
     }
 
 
@@ -305,7 +305,8 @@ def multi_step_loss(
       actions: ``[B, T, A]``; continues, mask: ``[B, T]``.
       window: for a context-reading model, the (empty) window the rollout carries.
 
-    Metrics: ``multi_step_loss`` and ``multi_step_final_mse`` (error at the last alive step).
+    Metrics: ``multi_step_loss`` and ``multi_step_final_mse`` (error at each window's last
+    weighted step: where its episode ends or its data stops, if before the window's end).
     """
     chex.assert_rank(mask, 2)
     predictions = open_loop_rollout(predict_mean, states, actions, continues, window)
@@ -315,9 +316,11 @@ def multi_step_loss(
     )
     weights = alive_before * mask
     loss = jnp.sum(errors * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    alive = weights > 0  # a prefix of each window
+    final = alive & ~jnp.concatenate([alive[:, 1:], jnp.zeros_like(alive[:, :1])], 1)
     return loss, {
         "multi_step_loss": loss,
-        "multi_step_final_mse": masked_mean(errors[:, -1], weights[:, -1]),
+        "multi_step_final_mse": masked_mean(errors, final.astype(errors.dtype)),
     }
 
 

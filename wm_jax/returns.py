@@ -13,10 +13,19 @@ def lambda_returns(
     values_tp1: chex.Array,
     gamma: float,
     lambda_: float,
+    mask: chex.Array | None = None,
 ) -> chex.Array:
     """TD(λ) returns, computed backwards with ``lax.scan``::
 
         R_t = r_t + γ·c_t·((1 - λ)·V_{t+1} + λ·R_{t+1}),      R_H = V_H
+
+    With a ``mask`` (real windows: 1 for real steps, 0 for padding) the recursion stops at the
+    last real step of each run of real steps and bootstraps there, whatever padding follows::
+
+        R_t = r_t + γ·c_t·V_{t+1}            where step t + 1 is padding (m_{t+1} = 0)
+
+    so the returns of real steps equal those of the unpadded segment: padding that repeats the
+    last real step, or holds the next episode's data, is never read.
 
     Args:
       rewards_t: ``[H, ...]`` reward of transition ``t``.
@@ -26,12 +35,32 @@ def lambda_returns(
       gamma: discount γ.
       lambda_: λ; 0 gives one-step TD targets, 1 the discounted Monte Carlo return bootstrapped
         with ``V_H``.
+      mask: optional ``[H, ...]`` 1 for real steps, 0 for padding.  Entries of padded steps are
+        finite but meaningless (weigh them by the mask).
 
     Returns:
       ``[H, ...]`` returns ``R_0 … R_{H-1}``.
     """
     chex.assert_equal_shape([rewards_t, continues_t, values_tp1])
     chex.assert_rank(rewards_t, {1, 2, 3})
+    if mask is not None:
+        chex.assert_equal_shape([rewards_t, mask])
+        # Step t may read R_{t+1} only if step t + 1 is real; the last step bootstraps anyway.
+        next_real = jnp.concatenate([mask[1:] > 0, jnp.zeros_like(mask[:1], bool)], 0)
+
+        def masked_step(next_return, inputs):
+            r, c, v, real = inputs
+            ahead = jnp.where(real, (1.0 - lambda_) * v + lambda_ * next_return, v)
+            ret = r + gamma * c * ahead
+            return ret, ret
+
+        _, returns = jax.lax.scan(
+            masked_step,
+            values_tp1[-1],
+            (rewards_t, continues_t, values_tp1, next_real),
+            reverse=True,
+        )
+        return returns
 
     def step(next_return, inputs):
         r, c, v = inputs

@@ -205,7 +205,9 @@ def world_model_loss(
             )
         flat = batch.to_transitions()
         next_states = states[:, 1:].reshape((b * t, -1))
-        obs_mask = jnp.concatenate([batch.mask, batch.mask[:, -1:]], 1)
+        # obs[:, k + 1] is real when transition k is: the last real step's true next observation
+        # counts, the padding after it does not.
+        obs_mask = jnp.concatenate([batch.mask[:, :1], batch.mask], 1)
         all_obs, all_states, all_mask = batch.obs, states, obs_mask
     else:
         flat = batch
@@ -336,7 +338,8 @@ def start_states(
     observed: BatchStates | None = None,
 ) -> tuple[chex.Array, chex.Array, ContextWindow | None]:
     """Encodes the real observations of ``batch`` into imagination start states ``[N, S]`` (held
-    fixed) and their weights ``[N]`` (the padding mask); optionally subsamples ``num_starts``.
+    fixed) and their weights ``[N]`` (the padding mask); optionally subsamples ``num_starts``
+    of them, uniformly among the real steps (padded ones only where too few are real).
     ``observed`` (:func:`observe_batch` with the same ``wm_params``) saves reading it again.
 
     The third result is, for a dynamics model that reads a context, each start's window of the
@@ -355,7 +358,8 @@ def start_states(
             window = wm.dynamics.empty_window(states.shape[0], 1)
     n = agent.config.imagination.num_starts
     if 0 < n < states.shape[0]:
-        idx = jax.random.choice(key, states.shape[0], (n,), replace=False)
+        # Among the real steps: padded ones (weight 0) only fill in when fewer than n are real.
+        idx = jax.random.choice(key, states.shape[0], (n,), replace=False, p=mask)
         states, mask = states[idx], mask[idx]
         window = jax.tree.map(lambda x: x[idx], window)
     return states, mask, window
@@ -486,8 +490,10 @@ def real_value_targets(
     """Return targets from *real* data for the critic_real_mix: ``(states, targets, weights)``.
 
     Flat batches give one-step targets ``r + γ·c·V'(s')``; sequences give λ-returns along the real
-    window.  ``V'`` is the target critic; states are read with the current world model
-    (``observed``, :func:`observe_batch`, if already made).
+    steps of each window, bootstrapped with ``V'(s')`` of the last real step where the window's
+    episode ends (truncation, termination) or its data stops: padding is never read.  ``V'`` is
+    the target critic; states are read with the current world model (``observed``,
+    :func:`observe_batch`, if already made).
     """
     cfg = agent.config.imagination
     if observed is None:
@@ -497,7 +503,12 @@ def real_value_targets(
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         targets = swap(
             lambda_returns(
-                swap(batch.reward), swap(batch.cont), swap(next_values), cfg.gamma, cfg.lambda_
+                swap(batch.reward),
+                swap(batch.cont),
+                swap(next_values),
+                cfg.gamma,
+                cfg.lambda_,
+                mask=swap(batch.mask),
             )
         )
     else:
