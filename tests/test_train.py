@@ -162,3 +162,11 @@ def test_tensorboard_groups_tags_by_component_and_shows_the_config(cli_run):
         assert tag in scalars, sorted(scalars)
     assert not [t for t in scalars if "/" not in t]
     assert any("config" in t for t in events.Tags()["tensors"])
+
+
+def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
+    result = run_cli(str(tmp_path / "p"), "--seed=7", "--print_config")
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout)
+    assert printed["seed"] == 7 and printed["total_env_steps"] == 320  # TINY's override
+    assert not (tmp_path / "p").exists()

@@ -58,6 +58,11 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "process count and index from the cluster (TPU pod slices, SLURM, Open MPI). Implied by "
     "--coordinator_address, --num_processes or --process_id.",
 )
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config",
+    False,
+    "Print the resolved config (file + overrides + --seed/--env_kwargs) as JSON and exit.",
+)
 _ENV_KWARGS = flags.DEFINE_string(
     "env_kwargs",
     None,
@@ -99,12 +104,26 @@ def main(argv):
             RunDir.probe(_WORKDIR.value)
         except WorkdirLockedError as err:
             stop_with(err, EXIT_LOCKED)
+    config = _CONFIG.value
+    with config.unlocked():
+        if _SEED.value is not None:
+            config.seed = _SEED.value
+        if _ENV_KWARGS.value:
+            config.env_kwargs.update(_env_kwargs(_ENV_KWARGS.value))
+    from wm_jax.config import ConfigError, validate
+
+    try:  # before importing JAX or making the env: a bad value is named in a second
+        validate(config)
+    except ConfigError as err:
+        raise app.UsageError(str(err)) from None
+    if _PRINT_CONFIG.value:
+        print(config.to_json_best_effort(indent=1, sort_keys=True))
+        return
     _join_processes()
     cli.enable_compilation_cache()
     import jax
 
     from wm_jax.checkpoint import CheckpointSaveError
-    from wm_jax.config import ConfigError
     from wm_jax.envs import EnvStepError, InvalidEnvDataError
     from wm_jax.errors import (
         EXIT_ENV_DATA,
@@ -122,12 +141,6 @@ def main(argv):
     from wm_jax.run_dir import ResumeRefusedError, WorkdirLockedError
     from wm_jax.trainer import NonFiniteError
 
-    config = _CONFIG.value
-    with config.unlocked():
-        if _SEED.value is not None:
-            config.seed = _SEED.value
-        if _ENV_KWARGS.value:
-            config.env_kwargs.update(_env_kwargs(_ENV_KWARGS.value))
     lead = jax.process_index() == 0  # process 0 prints the summary
     if jax.process_count() > 1 and not _WORKDIR.value:
         raise app.UsageError(
