@@ -134,3 +134,16 @@ def test_lr_sweep_is_parsed_and_bad_sweeps_name_the_field():
     c.loop, c.critic.lr = "device", 0.0
     with pytest.raises(ConfigError, match="config.critic.lr"):
         validate(c)
+
+
+def test_a_field_the_config_does_not_have_is_refused_with_the_closest_name():
+    from wm_jax.config import check_known_fields
+
+    c = get_config()
+    with c.unlocked():
+        c.actor.lrr = 1e-4
+        c.env_kwargs.anything_goes = 3  # the env's own keyword arguments are not checked
+    with pytest.raises(ConfigError, match=r"config.actor.lrr: not a config field; did you mean "
+                       r"'actor.lr'\?"):
+        check_known_fields(c)
+    check_known_fields(get_config())

@@ -57,7 +57,6 @@ def start(lead: bool = True) -> None:
     configure_logging(lead)
 
 
-
 def _config_error_exit(err: BaseException) -> None:
     text = str(err).replace("\\n", " ").replace("\n", " ")
     missing_part, _, _ = text.partition("Did you mean")

@@ -485,6 +485,36 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def _field_paths(tree, prefix: str = "") -> set[str]:
+    paths = set()
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else key
+        # env_kwargs holds the env's own keyword arguments: any name goes.
+        if isinstance(value, ml_collections.ConfigDict) and path != "env_kwargs":
+            paths |= _field_paths(value, path)
+        else:
+            paths.add(path)
+    return paths
+
+
+def check_known_fields(c: ml_collections.ConfigDict) -> None:
+    """Raises :class:`ConfigError` for a field that :func:`get_config` does not have (a typo in
+    a config file or in Python, ``c.actor.lrr = ...``), naming the closest field.  Training
+    entry points call it; loading a saved run does not (a run may predate a field's removal)."""
+    import difflib
+
+    known = _field_paths(get_config())
+    unknown = sorted(_field_paths(c) - known)
+    if unknown:
+        field = unknown[0]
+        close = difflib.get_close_matches(field, sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"config.{field}: not a config field{hint} (docs/config.md lists every field; "
+            f"unknown: {', '.join(unknown)})"
+        )
+
+
 def validate_for_env(c: ml_collections.ConfigDict, max_episode_steps: int | None) -> None:
     """The checks that need the environment: windows longer than any episode can be."""
     if max_episode_steps is None:

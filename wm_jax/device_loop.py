@@ -42,7 +42,13 @@ from absl import logging
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
-from wm_jax.config import ConfigError, parse_lr_sweep, validate, validate_for_env
+from wm_jax.config import (
+    ConfigError,
+    check_known_fields,
+    parse_lr_sweep,
+    validate,
+    validate_for_env,
+)
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import GYMNAX_PREFIX, EnvSpec, make_env_spec
 from wm_jax.gymnax_env import board_to_uint8, make_gymnax
@@ -631,6 +637,7 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
             "run needs loop=host"
         )
     loop = _device_loop(config)
+    check_known_fields(config)
     c = validate(config)  # the loop may be cached from a run with another seed
     workdir = os.path.abspath(workdir)
     # One vmapped run per (seed, swept learning rate): seeds seed .. seed+num_seeds-1.

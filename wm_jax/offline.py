@@ -58,7 +58,7 @@ from absl import app, flags, logging
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer, CheckpointSaveError
-from wm_jax.config import ConfigError, get_config, validate, validate_for_env
+from wm_jax.config import ConfigError, check_known_fields, get_config, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import EnvSpec, UnsupportedSpaceError, from_env_action, spec_from_spaces
 from wm_jax.errors import (
@@ -460,6 +460,7 @@ class OfflineTrainer:
         dataset: str | Dataset,
         allow_imports: str | list[str] | None = None,
     ):
+        check_known_fields(config)
         validate(config)  # before reading a possibly large dataset
         data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
         self.workdir = os.path.abspath(workdir)

@@ -110,9 +110,10 @@ def main(argv):
             config.seed = _SEED.value
         if _ENV_KWARGS.value:
             config.env_kwargs.update(_env_kwargs(_ENV_KWARGS.value))
-    from wm_jax.config import ConfigError, validate
+    from wm_jax.config import ConfigError, check_known_fields, validate
 
     try:  # before importing JAX or making the env: a bad value is named in a second
+        check_known_fields(config)
         validate(config)
     except ConfigError as err:
         raise app.UsageError(str(err)) from None

@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer, ProcessExtras
-from wm_jax.config import ConfigError, validate, validate_for_env
+from wm_jax.config import ConfigError, check_known_fields, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import EnvStepError, EvaluationStopped, VectorEnv, make_env_spec
 from wm_jax.inference import BEST_DIR, read_bundle_meta, replace_bundle, spec_to_json
@@ -124,6 +124,7 @@ class Trainer:
     """Owns the envs, replay, normaliser, jitted steps and checkpointer of one run."""
 
     def __init__(self, config, workdir: str):
+        check_known_fields(config)
         self.config = validate(config)
         self.workdir = os.path.abspath(workdir)
         c = self.config
