@@ -195,6 +195,7 @@ def test_docs_command_trains_the_gated_model_and_the_snippet_loads_it(
 
     # Without --config.imports the docs promise this message, before any env step.
     bare = [a for a in cmd if not a.startswith("--config.imports=")]
+    bare.append(f"--workdir={tmp_path / 'bare'}")  # (the run's workdir refuses a changed config)
     result = subprocess.run(bare, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode != 0
     expected = (

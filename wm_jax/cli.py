@@ -46,8 +46,10 @@ def configure_logging(lead: bool = True) -> None:
     given = "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present
     if not given:
         logging.set_verbosity(logging.INFO if lead else logging.WARNING)
-    if logging.get_verbosity() < logging.DEBUG:  # absl: DEBUG is 1, INFO 0
-        logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+    handler = logging.get_absl_handler()
+    quiet = [f for f in handler.filters if isinstance(f, _LibraryInfoFilter)]
+    if logging.get_verbosity() < logging.DEBUG and not quiet:  # absl: DEBUG is 1, INFO 0
+        handler.addFilter(_LibraryInfoFilter())
 
 
 def start(lead: bool = True) -> None:
