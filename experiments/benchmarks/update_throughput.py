@@ -70,7 +70,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# The baselines next to this file, and the wm_jax of this checkout (not another installed copy).
+sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 
 from baselines import plain_jax_update  # noqa: E402
 
