@@ -37,6 +37,7 @@ from wm_jax.context_window import (
 )
 from wm_jax.imagination import imagine, policy_terms
 from wm_jax.networks import COMPONENTS, Networks, build_networks, state_size
+from wm_jax.networks.common import matmul_precision
 from wm_jax.networks.encoders import normalize_image
 from wm_jax.observe import observe_sequence
 from wm_jax.returns import discount_weights, lambda_returns, return_percentiles, td_targets
@@ -119,6 +120,18 @@ def _skip_metrics(opt_state, prefix: str) -> Metrics:
         f"{prefix}_update_skipped": 1.0 - opt_state.last_finite.astype(jnp.float32),
         f"{prefix}_nonfinite_total": opt_state.total_notfinite.astype(jnp.float32),
     }
+
+
+def _in_precision(step):
+    """Traces ``step(agent, ...)`` under ``agent.config.precision``
+    (:func:`wm_jax.networks.common.matmul_precision`)."""
+
+    @functools.wraps(step)
+    def wrapped(agent, *args, **kwargs):
+        with matmul_precision(agent.config.get("precision", "float32")):
+            return step(agent, *args, **kwargs)
+
+    return wrapped
 
 
 def make_agent(config, spec) -> Agent:
@@ -281,6 +294,7 @@ def _grad_norms(grads: Params, prefix: str, components: tuple[str, ...] = ()) ->
     return metrics
 
 
+@_in_precision
 def world_model_update(agent: Agent, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """One optimiser step on ``L_WM`` for the world-model parameters only."""
     key, loss_key = jax.random.split(state.key)
@@ -448,6 +462,7 @@ def actor_loss_fn(
     return loss, (metrics, imagined, weights, sg(return_range))
 
 
+@_in_precision
 def actor_update(
     agent: Agent, state: TrainState, batch: Batch, observed: BatchStates | None = None
 ) -> tuple[TrainState, Metrics, Imagined, chex.Array]:
@@ -584,6 +599,7 @@ def critic_loss_fn(
     return loss, metrics
 
 
+@_in_precision
 def critic_update(
     agent: Agent,
     state: TrainState,
@@ -639,6 +655,7 @@ def critic_update(
 # --------------------------------------------------------------------------------------------
 
 
+@_in_precision
 def train_step(
     agent: Agent,
     state: TrainState,
