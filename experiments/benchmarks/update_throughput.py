@@ -4,7 +4,8 @@
 
 Baselines (issue 18), timed round-robin with wm_jax so that load drift hits all alike:
 
-* ``torch``: the seeds' design in PyTorch (``baselines/torch_update.py``: one forward, three
+* ``torch``: the seeds' design in PyTorch, timed with 1 and with all intra-op threads and
+  compared at its faster setting (``baselines/torch_update.py``: one forward, three
   backward passes with the gradient save/restore, three Adam optimisers); needs the optional
   ``bench`` extra (``pip install -e .[bench]``) and is skipped with a message without torch;
 * ``plain_jax``: the same maths as a minimal jitted JAX program with no wm_jax code
@@ -250,12 +251,15 @@ def _torch_available() -> str | None:
 
 
 class _TorchVariant:
-    def __init__(self, spec, batch):
+    """The torch update with ``threads`` intra-op threads (set before every call: torch's
+    OpenMP pool spins, and on a loaded machine one thread can beat all cores)."""
+
+    def __init__(self, spec, batch, threads: int):
         import torch
         from baselines.torch_update import TorchUpdate
 
         torch.manual_seed(_SEED.value)
-        torch.set_num_threads(os.cpu_count() or 1)
+        self.torch, self.threads = torch, threads
         self.model = TorchUpdate(_OBS_DIM.value, spec.action_dim, _HORIZON.value)
         self.batch = tuple(
             torch.from_numpy(np.array(x))
@@ -263,6 +267,7 @@ class _TorchVariant:
         )
 
     def __call__(self):
+        self.torch.set_num_threads(self.threads)
         self.model.step(self.batch)
 
 
@@ -328,8 +333,10 @@ def _bench_batch(batch_size: int, spec, counts, matmuls: dict, key) -> dict:
             name = f"plain_jax/{p}"
             variants[name] = _JaxVariant(compiled[name], states[name], plain_batch)
     torch_skip = _torch_available() if _BASELINES.value else "baselines off"
+    torch_threads = sorted({1, os.cpu_count() or 1})
     if torch_skip is None:
-        variants["torch/float32"] = _TorchVariant(spec, batch)
+        for n in torch_threads:
+            variants[f"torch/float32/{n}"] = _TorchVariant(spec, batch, n)
 
     times = {name: [] for name in variants}
     sep_names = ("world_model", "actor", "critic", "separate")
@@ -376,6 +383,12 @@ def _bench_batch(batch_size: int, spec, counts, matmuls: dict, key) -> dict:
             matmul.call()
 
     med = {k: (_median(v) if v else None) for k, v in times.items()}
+    # The torch baseline is its best thread count (the conservative ratio for wm_jax).
+    torch_meds = {
+        n: med[f"torch/float32/{n}"] for n in torch_threads if f"torch/float32/{n}" in med
+    }
+    torch_best = min(torch_meds, key=torch_meds.get) if torch_meds else None
+    med["torch/float32"] = None if torch_best is None else torch_meds[torch_best]
     reps = max(1, _REPEATS.value)
     per_precision = {}
     for p in precisions:
@@ -427,6 +440,8 @@ def _bench_batch(batch_size: int, spec, counts, matmuls: dict, key) -> dict:
         if med.get("torch/float32") is None
         else 1 / med["torch/float32"],
         "torch_skipped": torch_skip,
+        "torch_threads": torch_best,
+        "torch_seconds_by_threads": {str(n): t for n, t in torch_meds.items()},
         "precisions": per_precision,
         "seconds_per_update_separate": med["separate"],
         "step_seconds": {k: med[k] for k in ("world_model", "actor", "critic")},
@@ -562,7 +577,8 @@ def main(argv):
         torch_ups = r["torch_updates_per_s"]
         print(
             f"  batch {r['batch_size']}: torch "
-            f"{'-' if torch_ups is None else f'{torch_ups:.2f}'}, plain JAX {plain}"
+            f"{'-' if torch_ups is None else f'{torch_ups:.2f}'} (best of threads: s/update "
+            f"{r['torch_seconds_by_threads']}), plain JAX {plain}"
         )
     if _SEPARATE.value:
         print()
@@ -633,6 +649,8 @@ def main(argv):
             str(r["batch_size"]): {
                 **{k: r[k] for k in keys},
                 "torch_updates_per_s": r["torch_updates_per_s"],
+                "torch_threads": r["torch_threads"],
+                "torch_seconds_by_threads": r["torch_seconds_by_threads"],
                 "target_fraction": r["target_fraction"],
                 "target_met": r["target_met"],
                 "seconds_per_update_separate": r["seconds_per_update_separate"],
