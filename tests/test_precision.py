@@ -49,3 +49,25 @@ def test_bfloat16_train_step_matches_float32_on_a_fixed_batch():
     leaves = (jax.tree.leaves(new16.actor_params), jax.tree.leaves(new32.actor_params))
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0.05, atol=2e-3)
+
+
+def test_bf16_matmul_gradients_follow_float32():
+    from wm_jax.networks.common import bf16_matmul
+
+    kx, kk, kc = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (3, 5, 16))
+    kernel = jax.random.normal(kk, (16, 8)) / 4
+    cot = jax.random.normal(kc, (3, 5, 8))
+
+    def loss(f):
+        return lambda x, k: jnp.sum(f(x, k) * cot)
+
+    got = jax.grad(loss(bf16_matmul), argnums=(0, 1))(x, kernel)
+    want = jax.grad(loss(jnp.matmul), argnums=(0, 1))(x, kernel)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype == jnp.float32
+        np.testing.assert_allclose(g, w, rtol=0.03, atol=0.03 * float(jnp.abs(w).max()))
+    # Every matmul of the backward pass takes bf16 operands too.
+    hlo = jax.jit(jax.grad(loss(bf16_matmul), argnums=(0, 1))).lower(x, kernel).as_text()
+    dots = [line for line in hlo.splitlines() if "dot_general" in line]
+    assert len(dots) >= 2 and all("bf16" in line for line in dots)

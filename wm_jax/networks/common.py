@@ -49,6 +49,35 @@ def matmul_precision(precision: str) -> Iterator[None]:
         _MATMUL_DTYPE.reset(token)
 
 
+@jax.custom_vjp
+def bf16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` (``[..., K] @ [K, N]``) with bf16 inputs and f32 accumulation and output,
+    in the backward pass too: both gradient matmuls take the bf16 cotangent and the saved bf16
+    operands (autodiff alone would run them in f32, two thirds of the FLOPs)."""
+    return _bf16_matmul_fwd(x, kernel)[0]
+
+
+def _bf16_dot(a, b, contract):
+    return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_fwd(x, kernel):
+    xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    return _bf16_dot(xb, kb, ((x.ndim - 1,), (0,))), (xb, kb, jnp.zeros((), x.dtype))
+
+
+def _bf16_matmul_bwd(residuals, g):
+    xb, kb, x_like = residuals
+    gb = g.astype(jnp.bfloat16)
+    dx = _bf16_dot(gb, kb, ((g.ndim - 1,), (1,))).astype(x_like.dtype)
+    lead = tuple(range(g.ndim - 1))
+    dk = _bf16_dot(xb, gb, (lead, lead))
+    return dx, dk
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
 class Dense(nn.Module):
     """``flax.linen.Dense`` (same parameters and names) whose matmul follows
     :func:`matmul_precision`."""
@@ -66,9 +95,7 @@ class Dense(nn.Module):
         if dtype is None:
             y = jax.lax.dot_general(x, kernel, dims)
         else:
-            y = jax.lax.dot_general(
-                x.astype(dtype), kernel.astype(dtype), dims, preferred_element_type=jnp.float32
-            )
+            y = bf16_matmul(x, kernel)
         return y + bias
 
 
