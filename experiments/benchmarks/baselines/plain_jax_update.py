@@ -12,10 +12,10 @@ The maths of :mod:`torch_update` (the seeds' design, flat batch, 1-D continuous 
   rollout computed (no second evaluation);
 * three Adam optimisers after ``clip_by_global_norm(1.0)`` (optax).
 
-No LayerNorm anywhere (the seeds have none).  ``precision="bfloat16"`` feeds every matmul bf16
-inputs with f32 accumulation (``preferred_element_type``); parameters, losses and optimiser
-states stay f32.  ``unroll`` is passed to the imagination ``lax.scan`` (``unroll=horizon`` lets
-XLA's cost analysis count every step).
+No LayerNorm anywhere (the seeds have none).  ``precision="bfloat16"`` feeds every matmul, the
+backward ones included, bf16 operands with f32 accumulation (``preferred_element_type``);
+parameters, losses and optimiser states stay f32.  ``unroll`` is passed to the imagination
+``lax.scan`` (``unroll=horizon`` lets XLA's cost analysis count every step).
 """
 
 from __future__ import annotations
@@ -40,13 +40,37 @@ def _mlp_init(key, sizes, out_scale=1.0):
     return layers
 
 
+@jax.custom_vjp
+def _bf16_matmul(x, w):
+    """``x @ w`` with bf16 operands and f32 accumulation, forward and backward."""
+    return _bf16_fwd(x, w)[0]
+
+
+def _dot(a, b, contract):
+    return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _bf16_fwd(x, w):
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    return _dot(xb, wb, ((x.ndim - 1,), (0,))), (xb, wb)
+
+
+def _bf16_bwd(residuals, g):
+    xb, wb = residuals
+    gb = g.astype(jnp.bfloat16)
+    lead = tuple(range(g.ndim - 1))
+    return _dot(gb, wb, ((g.ndim - 1,), (1,))), _dot(xb, gb, (lead, lead))
+
+
+_bf16_matmul.defvjp(_bf16_fwd, _bf16_bwd)
+
+
 def _mlp(layers, x, dtype, final_act=False):
     for i, p in enumerate(layers):
         if dtype == jnp.float32:
             x = x @ p["w"] + p["b"]
         else:
-            x = jnp.dot(x.astype(dtype), p["w"].astype(dtype), preferred_element_type=jnp.float32)
-            x = x + p["b"]
+            x = _bf16_matmul(x, p["w"]) + p["b"]
         if i < len(layers) - 1 or final_act:
             x = jax.nn.elu(x)
     return x
