@@ -45,10 +45,11 @@ production program (one jit, ``unroll = 1``, the config default).  ``--time_unro
 the unrolled program (``seconds_per_update_unrolled``; a speed knob the config exposes).
 
 Diagnostics printed per batch size: XLA's temp-buffer size and the minor page faults and system CPU
-time per update.  On this glibc machine the temp buffer (tens to hundreds of MiB) is a fresh
-``mmap`` on every call, so every update page-faults it in; running with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (transparent huge pages for malloc's mmaps) removes
-almost all of those faults.  ``XLA_FLAGS`` and ``GLIBC_TUNABLES`` are echoed in the output.
+time per update.  Under glibc's defaults the temp buffer (tens to hundreds of MiB) is a fresh
+``mmap`` on every call, so every update page-faults it in; like ``python -m wm_jax.train``, this
+script re-executes itself once with malloc settings that keep the memory (:mod:`wm_jax._allocator`;
+``WM_JAX_NO_ALLOCATOR_TUNING=1`` turns that off to see the faults).  ``XLA_FLAGS`` and
+``GLIBC_TUNABLES`` are echoed in the output.
 
 Targets set by the project (reported, not enforced): at least 30 % of the matmul rate at batch 1024
 and at least 15 % at batch 64 on CPU.  The last line of output is one JSON object.
