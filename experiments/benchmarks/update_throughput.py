@@ -111,6 +111,12 @@ _TIME_UNROLLED = flags.DEFINE_bool(
 _COMPILE_THREADS = flags.DEFINE_integer(
     "compile_threads", 1, "programs compiled concurrently (no gain measured on a loaded 2-core CPU)"
 )
+_TORCH_THREADS = flags.DEFINE_string(
+    "torch_threads",
+    "1,all",
+    "comma-separated torch intra-op thread counts to time ('all': every core); the fastest is "
+    "the baseline",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for parameters and the random batch")
 _OVERRIDES = flags.DEFINE_multi_string(
     "override", [], "wm_jax config override x.y=value (Python literal), e.g. model.layer_norm=False"
@@ -334,7 +340,13 @@ def _bench_batch(batch_size: int, spec, counts, matmuls: dict, key) -> dict:
             name = f"plain_jax/{p}"
             variants[name] = _JaxVariant(compiled[name], states[name], plain_batch)
     torch_skip = _torch_available() if _BASELINES.value else "baselines off"
-    torch_threads = sorted({1, os.cpu_count() or 1})
+    torch_threads = sorted(
+        {
+            (os.cpu_count() or 1) if t.strip() == "all" else int(t)
+            for t in _TORCH_THREADS.value.split(",")
+            if t.strip()
+        }
+    )
     if torch_skip is None:
         for n in torch_threads:
             variants[f"torch/float32/{n}"] = _TorchVariant(spec, batch, n)
