@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.env_check = "raise"
     c.max_abs_reward = 1e6  # |reward| above this is invalid env data (see env_check)
     c.report = True  # write report plots at the end of a run
+    # Matmuls of the update's MLPs: "float32" | "bfloat16" (bf16 inputs, f32 accumulation; params,
+    # losses, optimiser states and metrics stay f32).  Acting and evaluation always run f32.
+    c.precision = "float32"
 
     # --- components (chosen by name: see wm_jax.networks registries) ---------------------
     # Comma-separated modules imported before the networks are built; importing them registers
@@ -361,6 +364,12 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(0.0 <= c.world_model.kl_balance <= 1.0, "world_model.kl_balance", "in [0, 1]")
         _require(c.world_model.kl_free_bits >= 0, "world_model.kl_free_bits", "must be >= 0")
         _require(0.0 <= c.model.rssm_unimix < 1.0, "model.rssm_unimix", "must be in [0, 1)")
+    precision = c.get("precision", "float32")  # absent from older runs' config.json
+    _require(
+        precision in ("float32", "bfloat16"),
+        "precision",
+        f"{precision!r} is not one of ('float32', 'bfloat16')",
+    )
     _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
     _require(c.loop in ("host", "device"), "loop", f"{c.loop!r} is not one of ('host', 'device')")
     _require(

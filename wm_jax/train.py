@@ -210,6 +210,9 @@ def main(argv):
 
 def run():
     """Console-script entry point (``wm-jax-train``)."""
+    from wm_jax import _allocator
+
+    _allocator.tune()  # malloc settings for XLA's temp buffers: re-executes once (issue 18)
     app.run(main, flags_parser=cli.parse_flags)
 
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from wm_jax import losses
@@ -36,6 +37,7 @@ from wm_jax.context_window import (
 )
 from wm_jax.imagination import imagine, policy_terms
 from wm_jax.networks import COMPONENTS, Networks, build_networks, state_size
+from wm_jax.networks.common import matmul_precision
 from wm_jax.networks.encoders import normalize_image
 from wm_jax.observe import observe_sequence
 from wm_jax.returns import discount_weights, lambda_returns, return_percentiles, td_targets
@@ -118,6 +120,18 @@ def _skip_metrics(opt_state, prefix: str) -> Metrics:
         f"{prefix}_update_skipped": 1.0 - opt_state.last_finite.astype(jnp.float32),
         f"{prefix}_nonfinite_total": opt_state.total_notfinite.astype(jnp.float32),
     }
+
+
+def _in_precision(step):
+    """Traces ``step(agent, ...)`` under ``agent.config.precision``
+    (:func:`wm_jax.networks.common.matmul_precision`)."""
+
+    @functools.wraps(step)
+    def wrapped(agent, *args, **kwargs):
+        with matmul_precision(agent.config.get("precision", "float32")):
+            return step(agent, *args, **kwargs)
+
+    return wrapped
 
 
 def make_agent(config, spec) -> Agent:
@@ -282,6 +296,7 @@ def _grad_norms(grads: Params, prefix: str, components: tuple[str, ...] = ()) ->
     return metrics
 
 
+@_in_precision
 def world_model_update(agent: Agent, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """One optimiser step on ``L_WM`` for the world-model parameters only."""
     key, loss_key = jax.random.split(state.key)
@@ -451,6 +466,7 @@ def actor_loss_fn(
     return loss, (metrics, imagined, weights, sg(return_range))
 
 
+@_in_precision
 def actor_update(
     agent: Agent, state: TrainState, batch: Batch, observed: BatchStates | None = None
 ) -> tuple[TrainState, Metrics, Imagined, chex.Array]:
@@ -530,27 +546,61 @@ def _critic_fit(critic, params, states, targets, weights) -> tuple[chex.Array, M
     return loss, metrics
 
 
+def _is_static_zero(x) -> bool:
+    """True for a concrete (Python / NumPy) zero: a weight known at trace time to be 0."""
+    return isinstance(x, (int, float, np.number)) and float(x) == 0.0
+
+
 def critic_loss_fn(
     critic_params: Params,
     agent: Agent,
     state: TrainState,
     imagined: Imagined,
     weights: chex.Array,
-    real: tuple[chex.Array, chex.Array, chex.Array],
-    real_mix: chex.Array,
+    real: Callable[[], tuple[chex.Array, chex.Array, chex.Array]] | None,
+    real_mix: chex.Array | float,
+    reuse_values: bool = False,
 ) -> tuple[chex.Array, Metrics]:
     """``L_V = mix·MSE(V(s_real), R_real) + (1 − mix)·MSE(V(s_imag), R_imag)``; the imagined
-    λ-returns are recomputed with the target critic so repeated critic updates stay consistent."""
+    λ-returns are recomputed with the target critic so repeated critic updates stay consistent.
+
+    ``real`` makes the real-data ``(states, targets, weights)`` (:func:`real_value_targets`);
+    ``None`` when ``real_mix`` is statically 0, and then nothing of the real term is computed.
+    A traced ``real_mix`` computes the term under ``lax.cond`` only when it is non-zero.
+    ``critic_loss_real`` reads 0 whenever the term was skipped.
+
+    ``reuse_values``: the target critic's values of ``imagined.states[1:]`` are
+    ``imagined.values[1:]`` (the caller knows the target parameters equal the critic parameters
+    imagination ran with: τ = 1 and no critic update since), so they are not evaluated again.
+    """
     cfg = agent.config.imagination
     critic = agent.nets.critic
-    bootstrap = critic.apply(state.critic_target_params, imagined.states[1:])
+    if reuse_values:
+        bootstrap = imagined.values[1:]
+    else:
+        bootstrap = critic.apply(state.critic_target_params, imagined.states[1:])
     returns = sg(
         lambda_returns(imagined.rewards, imagined.continues, bootstrap, cfg.gamma, cfg.lambda_)
     )
     w = jnp.broadcast_to(weights[None], returns.shape)
     imag_loss, metrics = _critic_fit(critic, critic_params, imagined.states[:-1], returns, w)
-    real_loss, _ = _critic_fit(critic, critic_params, *real)
-    loss = real_mix * real_loss + (1.0 - real_mix) * imag_loss
+
+    def real_term(params):
+        return _critic_fit(critic, params, *real())[0]
+
+    if real is None:
+        real_loss, loss = jnp.zeros((), imag_loss.dtype), imag_loss
+    elif isinstance(real_mix, (int, float, np.number)):  # statically non-zero
+        real_loss = real_term(critic_params)
+        loss = real_mix * real_loss + (1.0 - real_mix) * imag_loss
+    else:
+        real_loss = jax.lax.cond(
+            jnp.asarray(real_mix) != 0,
+            real_term,
+            lambda params: jnp.zeros((), imag_loss.dtype),
+            critic_params,
+        )
+        loss = real_mix * real_loss + (1.0 - real_mix) * imag_loss
     metrics.update(
         critic_loss=loss,
         critic_loss_imagined=imag_loss,
@@ -560,6 +610,7 @@ def critic_loss_fn(
     return loss, metrics
 
 
+@_in_precision
 def critic_update(
     agent: Agent,
     state: TrainState,
@@ -568,12 +619,25 @@ def critic_update(
     weights: chex.Array,
     real_mix: chex.Array | float = 0.0,
     observed: BatchStates | None = None,
+    reuse_values: bool = False,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step of the value function; then the target critic moves by τ.
-    ``observed``: :func:`observe_batch` of ``batch`` with ``state.wm_params``, if already made."""
-    real = real_value_targets(agent, state, batch, observed)
+    ``observed``: :func:`observe_batch` of ``batch`` with ``state.wm_params``, if already made.
+    ``reuse_values`` (static): bootstrap from ``imagined.values`` instead of evaluating the target
+    critic again; only valid when the target critic's parameters are those imagination used
+    (:func:`train_step` sets it for its first critic update when τ = 1)."""
+    real = None
+    if not _is_static_zero(real_mix):
+        real = functools.partial(real_value_targets, agent, state, batch, observed)
     grads, metrics = jax.grad(critic_loss_fn, has_aux=True)(
-        state.critic_params, agent, state, sg(imagined), weights, real, real_mix
+        state.critic_params,
+        agent,
+        state,
+        sg(imagined),
+        weights,
+        real,
+        real_mix,
+        reuse_values,
     )
     updates, opt_state = agent.critic_optimizer.update(
         grads, state.critic_opt_state, state.critic_params
@@ -581,7 +645,9 @@ def critic_update(
     updates = _scaled(updates, state.lr_scale[2])
     params = optax.apply_updates(state.critic_params, updates)
     tau = agent.config.critic.target_update_rate
-    target = optax.incremental_update(params, state.critic_target_params, tau)
+    target = (
+        params if tau == 1 else optax.incremental_update(params, state.critic_target_params, tau)
+    )
     metrics.update(_grad_norms(grads, "critic"))
     metrics.update(_skip_metrics(opt_state, "critic"))
     return (
@@ -600,6 +666,7 @@ def critic_update(
 # --------------------------------------------------------------------------------------------
 
 
+@_in_precision
 def train_step(
     agent: Agent,
     state: TrainState,
@@ -629,8 +696,13 @@ def train_step(
             agent, state, state.actor_params, batch, imagine_key, observed
         )
         imagined, state = sg(imagined), state.replace(key=key)
-    for _ in range(counts.critic):
-        state, m = critic_update(agent, state, batch, imagined, weights, real_mix, observed)
+    # At τ = 1 the target critic IS the critic imagination just used (an update sets the target
+    # to the new parameters), so the first critic update reuses the imagined values.
+    reuse = agent.config.critic.target_update_rate == 1
+    for i in range(counts.critic):
+        state, m = critic_update(
+            agent, state, batch, imagined, weights, real_mix, observed, reuse and i == 0
+        )
         metrics.update(m)
     return state, metrics
 

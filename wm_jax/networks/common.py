@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -26,6 +29,139 @@ def get_activation(name: str):
         ) from None
 
 
+PRECISIONS = ("float32", "bfloat16")
+_MATMUL_DTYPE: contextvars.ContextVar = contextvars.ContextVar("wm_jax_matmul_dtype", default=None)
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """``config.precision`` for the :class:`Dense` layers of every :class:`MLP` traced inside:
+    "bfloat16" multiplies bf16 copies of inputs and kernels with f32 accumulation and output
+    (``preferred_element_type``); parameters, biases, normalisation, losses and optimiser
+    states stay f32.  "float32" (the default outside any block) is plain f32.  Read at trace
+    time, so it wraps the function being jitted (:mod:`wm_jax.update` wraps its steps)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    token = _MATMUL_DTYPE.set(jnp.bfloat16 if precision == "bfloat16" else None)
+    try:
+        yield
+    finally:
+        _MATMUL_DTYPE.reset(token)
+
+
+@jax.custom_vjp
+def bf16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` (``[..., K] @ [K, N]``) with bf16 inputs and f32 accumulation and output,
+    in the backward pass too: both gradient matmuls take the bf16 cotangent and the saved bf16
+    operands (autodiff alone would run them in f32, two thirds of the FLOPs)."""
+    return _bf16_matmul_fwd(x, kernel)[0]
+
+
+def _bf16_dot(a, b, contract):
+    return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_fwd(x, kernel):
+    xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    return _bf16_dot(xb, kb, ((x.ndim - 1,), (0,))), (xb, kb, jnp.zeros((), x.dtype))
+
+
+def _bf16_matmul_bwd(residuals, g):
+    xb, kb, x_like = residuals
+    gb = g.astype(jnp.bfloat16)
+    dx = _bf16_dot(gb, kb, ((g.ndim - 1,), (1,))).astype(x_like.dtype)
+    lead = tuple(range(g.ndim - 1))
+    dk = _bf16_dot(xb, gb, (lead, lead))
+    return dx, dk
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+class Dense(nn.Module):
+    """``flax.linen.Dense`` (same parameters and names) whose matmul follows
+    :func:`matmul_precision`."""
+
+    features: int
+    kernel_init: Callable = nn.linear.default_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+        dtype = _MATMUL_DTYPE.get()
+        if dtype is None:
+            y = jax.lax.dot_general(x, kernel, dims)
+        else:
+            y = bf16_matmul(x, kernel)
+        return y + bias
+
+
+def _layer_norm_act(x, scale, bias, act, eps):
+    """``act(LayerNorm(x)·scale + bias)`` with flax's statistics (fast variance); also returns
+    the normalised input and the reciprocal standard deviation."""
+    mean = jnp.mean(x, -1, keepdims=True)
+    var = jnp.maximum(jnp.mean(x * x, -1, keepdims=True) - mean * mean, 0.0)
+    rstd = jax.lax.rsqrt(var + eps)
+    xhat = (x - mean) * rstd
+    return act(xhat * scale + bias), xhat, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm_act(x, scale, bias, act, eps=1e-6):
+    """``act(LayerNorm(x)·scale + bias)`` whose backward pass keeps only its input ``x``.
+
+    Autodiff of a LayerNorm followed by an activation keeps several ``x``-sized intermediates
+    for the backward pass (centred and normalised input, the activation's input); inside the
+    imagination scan each is a stacked ``[H, B, hidden]`` buffer per layer.  Here the backward
+    pass recomputes them from ``x`` (elementwise work and two row means), so a hidden layer
+    keeps what it would keep without LayerNorm (issue 18).
+    """
+    return _layer_norm_act(x, scale, bias, act, eps)[0]
+
+
+def _layer_norm_act_fwd(x, scale, bias, act, eps):
+    return _layer_norm_act(x, scale, bias, act, eps)[0], (x, scale, bias)
+
+
+def _layer_norm_act_bwd(act, eps, residuals, g):
+    x, scale, bias = residuals
+    _, xhat, rstd = _layer_norm_act(x, scale, bias, lambda z: z, eps)
+    _, act_vjp = jax.vjp(act, xhat * scale + bias)
+    (gz,) = act_vjp(g)
+    lead = tuple(range(x.ndim - 1))
+    gx = gz * scale
+    dx = rstd * (
+        gx - jnp.mean(gx, -1, keepdims=True) - xhat * jnp.mean(gx * xhat, -1, keepdims=True)
+    )
+    return dx, jnp.sum(gz * xhat, lead), jnp.sum(gz, lead)
+
+
+layer_norm_act.defvjp(_layer_norm_act_fwd, _layer_norm_act_bwd)
+
+
+def _identity(x):
+    return x
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm fused with the activation after it (:func:`layer_norm_act`).  Its parameters
+    (``scale``, ``bias``) and their names are those of ``flax.linen.LayerNorm``, so parameter
+    trees and checkpoints are unchanged."""
+
+    activation: Callable = _identity
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        return layer_norm_act(x, scale, bias, self.activation, self.epsilon)
+
+
 class MLP(nn.Module):
     """Dense layers with an activation (and optional LayerNorm) between them.
 
@@ -44,11 +180,9 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         act = get_activation(self.activation)
         for width in self.hidden:
-            x = nn.Dense(width)(x)
-            if self.layer_norm:
-                x = nn.LayerNorm()(x)
-            x = act(x)
+            x = Dense(width)(x)
+            x = LayerNorm(act)(x) if self.layer_norm else act(x)
         if self.output_dim is not None:
             init = nn.initializers.variance_scaling(self.output_scale, "fan_avg", "uniform")
-            x = nn.Dense(self.output_dim, kernel_init=init)(x)
+            x = Dense(self.output_dim, kernel_init=init)(x)
         return x

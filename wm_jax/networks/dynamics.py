@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wm_jax.networks.common import MLP
+from wm_jax.networks.common import MLP, Dense
 from wm_jax.types import SequenceContext
 
 
@@ -49,11 +49,11 @@ class MLPDynamics(nn.Module):
         del context
         x = jnp.concatenate([state, action], axis=-1)
         x = MLP(self.hidden, activation=self.activation, layer_norm=self.layer_norm)(x)
-        mean = nn.Dense(self.state_dim, name="mean")(x)
+        mean = Dense(self.state_dim, name="mean")(x)
         if self.residual:
             mean = mean + state
         if self.std_mode == "learned":
-            raw = nn.Dense(self.state_dim, name="std")(x)
+            raw = Dense(self.state_dim, name="std")(x)
             std = self.min_std + (self.max_std - self.min_std) * jax.nn.sigmoid(raw + 2.0)
         elif self.std_mode == "fixed":
             std = jnp.full_like(mean, self.fixed_std)

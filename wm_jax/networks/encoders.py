@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wm_jax.networks.common import MLP, get_activation
+from wm_jax.networks.common import MLP, Dense, get_activation
 
 
 class MLPEncoder(nn.Module):
@@ -27,7 +27,7 @@ class MLPEncoder(nn.Module):
         # uint8 images get the CNN's [-0.5, 0.5] scaling (the running normaliser skips them).
         x = normalize_image(obs.reshape(obs.shape[: obs.ndim - self.obs_rank] + (-1,)))
         x = MLP(self.hidden, activation=self.activation, layer_norm=self.layer_norm)(x)
-        x = nn.Dense(self.feature_dim)(x)
+        x = Dense(self.feature_dim)(x)
         return get_activation(self.activation)(x)
 
 

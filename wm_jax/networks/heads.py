@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wm_jax.networks.common import MLP
+from wm_jax.networks.common import MLP, Dense
 from wm_jax.returns import symexp
 
 
@@ -56,7 +56,7 @@ class ContinuePredictor(nn.Module):
     @nn.compact
     def __call__(self, state: jax.Array) -> distrax.Bernoulli:
         x = MLP(self.hidden, activation=self.activation, layer_norm=self.layer_norm)(state)
-        logit = nn.Dense(
+        logit = Dense(
             1,
             kernel_init=nn.initializers.variance_scaling(0.1, "fan_avg", "uniform"),
             bias_init=nn.initializers.constant(self.initial_logit),

@@ -1,0 +1,136 @@
+"""The update's shortcuts equal the full computation they replace (issue 18): a statically or
+dynamically zero real-data critic weight skips that term, and at τ = 1 the critic reuses the
+imagined values instead of evaluating the target critic again."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_spec, random_transitions, small_config
+
+from wm_jax.schedule import UpdateCounts
+from wm_jax.update import (
+    actor_update,
+    critic_loss_fn,
+    critic_update,
+    make_agent,
+    make_steps,
+    observe_batch,
+    real_value_targets,
+    train_step,
+    world_model_update,
+)
+
+
+def _close(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    spec = make_spec(obs_shape=(3,), action_dim=1, discrete=False)
+    agent = make_agent(small_config(), spec)
+    steps = make_steps(agent)
+    state = steps.init(jax.random.PRNGKey(0))
+    batch = random_transitions(jax.random.PRNGKey(1), spec)
+    # A couple of full steps so the value head is no longer all zeros.
+    for _ in range(2):
+        state, _ = steps.train_step(state, batch, UpdateCounts(1, 1, 1), 0.5)
+    _, _, imagined, weights = jax.jit(functools.partial(actor_update, agent))(state, batch)
+    return agent, state, batch, imagined, weights
+
+
+def _loss_and_grad(agent, state, batch, imagined, weights, real, mix, reuse=False):
+    fn = jax.value_and_grad(critic_loss_fn, has_aux=True)
+    (loss, metrics), grads = fn(
+        state.critic_params, agent, state, imagined, weights, real, mix, reuse
+    )
+    return loss, metrics, grads
+
+
+def test_skipped_real_term_equals_the_weight_zero_term(setup):
+    agent, state, batch, imagined, weights = setup
+    real = functools.partial(real_value_targets, agent, state, batch)
+    # Full: the real term computed and weighted by a (Python) 0.
+    full_loss, full_m, full_g = _loss_and_grad(agent, state, batch, imagined, weights, real, 0.0)
+    assert float(full_m["critic_loss_real"]) > 0  # it really was computed
+    # Static skip: nothing of the real term is built.
+    skip_loss, skip_m, skip_g = _loss_and_grad(agent, state, batch, imagined, weights, None, 0.0)
+    assert float(skip_m["critic_loss_real"]) == 0.0
+    # Traced zero: lax.cond takes the skipping branch.
+    traced = jax.jit(lambda mix: _loss_and_grad(agent, state, batch, imagined, weights, real, mix))
+    cond_loss, cond_m, cond_g = traced(jnp.float32(0.0))
+    assert float(cond_m["critic_loss_real"]) == 0.0
+    for loss, grads in ((skip_loss, skip_g), (cond_loss, cond_g)):
+        _close(loss, full_loss)
+        _close(grads, full_g)
+
+
+def test_traced_nonzero_mix_computes_the_real_term(setup):
+    agent, state, batch, imagined, weights = setup
+    real = functools.partial(real_value_targets, agent, state, batch)
+    static_loss, static_m, static_g = _loss_and_grad(
+        agent, state, batch, imagined, weights, real, 0.3
+    )
+    traced = jax.jit(lambda mix: _loss_and_grad(agent, state, batch, imagined, weights, real, mix))
+    cond_loss, cond_m, cond_g = traced(jnp.float32(0.3))
+    assert float(cond_m["critic_loss_real"]) > 0
+    _close(cond_m["critic_loss_real"], static_m["critic_loss_real"])
+    _close(cond_loss, static_loss)
+    _close(cond_g, static_g)
+
+
+def test_reused_imagined_values_equal_the_target_critic_at_tau_one(setup):
+    agent, state, batch, imagined, weights = setup
+    assert agent.config.critic.target_update_rate == 1.0
+    assert all(
+        bool(jnp.array_equal(a, b))
+        for a, b in zip(
+            jax.tree.leaves(state.critic_params),
+            jax.tree.leaves(state.critic_target_params),
+            strict=True,
+        )
+    )
+    full = _loss_and_grad(agent, state, batch, imagined, weights, None, 0.0, reuse=False)
+    reused = _loss_and_grad(agent, state, batch, imagined, weights, None, 0.0, reuse=True)
+    _close(reused[0], full[0])
+    _close(reused[2], full[2])
+    # ... and the check can fail: with a different target critic the two disagree.
+    other = state.replace(
+        critic_target_params=jax.tree.map(lambda p: p * 1.5 + 0.01, state.critic_target_params)
+    )
+    moved = _loss_and_grad(agent, other, batch, imagined, weights, None, 0.0, reuse=False)
+    assert not np.allclose(np.asarray(moved[0]), np.asarray(full[0]), rtol=1e-4)
+
+
+def test_train_step_equals_the_unshortened_composition(setup):
+    """train_step (reused imagined values, skipped real term at mix 0) against world model,
+    actor and critic updates run one by one with the target critic evaluated again."""
+    agent, state, batch, _, _ = setup
+
+    @jax.jit
+    def reference(state, mix):
+        state, _ = world_model_update(agent, state, batch)
+        observed = observe_batch(agent, state.wm_params, batch)
+        state, _, imagined, weights = actor_update(agent, state, batch, observed)
+        return critic_update(agent, state, batch, imagined, weights, mix, observed, False)
+
+    @jax.jit
+    def shortened(state, mix):
+        return train_step(agent, state, batch, UpdateCounts(1, 1, 1), mix)
+
+    static_zero = jax.jit(lambda s: train_step(agent, s, batch, UpdateCounts(1, 1, 1), 0.0))
+    for mix in (0.0, 0.5):
+        ref_state, ref_metrics = reference(state, jnp.float32(mix))
+        runs = [shortened(state, jnp.float32(mix))]
+        if mix == 0.0:
+            runs.append(static_zero(state))
+        for new_state, metrics in runs:
+            _close(new_state.actor_params, ref_state.actor_params)
+            _close(new_state.critic_params, ref_state.critic_params)
+            _close(new_state.critic_target_params, ref_state.critic_params)
+            for name in ("critic_loss", "critic_loss_imagined", "critic_loss_real"):
+                _close(metrics[name], ref_metrics[name])
