@@ -72,6 +72,9 @@ class _CompileCounter(py_logging.Handler):
 
 def main(argv):
     del argv
+    from wm_jax import _allocator
+
+    _allocator.tune()  # as python -m wm_jax.train does (re-executes once, before any JAX work)
     from wm_jax.compilation_cache import enable_compilation_cache
     from wm_jax.trainer import Trainer
 
