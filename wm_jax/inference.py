@@ -285,8 +285,14 @@ def write_bundle(
         "obs_mean": np.asarray(obs_mean),
         "obs_std": np.asarray(obs_std),
     }
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(out_dir, "arrays"), arrays)
+    options = {}
+    if jax.process_count() > 1:  # one process writes it (the run's lead): no global barrier
+        me = jax.process_index()
+        options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}
+        )
+    checkpointer = ocp.StandardCheckpointer(**options)
+    checkpointer.save(os.path.join(out_dir, "arrays"), jax.device_get(arrays))
     checkpointer.wait_until_finished()
     meta = {
         "format": BUNDLE_FORMAT,
