@@ -72,14 +72,23 @@ class _CompileCounter(py_logging.Handler):
 
 def main(argv):
     del argv
-    from wm_jax import _allocator
+    # As python -m wm_jax.train does; guarded so the script also profiles an older checkout
+    # (PYTHONPATH=<checkout>) for a before/after table.
+    try:
+        from wm_jax import _allocator
 
-    _allocator.tune()  # as python -m wm_jax.train does (re-executes once, before any JAX work)
-    from wm_jax.compilation_cache import enable_compilation_cache
+        _allocator.tune()  # re-executes once, before any JAX work
+    except ImportError:
+        pass
     from wm_jax.trainer import Trainer
 
-    if _CACHE.value:  # as python -m wm_jax.train does
-        enable_compilation_cache()
+    if _CACHE.value:
+        try:
+            from wm_jax.compilation_cache import enable_compilation_cache
+
+            enable_compilation_cache()
+        except ImportError:
+            pass
 
     compile_seconds = [0.0]
 
@@ -110,7 +119,8 @@ def main(argv):
         train_step=timers.wrap("train step (jitted)", trainer.steps.train_step, block=True)
     )
     trainer._evaluate = timers.wrap("evaluation", trainer._evaluate)
-    trainer._check_nonfinite = timers.wrap("non-finite check", trainer._check_nonfinite)
+    if hasattr(trainer, "_check_nonfinite"):
+        trainer._check_nonfinite = timers.wrap("non-finite check", trainer._check_nonfinite)
     import wm_jax.report
 
     wm_jax.report.write_report = timers.wrap("report", wm_jax.report.write_report)
@@ -136,6 +146,11 @@ def main(argv):
         "loop_wall_s": loop_wall,
         "env_steps_per_s": result.env_steps / loop_wall,
         "train_step_share": timers.seconds["train step (jitted)"] / wall,
+        "wm_jax": os.path.dirname(
+            os.path.dirname(
+                os.path.abspath(Trainer.__module__ and sys.modules[Trainer.__module__].__file__)
+            )
+        ),
         "programs_compiled": counter.count,
         "compile_s": compile_seconds[0],
         "phases_s": {name: seconds for name, seconds, _ in rows},
