@@ -11,6 +11,10 @@ its own), evaluation, logging (including the open-loop check) and checkpointing.
 the XLA programs the run compiles (``jax_log_compiles``) and their total compile time
 (``jax.monitoring``).  Prints a table and, last, one JSON line.
 
+Before/after tables: profile an older checkout with ``PYTHONPATH=<checkout>`` from another
+directory, and ``WM_JAX_NO_ALLOCATOR_TUNING=1 WM_JAX_COMPILATION_CACHE=0`` (an editable install
+would otherwise lend the old checkout this tree's allocator settings and compilation cache).
+
 Blocking on the train step removes the little overlap the CPU backend has between a step and
 the next host work, so the total is a slight upper bound of a plain run.
 """
