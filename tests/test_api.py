@@ -250,3 +250,18 @@ def test_a_run_keeps_its_best_evaluated_agent_loadable_with_which_best(tmp_path)
         assert r["eval_return_stderr"] == pytest.approx(r["eval_return_std"] / 2**0.5)
     with pytest.raises(FileNotFoundError, match="no best agent"):
         wm_jax.load_policy(str(tmp_path), which="best")
+
+
+@pytest.mark.slow
+def test_a_module_named_both_as_import_and_as_env_module_is_still_refused_at_load(
+    trained, tmp_path, monkeypatch
+):
+    # The env's module is checked only when the env is made; the imports are checked at load
+    # even when the same name appears in the env id.
+    crafted, marker = _crafted_run(
+        trained[1], tmp_path, "pwned_both", imports="pwned_both", env_id="pwned_both:Evil-v0"
+    )
+    monkeypatch.syspath_prepend(str(crafted))
+    with pytest.raises(wm_jax.UntrustedImportError, match="config.imports"):
+        wm_jax.load_policy(str(crafted))
+    assert not marker.exists() and "pwned_both" not in sys.modules

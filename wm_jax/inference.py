@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from wm_jax.envs import EnvSpec, to_env_action
 from wm_jax.normalizer import RunningMeanStd
-from wm_jax.safe_load import check_modules, config_modules, env_module, normalize_allowed
+from wm_jax.safe_load import check_env_id, check_imports, normalize_allowed
 
 BUNDLE_FORMAT = "wm_jax.policy/1"
 
@@ -127,11 +127,7 @@ class Policy:
         ``module:`` part (if any) is allowed: making it would import that module."""
         if env_id:
             return env_id
-        check_modules(
-            [m for m in [env_module(self.config.env_id)] if m],
-            self.allow_imports,
-            "the loaded policy's env_id " + repr(self.config.env_id),
-        )
+        check_env_id(self.config.env_id, self.allow_imports, "the loaded policy's env_id")
         return self.config.env_id
 
 
@@ -154,11 +150,6 @@ def _partial(item) -> ocp.args.PyTreeRestore:
 def _read_json(path: str) -> dict[str, Any]:
     with open(path) as f:
         return json.load(f)
-
-
-def _check_imports(config: dict[str, Any], allowed: frozenset[str], source: str) -> None:
-    names = [n for n in config_modules(config) if n != env_module(config.get("env_id"))]
-    check_modules(names, allowed, f"{source} (config.imports)")
 
 
 BEST_DIR = "best"  # a run's best agent by evaluation return, as a bundle inside its workdir
@@ -199,7 +190,7 @@ def load_policy(
         meta = _read_json(os.path.join(path, "policy.json"))
         if meta.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"{path}/policy.json is not a {BUNDLE_FORMAT} bundle")
-        _check_imports(meta["config"], allowed, f"{path}/policy.json")
+        check_imports(meta["config"], allowed, f"{path}/policy.json")
         checkpointer = ocp.StandardCheckpointer()
         arrays_dir = os.path.join(path, "arrays")
         arrays = checkpointer.restore(
@@ -222,7 +213,7 @@ def load_policy(
                 f"with a checkpoint ({name} is missing)"
             )
     raw_config = _read_json(os.path.join(path, "config.json"))
-    _check_imports(raw_config, allowed, f"{path}/config.json")
+    check_imports(raw_config, allowed, f"{path}/config.json")
     config = ml_collections.ConfigDict(raw_config)
     spec = spec_from_json(_read_json(os.path.join(path, "env_spec.json")))
     manager = ocp.CheckpointManager(

@@ -76,7 +76,7 @@ from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import ResumeRefusedError, RunDir, WorkdirLockedError, atomic_write
-from wm_jax.safe_load import UntrustedImportError, check_config
+from wm_jax.safe_load import UntrustedImportError, check_env_id
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 from wm_jax.shell import (
     NonFiniteError,
@@ -411,8 +411,8 @@ def _prepare_config(
     the dataset; raises :class:`ConfigError` naming the field otherwise, and
     :class:`UntrustedImportError` if the dataset's env id names a module not allowed."""
     c = validate(copy.deepcopy(config))
-    if data.env_id is not None:  # a dataset's file names it: never imported unless allowed
-        check_config({"env_id": data.env_id}, allow_imports, f"dataset {data.source} (env id)")
+    # The dataset's file names the env: its module is never imported unless allowed.
+    check_env_id(data.env_id, allow_imports, f"dataset {data.source}: its env id")
     with c.unlocked():
         if "offline" not in c:  # e.g. a config.json written before the section existed
             c.offline = get_config().offline

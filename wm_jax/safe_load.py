@@ -33,14 +33,10 @@ def env_module(env_id: str | None) -> str | None:
     return env_id.split(":", 1)[0].strip() or None
 
 
-def config_modules(config: Mapping[str, Any]) -> list[str]:
-    """Every module that building networks and environments from ``config`` would import."""
+def import_names(config: Mapping[str, Any]) -> list[str]:
+    """The modules of ``config.imports``, which building its networks would import."""
     imports = config.get("imports") or ""
-    names = [n.strip() for n in str(imports).split(",") if n.strip()]
-    module = env_module(config.get("env_id"))
-    if module is not None:
-        names.append(module)
-    return list(dict.fromkeys(names))
+    return [n.strip() for n in str(imports).split(",") if n.strip()]
 
 
 def normalize_allowed(allow_imports: str | Iterable[str] | None) -> frozenset[str]:
@@ -69,8 +65,16 @@ def check_modules(
         )
 
 
-def check_config(
+def check_imports(
     config: Mapping[str, Any], allow_imports: str | Iterable[str] | None, source: str
 ) -> None:
-    """:func:`check_modules` for every module ``config`` names (imports and env id)."""
-    check_modules(config_modules(config), allow_imports, source)
+    """:func:`check_modules` for the modules of ``config.imports``."""
+    check_modules(import_names(config), allow_imports, f"{source} (config.imports)")
+
+
+def check_env_id(
+    env_id: str | None, allow_imports: str | Iterable[str] | None, source: str
+) -> None:
+    """:func:`check_modules` for the module making ``env_id`` would import, if any."""
+    module = env_module(env_id)
+    check_modules([module] if module else [], allow_imports, f"{source} {env_id!r}")
