@@ -100,3 +100,49 @@ def parse_flags(argv: list[str]) -> list[str]:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as err:
         _config_error_exit(err)
+
+
+def run_with_exit_statuses(fn, workdir: str):
+    """``fn()``, with the run's named failures turned into the CLI's documented exit statuses
+    (:mod:`wm_jax.errors`) and a one-line message instead of a traceback; a config error is a
+    usage error (status 1).  Shared by ``wm_jax.train`` and ``wm_jax.offline``."""
+    import os
+
+    from wm_jax.checkpoint import CheckpointSaveError
+    from wm_jax.config import ConfigError
+    from wm_jax.envs import EnvStepError, InvalidEnvDataError
+    from wm_jax.errors import (
+        EXIT_ENV_DATA,
+        EXIT_ENV_ERROR,
+        EXIT_LOCKED,
+        EXIT_NONFINITE,
+        EXIT_RESUME_REFUSED,
+        EXIT_WORKDIR,
+        WorkdirError,
+        is_storage_error,
+        stop_with,
+        workdir_error,
+    )
+    from wm_jax.run_dir import ResumeRefusedError, WorkdirLockedError
+    from wm_jax.shell import NonFiniteError
+
+    statuses = (  # ResumeRefusedError before ConfigError, its base class
+        (WorkdirLockedError, EXIT_LOCKED),
+        (ResumeRefusedError, EXIT_RESUME_REFUSED),
+        ((WorkdirError, CheckpointSaveError), EXIT_WORKDIR),
+        (NonFiniteError, EXIT_NONFINITE),
+        (InvalidEnvDataError, EXIT_ENV_DATA),
+        (EnvStepError, EXIT_ENV_ERROR),
+    )
+    try:
+        return fn()
+    except Exception as err:
+        for kinds, status in statuses:
+            if isinstance(err, kinds):
+                stop_with(err, status)
+        if isinstance(err, ConfigError):
+            raise app.UsageError(str(err)) from None
+        if is_storage_error(err):
+            error = workdir_error(os.path.abspath(workdir), err, "write the run")
+            stop_with(error, EXIT_WORKDIR)
+        raise

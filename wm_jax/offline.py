@@ -57,25 +57,15 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 from wm_jax import metrics as metrics_lib
-from wm_jax.checkpoint import Checkpointer, CheckpointSaveError
+from wm_jax.checkpoint import Checkpointer
 from wm_jax.config import ConfigError, check_known_fields, get_config, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import EnvSpec, UnsupportedSpaceError, from_env_action, spec_from_spaces
-from wm_jax.errors import (
-    EXIT_LOCKED,
-    EXIT_NONFINITE,
-    EXIT_RESUME_REFUSED,
-    EXIT_WORKDIR,
-    WorkdirError,
-    is_storage_error,
-    stop_with,
-    workdir_error,
-)
 from wm_jax.inference import _partial, spec_from_json, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.replay import ReplayBuffer
-from wm_jax.run_dir import ResumeRefusedError, RunDir, WorkdirLockedError, atomic_write
+from wm_jax.run_dir import RunDir, atomic_write
 from wm_jax.safe_load import UntrustedImportError, check_env_id
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 from wm_jax.shell import (
@@ -744,25 +734,16 @@ def main(argv):
         if FLAGS.freeze_world_model:
             config.offline.freeze_world_model = True
     try:
-        result = train_offline(
-            config, FLAGS.workdir, FLAGS.dataset, allow_imports=FLAGS.allow_imports
+        result = cli.run_with_exit_statuses(
+            lambda: train_offline(
+                config, FLAGS.workdir, FLAGS.dataset, allow_imports=FLAGS.allow_imports
+            ),
+            FLAGS.workdir,
         )
     except (DatasetError, UntrustedImportError) as err:
         raise app.UsageError(f"--dataset: {err}") from None
-    except WorkdirLockedError as err:
-        stop_with(err, EXIT_LOCKED)
-    except ResumeRefusedError as err:
-        stop_with(err, EXIT_RESUME_REFUSED)
-    except (ConfigError, ImportError) as err:
+    except ImportError as err:
         raise app.UsageError(str(err)) from None
-    except (WorkdirError, CheckpointSaveError) as err:
-        stop_with(err, EXIT_WORKDIR)
-    except OSError as err:
-        if not is_storage_error(err):
-            raise
-        stop_with(workdir_error(os.path.abspath(FLAGS.workdir), err, "write the run"), EXIT_WORKDIR)
-    except NonFiniteError as err:
-        stop_with(err, EXIT_NONFINITE)
     workdir = os.path.abspath(FLAGS.workdir)
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name

@@ -125,23 +125,7 @@ def main(argv):
     cli.enable_compilation_cache()
     import jax
 
-    from wm_jax.checkpoint import CheckpointSaveError
-    from wm_jax.envs import EnvStepError, InvalidEnvDataError
-    from wm_jax.errors import (
-        EXIT_ENV_DATA,
-        EXIT_ENV_ERROR,
-        EXIT_LOCKED,
-        EXIT_NONFINITE,
-        EXIT_RESUME_REFUSED,
-        EXIT_WORKDIR,
-        WorkdirError,
-        is_storage_error,
-        stop_with,
-        workdir_error,
-    )
     from wm_jax.loops import train_all
-    from wm_jax.run_dir import ResumeRefusedError, WorkdirLockedError
-    from wm_jax.trainer import NonFiniteError
 
     lead = jax.process_index() == 0  # process 0 prints the summary
     if jax.process_count() > 1 and not _WORKDIR.value:
@@ -153,26 +137,7 @@ def main(argv):
         "runs", f"{config.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     cli.configure_logging(lead)  # one process reports
-    try:
-        results = train_all(config, workdir)
-    except WorkdirLockedError as err:
-        stop_with(err, EXIT_LOCKED)
-    except ResumeRefusedError as err:
-        stop_with(err, EXIT_RESUME_REFUSED)
-    except ConfigError as err:
-        raise app.UsageError(str(err)) from None
-    except (WorkdirError, CheckpointSaveError) as err:
-        stop_with(err, EXIT_WORKDIR)
-    except OSError as err:
-        if not is_storage_error(err):
-            raise
-        stop_with(workdir_error(os.path.abspath(workdir), err, "write the run"), EXIT_WORKDIR)
-    except NonFiniteError as err:
-        stop_with(err, EXIT_NONFINITE)
-    except InvalidEnvDataError as err:
-        stop_with(err, EXIT_ENV_DATA)
-    except EnvStepError as err:
-        stop_with(err, EXIT_ENV_ERROR)
+    results = cli.run_with_exit_statuses(lambda: train_all(config, workdir), workdir)
     result = results[0]
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name
