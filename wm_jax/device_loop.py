@@ -52,7 +52,7 @@ from wm_jax.config import (
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import GYMNAX_PREFIX, EnvSpec, make_env_spec
 from wm_jax.gymnax_env import board_to_uint8, make_gymnax
-from wm_jax.inference import BEST_DIR, read_bundle_meta, replace_bundle, spec_to_json
+from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, act, initial_carry
 from wm_jax.run_dir import RunDir
@@ -707,8 +707,7 @@ def _train_device(c, loop, root, seed_configs, spec_json, sweep, grid, stop_at) 
 
             resumed.append(run.checkpointer.restore_newest_valid(states[i].train, load))
         for run, step in zip(runs, resumed, strict=True):
-            best = read_bundle_meta(os.path.join(run.workdir, BEST_DIR))
-            run.best_return = -np.inf if best is None else float(best.get("eval_return", -np.inf))
+            run.best_return = best_return(run.workdir)
             purge = run.run_dir.continue_logs(step)  # rows after the checkpoint: dropped
             run.writer = metrics_lib.MetricsWriter(run.workdir, purge_step=purge)
             if step is None:
@@ -842,23 +841,22 @@ def _record(summary, one: LoopState, env_step, c, elapsed, last_step) -> dict[st
 
 def _keep_if_best(run, one: LoopState, loop, c, env_step, mean, std, episodes) -> None:
     """The host loop's best agent, per seed: a policy bundle in ``<seed workdir>/best``."""
-    if not mean > run.best_return:
-        return
-    obs_mean, obs_std = jax.device_get(normalizer_stats(one.norm, loop.norm_enabled))
-    seed_config = c.copy_and_resolve_references()
-    seed_config.seed = run.seed
-    replace_bundle(
-        os.path.join(run.workdir, BEST_DIR),
-        config=seed_config,
-        spec=loop.spec,
-        wm_params=jax.device_get(one.train.wm_params),
-        actor_params=jax.device_get(one.train.actor_params),
-        obs_mean=obs_mean,
-        obs_std=obs_std,
-        step=env_step,
-        extra={"eval_return": mean, "eval_return_std": std, "eval_episodes": int(episodes)},
-    )
-    run.best_return = mean
+
+    def bundle():
+        obs_mean, obs_std = jax.device_get(normalizer_stats(one.norm, loop.norm_enabled))
+        seed_config = c.copy_and_resolve_references()
+        seed_config.seed = run.seed
+        return dict(
+            config=seed_config,
+            spec=loop.spec,
+            wm_params=jax.device_get(one.train.wm_params),
+            actor_params=jax.device_get(one.train.actor_params),
+            obs_mean=obs_mean,
+            obs_std=obs_std,
+            step=env_step,
+        )
+
+    run.best_return = keep_if_best(run.workdir, run.best_return, mean, std, episodes, bundle)
 
 
 def _save(runs, ls: LoopState, num_seeds: int) -> None:

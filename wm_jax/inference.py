@@ -312,6 +312,29 @@ def replace_bundle(out_dir: str, **bundle) -> str:
     return out_dir
 
 
+def best_return(workdir: str) -> float:
+    """The evaluation return of the agent kept in ``<workdir>/best`` (-inf when there is none),
+    so a resumed run keeps beating its real best."""
+    meta = read_bundle_meta(os.path.join(workdir, BEST_DIR))
+    return -np.inf if meta is None else float(meta.get("eval_return", -np.inf))
+
+
+def keep_if_best(
+    workdir: str, best: float, mean: float, std: float, episodes: int, bundle
+) -> float:
+    """Replaces ``<workdir>/best`` (``load_policy(workdir, which="best")``) with the evaluated
+    agent when its return ``mean`` beats ``best``; ``bundle()`` gives :func:`write_bundle`'s
+    arguments (called only then).  Returns the best return after this evaluation."""
+    if not mean > best:
+        return best
+    replace_bundle(
+        os.path.join(workdir, BEST_DIR),
+        **bundle(),
+        extra={"eval_return": mean, "eval_return_std": std, "eval_episodes": int(episodes)},
+    )
+    return mean
+
+
 def read_bundle_meta(path: str) -> dict[str, Any] | None:
     """The ``policy.json`` of a bundle directory, or None if there is none (or it is damaged)."""
     try:

@@ -35,7 +35,7 @@ from wm_jax.checkpoint import Checkpointer, ProcessExtras
 from wm_jax.config import ConfigError, check_known_fields, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import EnvStepError, EvaluationStopped, VectorEnv, make_env_spec
-from wm_jax.inference import BEST_DIR, read_bundle_meta, replace_bundle, spec_to_json
+from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, carry_to_arrays, episode_starts, initial_carry, make_act_fn
@@ -222,8 +222,7 @@ class Trainer:
         # Log rows after the restored step were never checkpointed: drop them (and purge them
         # from TensorBoard) so every step is logged once.
         self._purge_step = self.run_dir.continue_logs(self.resumed_from)
-        best = read_bundle_meta(os.path.join(self.workdir, BEST_DIR))
-        self.best_return = -np.inf if best is None else float(best.get("eval_return", -np.inf))
+        self.best_return = best_return(self.workdir)
         self._last_save = time.monotonic()
 
     def _placed(self, state):
@@ -573,27 +572,23 @@ class Trainer:
         metrics_lib.log_line(self.env_step, record, LOG_KEYS)
 
     def _keep_if_best(self, mean: float, std: float) -> None:
-        """Keeps the agent of the best evaluation so far as a policy bundle in
-        ``<workdir>/best`` (``load_policy(workdir, which="best")``), replaced atomically."""
-        if not mean > self.best_return:
-            return
-        normalizer_mean, normalizer_std = self.normalizer.stats()
-        replace_bundle(
-            os.path.join(self.workdir, BEST_DIR),
-            config=self.config,
-            spec=self.spec,
-            wm_params=local_copy(self.state.wm_params),
-            actor_params=local_copy(self.state.actor_params),
-            obs_mean=normalizer_mean,
-            obs_std=normalizer_std,
-            step=self.env_step,
-            extra={
-                "eval_return": mean,
-                "eval_return_std": std,
-                "eval_episodes": int(self.config.eval_episodes),
-            },
+        """Keeps the agent of the best evaluation so far in ``<workdir>/best``."""
+
+        def bundle():
+            normalizer_mean, normalizer_std = self.normalizer.stats()
+            return dict(
+                config=self.config,
+                spec=self.spec,
+                wm_params=local_copy(self.state.wm_params),
+                actor_params=local_copy(self.state.actor_params),
+                obs_mean=normalizer_mean,
+                obs_std=normalizer_std,
+                step=self.env_step,
+            )
+
+        self.best_return = keep_if_best(
+            self.workdir, self.best_return, mean, std, self.config.eval_episodes, bundle
         )
-        self.best_return = mean
 
     def _evaluate(self) -> tuple[float, float]:
         """Mean and std of the evaluation return at the current env step; with several
