@@ -61,6 +61,7 @@ from wm_jax.sharding import make_mesh, shard_batch
 from wm_jax.shell import (
     NonFiniteError,
     RunResult,
+    SaveClock,
     StopOnSignal,
     all_finite,
     check_nonfinite,
@@ -752,7 +753,7 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
         boundaries += (s.early_late_boundary,)
     per_iteration = loop.cadence.env_repeat * c.num_envs
     last_time, last_step = time.time(), env_step
-    last_save = time.monotonic()
+    save_clock = SaveClock(c)
     signals = StopOnSignal()  # SIGTERM/SIGINT: finish the segment, save, return
     try:
         signals.__enter__()
@@ -799,11 +800,9 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
                 for i, run in enumerate(runs):
                     one = ls if num_seeds == 1 else _index(ls, i)
                     check_nonfinite(one.train, c, env_step, run.checkpointer)
-            seconds = c.get("checkpoint_seconds", 0.0)
-            timed = bool(seconds) and time.monotonic() - last_save >= seconds
-            if c.checkpoint_every and (crossed(c.checkpoint_every) or timed):
+            if c.checkpoint_every and (crossed(c.checkpoint_every) or save_clock.due()):
                 _save(runs, ls, num_seeds)
-                last_save = time.monotonic()
+                save_clock.saved()
         if c.checkpoint_every:
             if any(r.checkpointer.latest_step() != env_step for r in runs):
                 _save(runs, ls, num_seeds)

@@ -70,6 +70,7 @@ from wm_jax.safe_load import UntrustedImportError, check_env_id
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 from wm_jax.shell import (
     NonFiniteError,
+    SaveClock,
     StopOnSignal,
     all_finite,
     check_nonfinite,
@@ -492,7 +493,7 @@ class OfflineTrainer:
             self._start()
         self._write_metadata()
         self._purge_step = self.run_dir.continue_logs(self.resumed_from)
-        self._last_save = time.monotonic()
+        self._save_clock = SaveClock(c)
 
     def _check_workdir(self) -> None:
         """Refuses a workdir that holds an online run or an offline run of another dataset:
@@ -574,7 +575,7 @@ class OfflineTrainer:
             "loop": {"updates": np.asarray(self.updates, np.int64)},
         }
         self.checkpointer.save(self.updates, self.state, extras)
-        self._last_save = time.monotonic()
+        self._save_clock.saved()
 
     def _log(self, writer, history: list, elapsed: float, done: int) -> None:
         c, o = self.config, self.config.offline
@@ -608,7 +609,6 @@ class OfflineTrainer:
         if self._purge_step is not None and self.resumed_from is None:
             write_config_text(writer, c)
         self._purge_step = None  # a later run() call continues this process's own events
-        seconds = c.get("checkpoint_seconds", 0.0)
         history: list[dict[str, Any]] = []
         last_time, last_updates = time.time(), self.updates
         stop = StopOnSignal()
@@ -627,8 +627,8 @@ class OfflineTrainer:
                     now = time.time()
                     self._log(writer, history, now - last_time, self.updates - last_updates)
                     history, last_time, last_updates = [], now, self.updates
-                timed = bool(seconds) and time.monotonic() - self._last_save >= seconds
-                if o.checkpoint_every and (self.updates % o.checkpoint_every == 0 or timed):
+                by_step = o.checkpoint_every and self.updates % o.checkpoint_every == 0
+                if o.checkpoint_every and (by_step or self._save_clock.due()):
                     self.save()
             if history:  # stopped by a signal between log rows
                 self._log(writer, history, time.time() - last_time, self.updates - last_updates)

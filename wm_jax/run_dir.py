@@ -142,7 +142,7 @@ def _step_of(row: dict[str, Any], key: str) -> int:
 class RunDir:
     """One run's hold on its workdir; see the module docstring."""
 
-    def __init__(self, workdir: str, process_index: int = 0, process_count: int = 1):
+    def __init__(self, workdir: str, process_index: int = 0):
         self.path = os.path.abspath(workdir)
         self.process_index = process_index
         self.lead = process_index == 0
@@ -157,11 +157,10 @@ class RunDir:
         config,
         spec_json: dict[str, Any] | None,
         process_index: int = 0,
-        process_count: int = 1,
     ) -> RunDir:
         """Locks ``workdir`` and checks that it can resume a run of ``config`` on ``spec_json``;
         raises (releasing the lock) otherwise.  Nothing but the lock file is created."""
-        run_dir = cls(workdir, process_index, process_count)
+        run_dir = cls(workdir, process_index)
         run_dir.lock()
         try:
             run_dir.check_resume(config, spec_json)

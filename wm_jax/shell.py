@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import jax
@@ -193,6 +194,21 @@ def check_nonfinite(
 def write_config_text(writer, config) -> None:
     """The run's resolved config as a TensorBoard text panel (written once, on a fresh start)."""
     writer.write_text("config", "```json\n" + config.to_json_best_effort(indent=1) + "\n```")
+
+
+class SaveClock:
+    """The time side of the checkpoint rule shared by the loops: a save is due once
+    ``config.checkpoint_seconds`` of training passed since the last one (0: never by time)."""
+
+    def __init__(self, config):
+        self.seconds = float(config.get("checkpoint_seconds", 0.0))
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return bool(self.seconds) and time.monotonic() - self.last >= self.seconds
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
 
 
 class NoWriter:

@@ -48,6 +48,7 @@ from wm_jax.shell import (
     NonFiniteError,
     NoWriter,
     RunResult,
+    SaveClock,
     StopOnSignal,
     all_finite,
     check_nonfinite,
@@ -149,9 +150,7 @@ class Trainer:
         self.local_envs = c.num_envs // self.process_count
         # One run per workdir, and a resume checked before anything is written.
         spec_json = spec_to_json(self.spec)
-        self.run_dir = RunDir.open(
-            self.workdir, c, spec_json, self.process_index, self.process_count
-        )
+        self.run_dir = RunDir.open(self.workdir, c, spec_json, self.process_index)
         try:
             self._build(spec_json)
         except BaseException:
@@ -223,7 +222,7 @@ class Trainer:
         # from TensorBoard) so every step is logged once.
         self._purge_step = self.run_dir.continue_logs(self.resumed_from)
         self.best_return = best_return(self.workdir)
-        self._last_save = time.monotonic()
+        self._save_clock = SaveClock(self.config)
 
     def _placed(self, state):
         return state if self.mesh is None else replicate(state, self.mesh)
@@ -271,7 +270,7 @@ class Trainer:
             )
             self.process_extras.save(self.env_step, {k: extras.pop(k) for k in self._PROCESS_KEYS})
         self.checkpointer.save(self.env_step, self.state, extras)
-        self._last_save = time.monotonic()
+        self._save_clock.saved()
 
     def _save_due(self) -> bool:
         """Every ``checkpoint_every`` env steps, and (one process) once ``checkpoint_seconds``
@@ -281,13 +280,8 @@ class Trainer:
             return False
         if self.env_step % c.checkpoint_every < c.num_envs:
             return True
-        seconds = c.get("checkpoint_seconds", 0.0)
         # With several processes the decision must be the same everywhere: steps only.
-        return (
-            bool(seconds)
-            and not self.multiprocess
-            and (time.monotonic() - self._last_save >= seconds)
-        )
+        return not self.multiprocess and self._save_clock.due()
 
     def _restore(self) -> None:
         load = self._load_everywhere if self.multiprocess else self._load
