@@ -123,8 +123,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_one_run_with_identical_replicas(tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """The two-process CLI run (and the checks its processes made afterwards): (dir, outputs)."""
+    tmp_path = tmp_path_factory.mktemp("multihost")
     # One thread per process (two processes share the 2-core CI machine; deterministic CPU maths).
     env = dict(
         os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -151,6 +153,12 @@ def test_two_processes_train_one_run_with_identical_replicas(tmp_path):
                 proc.kill()
     for i, (proc, (_, stderr)) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode == 0, f"process {i}:\n{stderr[-4000:]}"
+    return tmp_path, outputs
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run_with_identical_replicas(two_process_run):
+    tmp_path, outputs = two_process_run
     # Process 0 alone prints the summary and writes the logs.
     assert "trained 96 env steps" in outputs[0][0] and "trained" not in outputs[1][0]
     results = [json.loads((tmp_path / f"result_{i}.json").read_text()) for i in range(2)]
@@ -184,3 +192,31 @@ def test_two_processes_train_one_run_with_identical_replicas(tmp_path):
             "64.npz",
             "96.npz",
         ]
+
+
+def _files(run) -> dict[str, bytes]:
+    """Every file of a workdir but the lock files (whose holder line a start-up rewrites)."""
+    return {
+        str(path.relative_to(run)): path.read_bytes()
+        for path in sorted(run.rglob("*"))
+        if path.is_file() and not path.name.startswith(".lock")
+    }
+
+
+@pytest.mark.slow
+def test_resuming_a_two_process_run_with_one_process_is_refused_naming_both_counts(
+    two_process_run,
+):
+    """The checkpoints of the two-process run name their process count: the same command
+    with one process is refused like any other resume that cannot continue the run (status
+    6, the counts named, no traceback), and no checkpoint is moved aside or changed."""
+    tmp_path, _ = two_process_run
+    run = tmp_path / "run"
+    before = _files(run)
+    cmd = [sys.executable, "-m", "wm_jax.train", f"--workdir={run}", *FLAGS]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 6, result.stderr[-3000:]  # errors.EXIT_RESUME_REFUSED
+    assert "Traceback" not in result.stderr
+    assert "written by 2 process(es), this run has 1: resume it with 2" in result.stderr
+    assert not (run / "checkpoints_corrupt").exists()
+    assert _files(run) == before

@@ -11,7 +11,9 @@ counters, saved together under ``<workdir>/checkpoints/<step>``.
   (truncated files, missing metadata, non-finite values): once an older step loads, the newer
   broken ones are moved to ``<workdir>/checkpoints_corrupt/`` so the run can save over their
   step numbers again.  If no step loads, nothing is moved and the newest step's error is raised
-  (a config that no longer matches its checkpoints must not look like corruption).
+  (a config that no longer matches its checkpoints must not look like corruption); a
+  :class:`~wm_jax.run_dir.ResumeRefusedError` from ``load`` (another process count) is raised
+  at once.
 * Loading never unpickles: orbax reads array data (tensorstore) and JSON metadata only.
 * Several processes (``jax.distributed``): every process calls ``save``/``restore`` on the same
   directory; orbax writes the replicated train state once and the ``extras`` item from
@@ -34,6 +36,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from wm_jax.run_dir import ResumeRefusedError
 from wm_jax.types import TrainState
 
 
@@ -165,6 +168,8 @@ class Checkpointer:
                 if bad:
                     raise ValueError(f"non-finite values in {bad[:3]}")
                 load(step, state, extras)
+            except ResumeRefusedError:  # this run cannot continue here at all: not a broken step
+                raise
             except Exception as err:  # any failure to read or apply a step makes it unusable
                 logging.warning(
                     "checkpoint %d in %s cannot be loaded: %s", step, self.directory, err

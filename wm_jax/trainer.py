@@ -40,7 +40,7 @@ from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import ActCarry, carry_to_arrays, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
-from wm_jax.run_dir import RunDir, tree_bytes
+from wm_jax.run_dir import ResumeRefusedError, RunDir, tree_bytes
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
 from wm_jax.shell import (
@@ -307,8 +307,8 @@ class Trainer:
 
     def _check_process_count(self, step: int, extras: dict[str, Any]) -> None:
         saved = int(extras["loop"].get("process_count", 1))
-        if saved != self.process_count:
-            raise ValueError(
+        if saved != self.process_count:  # refused like a changed config (CLI status 6)
+            raise ResumeRefusedError(
                 f"checkpoint {step} was written by {saved} process(es), this run has "
                 f"{self.process_count}: resume it with {saved} (each process's replay and envs "
                 "are its own, in checkpoints_process/)"
