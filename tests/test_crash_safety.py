@@ -178,10 +178,12 @@ def test_sigkill_mid_checkpoint_write_and_a_truncated_checkpoint_lose_nothing(
     assert_same_params(straight_params, run)
 
 
-@pytest.mark.slow
-def test_sigterm_saves_a_final_checkpoint_exits_cleanly_and_the_rerun_resumes(tmp_path):
-    workdir = tmp_path / "term"
-    # Start the CLI and terminate it once it has logged a few hundred env steps.
+def stop_with_signal_and_resume(tmp_path, signum):
+    """Starts the CLI, sends ``signum`` once it has logged a few rows, and checks the graceful
+    stop (final checkpoint at the stop step, exit 128 + signal, no traceback) and the rerun."""
+    name = signal.Signals(signum).name
+    workdir = tmp_path / name.lower()
+    # Start the CLI and signal it once it has logged a few hundred env steps.
     cmd = [sys.executable, "-m", "wm_jax.train", f"--workdir={workdir}", *TINY]
     cmd += ["--config.total_env_steps=100000", "--config.checkpoint_every=100000"]
     proc = subprocess.Popen(
@@ -191,14 +193,14 @@ def test_sigterm_saves_a_final_checkpoint_exits_cleanly_and_the_rerun_resumes(tm
     deadline = time.time() + 500
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             break
         time.sleep(0.05)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert proc.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr
-    assert "interrupted by SIGTERM at env step" in stderr
-    step = int(stderr.split("interrupted by SIGTERM at env step ")[1].split(";")[0])
+    assert f"interrupted by {name} at env step" in stderr
+    step = int(stderr.split(f"interrupted by {name} at env step ")[1].split(";")[0])
     assert (workdir / "checkpoints" / str(step)).is_dir()  # saved although not a save step
 
     # The rerun (to a reachable end) resumes from that checkpoint.
@@ -206,3 +208,88 @@ def test_sigterm_saves_a_final_checkpoint_exits_cleanly_and_the_rerun_resumes(tm
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from checkpoint at env step {step}" in result.stderr
     assert f"trained {step + 64} env steps" in result.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_final_checkpoint_exits_cleanly_and_the_rerun_resumes(tmp_path):
+    stop_with_signal_and_resume(tmp_path, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_final_checkpoint_exits_130_and_the_rerun_resumes(tmp_path):
+    """Ctrl-C (SIGINT) is handled like SIGTERM: the README's status 130."""
+    stop_with_signal_and_resume(tmp_path, signal.SIGINT)
+
+
+# The CLI where what is left of the step after a first SIGTERM/SIGINT takes minutes (as a long
+# train step, a slow env or a big replay would): the loop's handler does its work, writes argv[1]
+# (a marker file) and sleeps, still inside the loop's signal handling.
+_SLOW_STOP = textwrap.dedent(
+    """
+    import importlib, sys, time
+    from absl import app
+    import wm_jax.shell as shell
+    from wm_jax import cli as cli_lib
+    train = importlib.import_module("wm_jax.train")  # (wm_jax.train is also a function)
+
+    marker, argv = sys.argv[1], sys.argv[2:]
+    handle = shell.StopOnSignal._handle
+
+    def handle_then_work(self, signum, frame):
+        handle(self, signum, frame)
+        open(marker, "w").close()
+        time.sleep(600)
+
+    shell.StopOnSignal._handle = handle_then_work
+    app.run(train.main, argv=["wm_jax.train", *argv], flags_parser=cli_lib.parse_flags)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_during_the_graceful_stop_ends_the_run_at_once(tmp_path, signum):
+    """The first signal starts the graceful stop (finish the step, save); a second one while
+    the step is still being finished is not deferred: it ends the process at once, as the
+    signal does by default (SIGINT: KeyboardInterrupt, which Python ends by the signal itself;
+    SIGTERM: status 143), without the final checkpoint or the "interrupted by" line."""
+    workdir, marker = tmp_path / "run", tmp_path / "stopping"
+    script = tmp_path / "slow_stop.py"
+    script.write_text(_SLOW_STOP)
+    cmd = [sys.executable, str(script), str(marker), f"--workdir={workdir}", *TINY]
+    cmd += [
+        "--config.total_env_steps=100000",
+        "--config.checkpoint_every=100000",
+        "--config.checkpoint_seconds=0",  # no save by time: the first save is the final one
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        metrics = workdir / "metrics.jsonl"
+        deadline = time.time() + 500
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and metrics.read_text().count("\n") >= 2:
+                break  # training, inside the loop's signal handling
+            time.sleep(0.05)
+        proc.send_signal(signum)  # the graceful stop begins
+        while time.time() < deadline and proc.poll() is None and not marker.exists():
+            time.sleep(0.05)
+        if not marker.exists():
+            proc.kill()
+            raise AssertionError(f"no graceful stop began: {proc.communicate()[1][-3000:]}")
+        proc.send_signal(signum)  # while the step is being finished (ten minutes)
+        sent = time.time()
+        _, stderr = proc.communicate(timeout=60)
+        took = time.time() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert took < 60
+    expected = (-signal.SIGINT, 128 + signal.SIGINT) if signum == signal.SIGINT else (143,)
+    assert proc.returncode in expected, (proc.returncode, stderr[-3000:])
+    assert "interrupted by" not in stderr
+    assert not (workdir / "checkpoints").is_dir() or not [
+        n for n in os.listdir(workdir / "checkpoints") if n.isdigit()
+    ]

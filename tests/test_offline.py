@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import warnings
 
 import gymnasium
@@ -198,6 +199,92 @@ def test_imagination_only_fine_tuning_keeps_the_world_model_bit_identical(minari
     # A rerun resumes from the final checkpoint and has nothing left to do.
     again = train_offline(config, str(tmp_path / "tuned"), f"run:{source}")
     assert again.resumed_from == 10 and same(again.state, result.state)
+
+
+# One process of the stopped-and-resumed comparison: argv = out dir, mode, dataset, overrides.
+_OFFLINE_RESUME_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, "tests")
+    from conftest import small_config
+    from wm_jax.offline import train_offline
+
+    out, mode, dataset, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    config = small_config(**json.loads(overrides))
+    runs = {"first": [("straight", None), ("resumed", 10)], "second": [("resumed", None)]}
+    for name, stop_at in runs[mode]:
+        result = train_offline(config, f"{out}/{name}", dataset, stop_at=stop_at)
+        print(name, "updates", result.updates, "resumed_from", result.resumed_from, flush=True)
+        leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(result.state))
+        np.savez(f"{out}/{name}_{result.updates}.npz",
+                 **{jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves})
+    """
+)
+
+
+@pytest.mark.slow
+def test_offline_training_stopped_mid_run_and_resumed_equals_the_uninterrupted_run(
+    online_run, tmp_path
+):
+    """20 offline updates straight vs stopped at update 10 (mid-schedule, not a checkpoint step)
+    and resumed in a fresh process: the whole final train state (parameters, optimiser states,
+    counters, key) is bit-identical and so is every metrics and open-loop row but the
+    wall-clock rate (single-thread XLA flags, BUILD_NOTES "Determinism guarantee")."""
+    from test_train import DETERMINISTIC_ENV
+
+    workdir, _ = online_run
+    overrides = {
+        "model.hidden_layers": 0,
+        "imagination.horizon": 2,
+        "report": False,
+        "diagnostics.open_loop_horizon": 8,
+        "offline.updates": 20,
+        "offline.world_model_only_updates": 6,  # warmup, transition, full around the stop
+        "offline.transition_updates": 8,
+        "offline.log_every": 5,
+        "offline.checkpoint_every": 15,
+        "offline.open_loop_every": 10,
+    }
+    script = tmp_path / "offline_resume.py"
+    script.write_text(_OFFLINE_RESUME_SCRIPT)
+    outputs = []
+    for mode in ("first", "second"):
+        cmd = [sys.executable, str(script), str(tmp_path), mode, f"run:{workdir}"]
+        out = subprocess.run(
+            [*cmd, json.dumps(overrides)],
+            capture_output=True, text=True, cwd=REPO, env=DETERMINISTIC_ENV, timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        outputs.append(out.stdout)
+    assert "straight updates 20 resumed_from None" in outputs[0]
+    assert "resumed updates 10 resumed_from None" in outputs[0]
+    assert "resumed updates 20 resumed_from 10" in outputs[1]
+
+    straight = np.load(tmp_path / "straight_20.npz")
+    resumed = np.load(tmp_path / "resumed_20.npz")
+    assert sorted(straight.files) == sorted(resumed.files) and len(straight.files) > 20
+    for name in straight.files:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    stopped = np.load(tmp_path / "resumed_10.npz")
+    assert int(stopped[".wm_updates"]) == 10 and int(straight[".wm_updates"]) == 20
+
+    def rows(run, name):
+        records = [json.loads(line) for line in (tmp_path / run / name).read_text().splitlines()]
+        for record in records:
+            record.pop("updates_per_s", None)
+        return records
+
+    a, b = rows("straight", "metrics.jsonl"), rows("resumed", "metrics.jsonl")
+    assert [r["env_step"] for r in a] == [5, 10, 15, 20]
+    assert [r["phase"] for r in a] == ["warmup", "transition", "full", "full"]
+    assert "open_loop_error_step1" in a[1] and "actor_loss" in a[-1]
+    for x, y in zip(a, b, strict=True):
+        assert x == y, {
+            k: (x.get(k), y.get(k)) for k in x.keys() | y.keys() if x.get(k) != y.get(k)
+        }
+    assert rows("straight", "open_loop.jsonl") == rows("resumed", "open_loop.jsonl")
+    assert len(rows("straight", "open_loop.jsonl")) == 2
 
 
 @pytest.mark.slow

@@ -236,3 +236,49 @@ def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path)
     a, b = load_policy(straight.workdir), load_policy(resumed.workdir)
     for x, y in zip(jax.tree.leaves(a.wm_params), jax.tree.leaves(b.wm_params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_reset_on_a_loaded_rssm_policy_forgets_the_steps_it_acted_on(tmp_path):
+    """``Policy.reset()`` on a policy from ``load_policy`` clears the RSSM's acting state: after
+    acting on other observations and a reset, the same observations give the same actions and
+    states as on a freshly loaded policy (and without the reset they would not)."""
+    from wm_jax import load_policy
+
+    config = rssm_config(  # random-action collection only: a checkpoint without a train step
+        total_env_steps=16,
+        prefill_steps=10_000,
+        eval_every=0,
+        log_every=16,
+        checkpoint_every=16,
+        report=False,
+        **{"diagnostics.open_loop_every": 0},
+    )
+    trainer = Trainer(config, str(tmp_path / "run"))
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    rng = np.random.default_rng(0)
+    seen = rng.normal(size=(5, 3, 4)).astype(np.float32)  # 5 steps of 3 envs
+    others = rng.normal(size=(4, 3, 4)).astype(np.float32)
+
+    def acting(policy, observations):
+        steps = []
+        for obs in observations:
+            actions = policy.agent_actions(obs)
+            steps.append((actions, np.asarray(policy._carry.state)))
+        return steps
+
+    fresh = acting(load_policy(str(tmp_path / "run")), seen)
+    policy = load_policy(str(tmp_path / "run"))
+    acting(policy, others)
+    remembering = acting(policy, seen)  # the same observations on top of the others
+    acting(policy, others)
+    policy.reset()
+    after_reset = acting(policy, seen)
+    for (a, s), (b, t) in zip(fresh, after_reset, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(s, t)
+    # The acting state carries the past: without the reset the same observations read differently.
+    assert not np.array_equal(remembering[0][1], fresh[0][1])
