@@ -219,7 +219,7 @@ def test_sigterm_saves_a_final_checkpoint_exits_cleanly_and_the_rerun_resumes(tm
 
 
 @pytest.mark.slow
-def test_sigint_saves_a_final_checkpoint_exits_130_and_the_rerun_resumes(tmp_path):
+def test_sigint_saves_a_final_checkpoint_and_exits_130(tmp_path):
     """Ctrl-C (SIGINT) is handled like SIGTERM: the README's status 130.  (The rerun from the
     saved checkpoint is the SIGTERM test's; the same path, not repeated here.)"""
     stop_with_signal_and_resume(tmp_path, signal.SIGINT, rerun=False)
