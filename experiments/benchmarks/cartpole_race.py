@@ -248,7 +248,7 @@ def _run_wm_jax(seed: int, tmp: str) -> dict:
         sys.executable,
         "-m",
         "wm_jax.train",
-        f"--config={_WM_JAX_CONFIG.value}",
+        f"--config={os.path.abspath(_WM_JAX_CONFIG.value)}",
         f"--workdir={workdir}",
         f"--seed={seed}",
         f"--config.eval_every={_EVAL_EVERY.value}",
@@ -390,7 +390,7 @@ def main(argv):
         if agent in HYPERPARAMS:
             results[agent]["hyperparams"] = HYPERPARAMS[agent]
         else:
-            results[agent]["config"] = os.path.relpath(_WM_JAX_CONFIG.value, _ROOT)
+            results[agent]["config"] = os.path.relpath(os.path.abspath(_WM_JAX_CONFIG.value), _ROOT)
             results[agent]["overrides"] = _WM_JAX_OVERRIDES.value
             results[agent]["compilation_cache"] = _WM_JAX_CACHE.value
     print("medians over seeds (unreached counts as never):")
