@@ -94,10 +94,11 @@ def straight_params(straight_run):
 
 
 def metric_records(workdir):
-    """metrics.jsonl without the one wall-clock figure."""
+    """metrics.jsonl without the wall-clock figures (the rate and the run's wall time)."""
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     for record in records:
         record.pop("env_steps_per_s", None)
+        record.pop("wall_time_s", None)
     return records
 
 

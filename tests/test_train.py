@@ -158,6 +158,7 @@ def test_tensorboard_groups_tags_by_component_and_shows_the_config(cli_run):
         "actor/entropy",
         "actor/mean_imagined_return",
         "critic/critic_loss",
+        "train/wall_time_s",
     ):
         assert tag in scalars, sorted(scalars)
     assert not [t for t in scalars if "/" not in t]

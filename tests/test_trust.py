@@ -21,7 +21,7 @@ from test_train import REPO, run_cli
 
 from wm_jax.checkpoint import CheckpointSaveError
 from wm_jax.config import ConfigError, validate
-from wm_jax.metrics import read_metrics
+from wm_jax.metrics import MetricsWriter, read_metrics, tensorboard_tag
 from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import ResumeRefusedError, RunDir, WorkdirLockedError
 from wm_jax.trainer import Trainer
@@ -193,6 +193,35 @@ def test_after_a_lost_checkpoint_metrics_hold_each_step_once_and_damaged_lines_a
     steps = [r["env_step"] for r in rows]
     assert steps == [32, 64, 96, 128, 160, 192]
     assert all(json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())
+    # The resumed rows' wall time continues from the last row kept (env step 64).
+    walls = [r["wall_time_s"] for r in read_metrics(str(workdir))]
+    assert walls == sorted(walls) and rows[4]["wall_time_s"] >= rows[1]["wall_time_s"] > 0
+
+
+def test_every_metrics_row_gets_an_increasing_wall_time_in_the_train_group(tmp_path):
+    writer = MetricsWriter(str(tmp_path), tensorboard=False)
+    try:
+        rows = [writer.write(step, {"loss": 1.0}) for step in (1, 2, 3)]
+        rows.append(writer.write(3, {"eval_return": 5.0}))
+    finally:
+        writer.close()
+    walls = [r["wall_time_s"] for r in read_metrics(str(tmp_path))]
+    assert walls == [r["wall_time_s"] for r in rows] == sorted(walls) and walls[0] >= 0
+    assert tensorboard_tag("wall_time_s") == "train/wall_time_s"
+
+
+def test_a_resumed_writer_continues_the_wall_time_of_the_last_row_kept(tmp_path):
+    """A resume drops the rows after its checkpoint (RunDir.continue_logs) and then opens
+    the writer: its rows count on from the last row kept, not from 0."""
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"env_step": 64, "loss": 1.0, "wall_time_s": 1000.0}) + "\n")
+        f.write(json.dumps({"env_step": 64, "eval_return": 3.0}) + "\n")  # (an old row)
+    writer = MetricsWriter(str(tmp_path), tensorboard=False)
+    try:
+        row = writer.write(96, {"loss": 0.5})
+    finally:
+        writer.close()
+    assert 1000.0 <= row["wall_time_s"] == read_metrics(str(tmp_path))[-1]["wall_time_s"]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -53,7 +54,10 @@ def jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
 # section per component.  metrics.jsonl keeps the flat names the seeds use.
 _TB_GROUPS = (
     ("eval/", ("eval_",)),
-    ("train/", ("train_", "episodes", "updates", "env_steps_per_s", "updates_per_s", "phase")),
+    (
+        "train/",
+        ("train_", "episodes", "updates", "env_steps_per_s", "updates_per_s", "phase", "wall_"),
+    ),
     ("env/", ("env_",)),
     ("open_loop/", ("open_loop_",)),
     ("critic/", ("critic_",)),
@@ -70,14 +74,36 @@ def tensorboard_tag(name: str) -> str:
     return "world_model/" + name
 
 
+WALL_TIME = "wall_time_s"
+
+
+def last_wall_time(path: str) -> float:
+    """The ``wall_time_s`` of the last row of ``path`` that has one (0.0: none, as in a new
+    run or a metrics.jsonl written before the field existed)."""
+    for row in reversed(read_jsonl(path, warn=False)):
+        value = row.get(WALL_TIME)
+        if isinstance(value, int | float) and math.isfinite(value):
+            return float(value)
+    return 0.0
+
+
 class MetricsWriter:
-    """Writes metric dicts keyed by environment step to the workdir."""
+    """Writes metric dicts keyed by environment step to the workdir.
+
+    Every row gets ``wall_time_s``: the seconds of training since the run started, counted
+    from this writer's creation plus the ``wall_time_s`` of the last row already in
+    metrics.jsonl.  The loops create the writer after ``RunDir.continue_logs`` dropped the
+    rows the restored checkpoint does not hold, so a resumed run continues from the last row
+    it kept: the time lost after that row (work redone after the resume, start-up) is not
+    counted, and rows stay increasing with the steps they describe.  No checkpoint format
+    changes, and an old metrics.jsonl without the field starts the count at 0."""
 
     def __init__(self, workdir: str, tensorboard: bool = True, purge_step: int | None = None):
         """``purge_step``: TensorBoard hides events at or after it written by an earlier
         process (a resumed run continues from its checkpoint: see ``RunDir.continue_logs``)."""
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self._clock_start = time.monotonic() - last_wall_time(self.path)
         self._file = open(self.path, "a", buffering=1)
         self._tb = None
         if tensorboard:
@@ -90,6 +116,7 @@ class MetricsWriter:
     def write(self, env_step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Appends one record; returns it as written (see :func:`jsonable`)."""
         clean = jsonable(metrics)
+        clean[WALL_TIME] = round(time.monotonic() - self._clock_start, 3)
         record = {"env_step": int(env_step), **clean}
         try:
             self._file.write(json.dumps(record) + "\n")

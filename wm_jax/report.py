@@ -25,6 +25,8 @@ from wm_jax.networks.world_model import COMPONENTS
 
 # Per-module norms first (the world model's components), then the three optimisers' global norms.
 GRAD_NORMS = (*COMPONENTS, "world_model", "actor", "critic")
+# A series whose finite values all lie within this relative spread is left out as constant.
+CONSTANT_RTOL = 1e-6
 
 
 def _series(records, key):
@@ -37,6 +39,23 @@ def _series(records, key):
     return xs, ys
 
 
+def _constant(ys) -> bool:
+    """Whether a series never changes (two points at least: one point shows no change)."""
+    if len(ys) < 2:
+        return False
+    lo, hi = min(ys), max(ys)
+    return hi - lo <= CONSTANT_RTOL * max(abs(lo), abs(hi))
+
+
+def is_offline(workdir: str, records) -> bool:
+    """An offline run (:mod:`wm_jax.offline`): its workdir has ``offline.json``, and its rows'
+    ``env_step`` field counts updates (they have ``updates_per_s``, no ``env_steps_per_s``)."""
+    if os.path.exists(os.path.join(workdir, "offline.json")):
+        return True
+    rates = {k for r in records for k in ("updates_per_s", "env_steps_per_s") if k in r}
+    return rates == {"updates_per_s"}
+
+
 def _plt():
     import matplotlib
 
@@ -46,11 +65,23 @@ def _plt():
     return plt
 
 
-def _panels(plt, records, title, panels, findings=(), log_keys=()):
-    """One figure of small panels; each panel is (panel title, [metric keys]).  Panels without
-    data are dropped; returns None when nothing is left."""
-    panels = [(t, [k for k in keys if _series(records, k)[0]]) for t, keys in panels]
-    panels = [(t, keys) for t, keys in panels if keys]
+def _panels(plt, records, title, panels, findings=(), log_keys=(), unit="env step", constant=None):
+    """One figure of small panels; each panel is (panel title, [metric keys]).  Metrics without
+    data, and constant ones (added to ``constant`` as name -> value), are left out; so are the
+    panels left empty.  Returns None when nothing is left."""
+    kept = []
+    for t, keys in panels:
+        shown = []
+        for k in keys:
+            ys = _series(records, k)[1]
+            if _constant(ys):
+                if constant is not None:
+                    constant[k] = ys[0]
+            elif ys:
+                shown.append(k)
+        if shown:  # a legend names what is left of a panel of several metrics
+            kept.append((t, shown, len(keys) > 1))
+    panels = kept
     if not panels:
         return None
     cols = min(3, len(panels))
@@ -58,7 +89,7 @@ def _panels(plt, records, title, panels, findings=(), log_keys=()):
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
-    for ax, (name, keys) in zip(axes.flat, panels, strict=False):
+    for ax, (name, keys, legend) in zip(axes.flat, panels, strict=False):
         positive = True
         for key in keys:
             xs, ys = _series(records, key)
@@ -69,42 +100,62 @@ def _panels(plt, records, title, panels, findings=(), log_keys=()):
         for f in findings:
             ax.axvline(f.env_step, color="red", alpha=0.3, linestyle=":")
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("env step", fontsize=8)
+        ax.set_xlabel(unit, fontsize=8)
         ax.tick_params(labelsize=7)
-        if len(keys) > 1:
+        if legend:
             ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def _returns_figure(plt, records, findings):
+def _returns_figure(plt, records, findings, unit="env step", horizon=None):
+    """Episodic returns (evaluations, training episodes) on top; the mean imagined return, an
+    H-step λ-return of imagined rollouts on another scale, in its own panel below."""
     evals = [r for r in records if "eval_return_std" in r]
     train = [r for r in records if "eval_return_std" not in r]
     xs_t, ys_t = _series(train, "train_return")
     xs_i, ys_i = _series(train, "mean_imagined_return")
-    if not (evals or xs_t or xs_i):
+    episodic = bool(evals or xs_t)
+    if not (episodic or xs_i):
         return None
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    if evals:
-        xs, ys = _series(evals, "eval_return")
-        _, sd = _series(evals, "eval_return_std")
-        ax.plot(xs, ys, "o-", color="black", label="eval return (deterministic)")
-        if len(sd) == len(ys):
-            ax.fill_between(
-                xs,
-                [y - s for y, s in zip(ys, sd, strict=True)],
-                [y + s for y, s in zip(ys, sd, strict=True)],
-                color="black",
-                alpha=0.12,
-            )
-    if xs_t:
-        ax.plot(xs_t, ys_t, color="tab:blue", alpha=0.7, label="train return (episodes)")
+    n = int(episodic) + int(bool(xs_i))
+    fig, axes = plt.subplots(n, 1, figsize=(8, 1.2 + 2.8 * n), sharex=True, squeeze=False)
+    axes = list(axes[:, 0])
+    if episodic:
+        ax = axes[0]
+        if evals:
+            xs, ys = _series(evals, "eval_return")
+            _, sd = _series(evals, "eval_return_std")
+            ax.plot(xs, ys, "o-", color="black", label="eval return (deterministic)")
+            if len(sd) == len(ys):
+                ax.fill_between(
+                    xs,
+                    [y - s for y, s in zip(ys, sd, strict=True)],
+                    [y + s for y, s in zip(ys, sd, strict=True)],
+                    color="black",
+                    alpha=0.12,
+                )
+        if xs_t:
+            ax.plot(xs_t, ys_t, color="tab:blue", alpha=0.7, label="train return (episodes)")
+        ax.set_ylabel("episode return")
+        ax.set_title("Episode returns")
+        ax.legend(fontsize=8)
     if xs_i:
-        ax.plot(xs_i, ys_i, color="tab:orange", label="mean imagined return (λ-return)")
+        ax = axes[-1]
+        h = f"{horizon}-step" if horizon else "H-step"
+        ax.plot(xs_i, ys_i, color="tab:orange", label=f"mean imagined return ({h} λ-return)")
+        ax.set_ylabel(f"{h} λ-return")
+        ax.set_title(
+            f"Imagined return: {h} λ-return of imagined rollouts (not an episode return)",
+            fontsize=10,
+        )
+        ax.legend(fontsize=8)
+    for ax in axes:
+        for f in findings:
+            ax.axvline(f.env_step, color="red", linestyle="--", alpha=0.7)
     for i, f in enumerate(findings):  # labels stacked so findings at one step stay readable
-        ax.axvline(f.env_step, color="red", linestyle="--", alpha=0.7)
-        ax.text(
+        axes[0].text(
             f.env_step,
             0.98 - 0.45 * (i // 2 % 2),
             f.mode,
@@ -113,12 +164,9 @@ def _returns_figure(plt, records, findings):
             rotation=90,
             va="top",
             ha="right" if i % 2 == 0 else "left",
-            transform=ax.get_xaxis_transform(),
+            transform=axes[0].get_xaxis_transform(),
         )
-    ax.set_xlabel("env step")
-    ax.set_ylabel("return")
-    ax.set_title("Returns: real vs imagined")
-    ax.legend(fontsize=8)
+    axes[-1].set_xlabel(unit)
     fig.tight_layout()
     return fig
 
@@ -155,7 +203,7 @@ def _machine() -> str:
     return f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()})"
 
 
-def _open_loop_figures(plt, workdir):
+def _open_loop_figures(plt, workdir, unit="env step"):
     path = os.path.join(workdir, "open_loop.jsonl")
     if not os.path.exists(path):
         return []
@@ -168,7 +216,7 @@ def _open_loop_figures(plt, workdir):
     for c in shown:
         err, valid = c["error_by_step"], c.get("valid_by_step", [1] * len(c["error_by_step"]))
         steps = [t for t in range(len(err)) if valid[t] > 0]  # no window reaches the rest
-        ax.plot([t + 1 for t in steps], [err[t] for t in steps], label=f"env step {c['env_step']}")
+        ax.plot([t + 1 for t in steps], [err[t] for t in steps], label=f"{unit} {c['env_step']}")
     ax.set_yscale("log")
     ax.set_xlabel("open-loop step")
     ax.set_ylabel("MSE (normalised obs)")
@@ -199,7 +247,7 @@ def _open_loop_figures(plt, workdir):
                 if i == 0:
                     ax.set_title(f"obs dim {d}", fontsize=8)
         axes[0][0].legend(fontsize=6)
-        fig.suptitle(f"Predicted vs true trajectories (env step {last['env_step']})", fontsize=10)
+        fig.suptitle(f"Predicted vs true trajectories ({unit} {last['env_step']})", fontsize=10)
         fig.tight_layout()
         figs.append(("open_loop_trajectories", fig))
     return figs
@@ -233,6 +281,40 @@ def _config(workdir) -> dict[str, Any]:
     return {}
 
 
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}"
+
+
+def _wall_time_lines(records, unit: str) -> list[str]:
+    """The run's wall time (the newest row's ``wall_time_s``) and its steps per second; rows
+    written before the field existed (an old run, or the part of a run before a resume with
+    a newer wm_jax) are left out of both, and said so."""
+    timed = [
+        (r["env_step"], float(r["wall_time_s"]))
+        for r in records
+        if isinstance(r.get("wall_time_s"), int | float) and math.isfinite(r["wall_time_s"])
+    ]
+    if not timed:
+        return ["wall time: not recorded (metrics.jsonl predates wall_time_s)"]
+    step, seconds = max(timed)
+    untimed = [r["env_step"] for r in records if "wall_time_s" not in r and r["env_step"] < step]
+    since = max(untimed, default=0)
+    note = f" (from {unit} {since} on: earlier rows predate wall_time_s)" if since else ""
+    lines = [f"wall time: {_duration(seconds)} ({seconds:.1f} s of training){note}"]
+    if seconds > 0 and step > since:
+        lines.append(f"{unit}s/s: {(step - since) / seconds:.1f}")
+    return lines
+
+
+def _constant_line(constant: dict[str, float]) -> str:
+    if not constant:
+        return ""
+    names = ", ".join(f"{k} (= {v:.4g})" for k, v in sorted(constant.items()))
+    return f"Left out of the plots as constant (every value equal): {names}."
+
+
 def write_report(workdir: str, findings: list | None = None) -> str:
     """Writes ``<workdir>/report/report.html`` (+ ``report.md`` and PNGs); returns the HTML path.
     ``findings=None`` runs the detector on the run's metrics (thresholds from its config.json)."""
@@ -247,7 +329,11 @@ def write_report(workdir: str, findings: list | None = None) -> str:
             thresholds = diagnostics.Thresholds(**{k: v for k, v in group.items() if k in names})
         findings = diagnostics.detect(records, thresholds)
     train = [r for r in records if "eval_return_std" not in r]
-    figures = [("returns", _returns_figure(plt, records, findings))]
+    unit = "update" if is_offline(workdir, records) else "env step"
+    horizon = (config.get("imagination") or {}).get("horizon")
+    constant: dict[str, float] = {}  # metrics left out of the panels: never changed
+    panel_options = dict(unit=unit, constant=constant)
+    figures = [("returns", _returns_figure(plt, records, findings, unit, horizon))]
     figures.append(
         (
             "world_model_losses",
@@ -266,6 +352,7 @@ def write_report(workdir: str, findings: list | None = None) -> str:
                     ("state statistics (collapse check)", ["state_mean", "state_std"]),
                 ],
                 findings,
+                **panel_options,
                 log_keys=(
                     "dynamics_mse",
                     "dynamics_loss",
@@ -295,6 +382,7 @@ def write_report(workdir: str, findings: list | None = None) -> str:
                     ("return scale S", ["return_scale"]),
                 ],
                 findings,
+                **panel_options,
             ),
         )
     )
@@ -312,6 +400,7 @@ def write_report(workdir: str, findings: list | None = None) -> str:
                     ("optimisers (global norms)", grad_keys[n:]),
                 ],
                 findings,
+                **panel_options,
                 log_keys=tuple(grad_keys),
             ),
         )
@@ -338,10 +427,11 @@ def write_report(workdir: str, findings: list | None = None) -> str:
                     ),
                 ],
                 findings,
+                **panel_options,
             ),
         )
     )
-    figures.extend(_open_loop_figures(plt, workdir))
+    figures.extend(_open_loop_figures(plt, workdir, unit))
 
     out = os.path.join(workdir, "report")
     os.makedirs(out, exist_ok=True)
@@ -365,24 +455,33 @@ def write_report(workdir: str, findings: list | None = None) -> str:
     summary = [f"workdir: {os.path.abspath(workdir)}"]
     if config.get("env_id"):
         summary.append(f"environment: {config['env_id']}")
+    if unit == "update":
+        summary.append("offline run (trained on a fixed dataset): steps count updates")
     if records:
-        summary.append(f"env steps: {max(r['env_step'] for r in records)}")
+        summary.append(f"{unit}s: {max(r['env_step'] for r in records)}")
+    summary += _wall_time_lines(records, unit)
     if evals:
         best = max(evals, key=lambda e: e[1])
-        summary.append(f"final eval return: {evals[-1][1]:.1f} (env step {evals[-1][0]})")
-        summary.append(f"best eval return: {best[1]:.1f} (env step {best[0]})")
+        summary.append(f"final eval return: {evals[-1][1]:.1f} ({unit} {evals[-1][0]})")
+        summary.append(f"best eval return: {best[1]:.1f} ({unit} {best[0]})")
     if "seed" in config:
         summary.append(f"seed: {config['seed']}")
     summary.append(f"software: {_versions()}")
     summary.append(f"report written on: {_machine()}")
     if findings:
-        finding_lines = [str(f) for f in findings]
+        finding_lines = [
+            str(f) if unit == "env step" else str(f).replace("@ env step", f"@ {unit}", 1)
+            for f in findings
+        ]
     else:
         finding_lines = ["No failure signature detected."]
 
     md = ["# Run report", "", *[f"- {_md(s)}" for s in summary], "", "## Failure-mode detector"]
     md += ["", *[f"- {_md(line)}" for line in finding_lines]]
+    left_out = _constant_line(constant)
     md += ["", "## Plots", ""]
+    if left_out:
+        md += [_md(left_out), ""]
     md += [f"![{name}]({os.path.basename(path)})" for name, path in images]
     config_text = json.dumps(config, indent=1, sort_keys=True)
     # (JSON strings cannot end a fenced block: a line of ``` never appears in it.)
@@ -396,6 +495,8 @@ def write_report(workdir: str, findings: list | None = None) -> str:
     cls = "bad" if findings else "good"
     body += [f"<p class='{cls}'>{html.escape(line)}</p>" for line in finding_lines]
     body.append("<h2>Plots</h2>")
+    if left_out:
+        body.append(f"<p>{html.escape(left_out)}</p>")
     for name, path in images:
         with open(path, "rb") as f:
             data = base64.b64encode(f.read()).decode("ascii")
