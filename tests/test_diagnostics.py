@@ -147,3 +147,58 @@ def test_a_sudden_jump_of_the_reconstruction_error_is_a_world_model_spike():
     # The usual early fall and noise are not spikes.
     noisy = stream(dynamics_mse=lambda i: (1.0 / (1 + i)) * (1.6 if i % 2 else 1.0))
     assert "world_model_loss_spike" not in {f.mode for f in detect(noisy)}
+
+
+def acrobot_like(value, spread, real):
+    """Reward -1 every imagined step, the critic's values ``value(i) ± spread(i)`` and the
+    eval return ``real(i)`` (γ = 0.99: the discount limit is -100)."""
+    records = stream(
+        imagined_reward_mean=lambda i: -1.0,
+        critic_value_mean=value,
+        critic_value_std=spread,
+        mean_imagined_return=lambda i: -14.0,
+    )
+    for r in records:
+        if "eval_return_std" in r:
+            r["eval_return"] = real(r["env_step"] // 1000 - 1)
+    return records
+
+
+def test_a_critic_stuck_at_the_discount_limit_with_no_real_progress_is_pinned():
+    # The Acrobot run of issue 19: every value at -1/(1-γ), the real return stuck at -500.
+    records = acrobot_like(lambda i: -99.0, lambda i: 0.5, lambda i: -500.0)
+    (finding,) = [f for f in detect(records) if f.mode == "critic_pinned"]
+    assert finding.env_step == 6000  # the fourth pinned critic row (critic rows from 3000)
+    assert "-100" in finding.message and "final_real_mix" in finding.remedy
+    # The run's own γ sets the limit: at γ = 0.999 (limit -1000) -99 is not pinned.
+    assert "critic_pinned" not in modes(records, Thresholds(gamma=0.999))
+    config = ml_collections.ConfigDict({"imagination": {"gamma": 0.999}})
+    assert Thresholds.from_config(config).gamma == 0.999
+    assert "gamma" not in default_config_group()
+
+
+@pytest.mark.parametrize(
+    "value, spread, real",
+    [
+        (lambda i: -60.0, lambda i: 0.5, lambda i: -500.0),  # values below the limit
+        (lambda i: -99.0, lambda i: 20.0, lambda i: -500.0),  # states told apart
+        (lambda i: -99.0, lambda i: 0.5, lambda i: -500.0 + 80 * i),  # the policy improves
+        (lambda i: -99.0 if i in (4, 5) else -50.0, lambda i: 0.5, lambda i: -500.0),  # brief
+    ],
+    ids=["below_limit", "values_spread", "real_return_rising", "brief"],
+)
+def test_a_critic_near_the_limit_that_still_discriminates_or_a_learning_run_is_not_pinned(
+    value, spread, real
+):
+    assert "critic_pinned" not in modes(acrobot_like(value, spread, real))
+
+
+def test_entropy_collapse_is_seen_from_the_early_entropy_not_only_the_first_row():
+    # Acrobot (3 actions) in issue 19: entropy 0.93 -> 0.099 with the return back at -500; the
+    # first row's entropy was already below its early peak.  Seen while it is still low.
+    records = stream(entropy=lambda i: {2: 0.6, 3: 0.93}.get(i, 0.099))
+    for r in records:
+        if "eval_return_std" in r:
+            r["eval_return"] = -500.0
+    (finding,) = [f for f in detect(records) if f.mode == "entropy_collapse"]
+    assert finding.env_step <= 10000 and "0.93" in finding.message

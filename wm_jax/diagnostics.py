@@ -46,6 +46,13 @@ Two more signatures came from runs that swung (issue 19):
    data, a learning-rate or clipping problem).  Remedy: lower ``world_model.lr``, clip its
    gradients, check the replay for rare transitions.
 
+8. ``critic_pinned`` — for ``pinned_rows`` log rows in a row the critic's mean value sits at
+   ``pinned_fraction`` or more of the discount limit ±|r̄|/(1−γ) (r̄ the imagined reward mean,
+   γ the run's ``imagination.gamma``) with a spread under ``pinned_std_fraction`` of it, while the
+   real return has not risen by ``pinned_min_real_rise`` (relative): every state looks the same
+   (an Acrobot critic at −1/(1−γ) believes no policy ever reaches the goal), so the actor gets no
+   advantage signal.  Remedy: real-data critic targets, a slower critic, more exploration.
+
 Thresholds are config values (``config.diagnostics``).  The detector is a pure function of the
 records; :class:`Detector` wraps it for the training loop and logs new findings as warnings.
 """
@@ -68,6 +75,7 @@ MODES = (
     "entropy_collapse",
     "gradient_takeover",
     "world_model_loss_spike",
+    "critic_pinned",
 )
 
 REMEDIES = {
@@ -101,6 +109,11 @@ REMEDIES = {
         "lower world_model.lr, clip its gradients (world_model.grad_clip), and look for rare "
         "transitions (terminations, reward bursts) the model meets for the first time."
     ),
+    "critic_pinned": (
+        "anchor the critic on real returns (schedule.final_real_mix > 0), slow it down "
+        "(critic.lr, critic.target_update_rate), keep the policy exploring (actor.entropy_coef, "
+        "actor.unimix) so that some imagined futures differ."
+    ),
 }
 
 LOSS_KEYS = (
@@ -127,7 +140,8 @@ class Thresholds:
     critic_min_explained_variance: float = 0.0
     critic_loss_growth: float = 10.0
     critic_severe_explained_variance: float = -8.0  # this bad needs no loss growth
-    entropy_min_fraction: float = 0.1
+    # Of the larger of the first logged entropy and the largest in the first window rows.
+    entropy_min_fraction: float = 0.25
     entropy_max_drop: float = 3.0  # nats, for continuous (possibly negative) entropies
     entropy_patience: int = 4  # log rows the collapse must last with no real improvement
     entropy_min_real_rise: float = 0.5  # real return up by half = "not premature"
@@ -135,18 +149,30 @@ class Thresholds:
     takeover_rows: int = 3  # log rows in a row
     spike_factor: float = 5.0  # reconstruction error vs the median of the rows before
     spike_min_rows: int = 4  # world-model rows before spikes are judged
+    pinned_fraction: float = 0.9  # |critic_value_mean| vs the discount limit |r̄|/(1-γ)
+    pinned_std_fraction: float = 0.05  # critic_value_std vs |critic_value_mean|
+    pinned_rows: int = 4  # log rows in a row
+    pinned_min_real_rise: float = 0.5  # real return up by half = the critic is not the problem
+    # The run's imagination.gamma, filled in by from_config (not a diagnostics setting).
+    gamma: float = 0.99
 
     @classmethod
     def from_config(cls, config) -> Thresholds:
+        """From a run's config (a ConfigDict or its JSON dict): ``diagnostics`` and the
+        discount ``imagination.gamma``."""
         group = config.get("diagnostics") if config is not None else None
-        if group is None:
-            return cls()
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: group[k] for k in group.keys() if k in names})
+        names = {f.name for f in dataclasses.fields(cls)} - {"gamma"}
+        kwargs = {} if group is None else {k: group[k] for k in group.keys() if k in names}
+        imagination = config.get("imagination") if config is not None else None
+        if imagination is not None and imagination.get("gamma") is not None:
+            kwargs["gamma"] = float(imagination["gamma"])
+        return cls(**kwargs)
 
 
 def default_config_group() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dataclasses.asdict(Thresholds()))
+    fields = dataclasses.asdict(Thresholds())
+    del fields["gamma"]  # the run's imagination.gamma
+    return ml_collections.ConfigDict(fields)
 
 
 @dataclasses.dataclass
@@ -350,7 +376,8 @@ def _entropy(rows, records, t: Thresholds) -> Finding | None:
     real_steps, real = _real_returns(records)
     if len(ent) < t.window + t.entropy_patience or len(real) < 1:
         return None
-    ent0 = ent[0]
+    # The first window's largest value: a policy may already be sharpening at the first log row.
+    ent0 = max(ent[0], max(ent[: t.window]))
     # Discrete entropies are >= 0: compare fractions.  A tanh-squashed continuous policy's
     # single-sample estimate can go far below 0 in a healthy run: compare the drop in nats.
     continuous = ent0 <= 0 or min(ent) < 0
@@ -379,6 +406,43 @@ def _entropy(rows, records, t: Thresholds) -> Finding | None:
     return None
 
 
+def _critic_pinned(rows, records, t: Thresholds) -> Finding | None:
+    real_steps, real = _real_returns(records)
+    if not real or not rows or t.gamma >= 1.0:
+        return None
+    first = rows[0]["env_step"]
+    real_before = [v for s, v in zip(real_steps, real, strict=True) if s <= first]
+    real0 = real_before[-1] if real_before else real[0]
+    streak = 0
+    for r in rows:
+        value, spread = r.get("critic_value_mean"), r.get("critic_value_std")
+        reward = r.get("imagined_reward_mean")
+        if not (_finite(value) and _finite(spread) and _finite(reward)):
+            continue
+        limit = abs(reward) / (1.0 - t.gamma)
+        pinned = (
+            limit > 0
+            and abs(value) >= t.pinned_fraction * limit
+            and spread <= t.pinned_std_fraction * abs(value)
+        )
+        streak = streak + 1 if pinned else 0
+        recent = [v for s, v in zip(real_steps, real, strict=True) if s <= r["env_step"]][-2:]
+        if streak < t.pinned_rows or not recent:
+            continue
+        real_now = float(np.median(recent))
+        if _rel_rise(real0, real_now) < t.pinned_min_real_rise:
+            sign = "-" if value < 0 else "+"
+            return Finding(
+                "critic_pinned",
+                r["env_step"],
+                f"critic values {value:.3g} ± {spread:.3g} sit at the discount limit "
+                f"{sign}{limit:.3g} = {sign}|r̄|/(1-γ) for {streak} log rows while the real return "
+                f"went {real0:.3g} -> {real_now:.3g}: every state looks the same to the critic.",
+                REMEDIES["critic_pinned"],
+            )
+    return None
+
+
 def detect(records: list[dict[str, Any]], thresholds: Thresholds | None = None) -> list[Finding]:
     """All failure signatures in ``records`` (``metrics.jsonl`` rows), at most one per mode, each
     at the first env step it is seen.  Missing metrics and ``None`` values are tolerated."""
@@ -395,6 +459,7 @@ def detect(records: list[dict[str, Any]], thresholds: Thresholds | None = None) 
         _entropy(actor_rows, records, t),
         _takeover(rows, t),
         _spike(rows, t),
+        _critic_pinned(critic_rows, records, t),
     ]
     return sorted((f for f in found if f is not None), key=lambda f: f.env_step)
 

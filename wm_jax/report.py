@@ -322,12 +322,7 @@ def write_report(workdir: str, findings: list | None = None) -> str:
     records = read_metrics(workdir)
     config = _config(workdir)
     if findings is None:
-        thresholds = diagnostics.Thresholds()
-        group = config.get("diagnostics")
-        if isinstance(group, dict):
-            names = {f.name for f in __import__("dataclasses").fields(thresholds)}
-            thresholds = diagnostics.Thresholds(**{k: v for k, v in group.items() if k in names})
-        findings = diagnostics.detect(records, thresholds)
+        findings = diagnostics.detect(records, diagnostics.Thresholds.from_config(config or None))
     train = [r for r in records if "eval_return_std" not in r]
     unit = "update" if is_offline(workdir, records) else "env step"
     horizon = (config.get("imagination") or {}).get("horizon")
