@@ -59,9 +59,9 @@ from wm_jax.run_dir import RunDir
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import make_mesh, shard_batch
 from wm_jax.shell import (
+    Clock,
     NonFiniteError,
     RunResult,
-    SaveClock,
     StopOnSignal,
     all_finite,
     check_nonfinite,
@@ -623,12 +623,6 @@ def _index(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def _next_stop(env_step: int, end: int, every: tuple[int, ...], boundaries: tuple[int, ...]) -> int:
-    stops = [end] + [b for b in boundaries if b > env_step]
-    stops += [(env_step // e + 1) * e for e in every if e]
-    return min(stops)
-
-
 def train_device(config, workdir: str, stop_at: int | None = None) -> list:
     """Runs the on-device loop for ``config`` (``config.num_seeds`` seeds at once) and returns
     the per-seed :class:`wm_jax.trainer.RunResult` list.  Resumes from checkpoints."""
@@ -753,14 +747,12 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
         boundaries += (s.early_late_boundary,)
     per_iteration = loop.cadence.env_repeat * c.num_envs
     last_time, last_step = time.time(), env_step
-    save_clock = SaveClock(c)
+    clock = Clock.online(c)
     signals = StopOnSignal()  # SIGTERM/SIGINT: finish the segment, save, return
     try:
         signals.__enter__()
         while env_step < end and signals.signum is None:
-            stop = _next_stop(
-                env_step, end, (c.log_every, c.eval_every, c.checkpoint_every), boundaries
-            )
+            stop = clock.next_stop(env_step, end, boundaries)
             iterations = max(1, -(-(stop - env_step) // per_iteration))
             prefill = env_step < loop.train_start
             counts = None if prefill else update_counts(env_step, s)
@@ -769,9 +761,9 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
             ls, summary = fn(ls)
             summary = jax.device_get(summary)
             env_step = previous + iterations * per_iteration
-            crossed = lambda every: every and env_step // every > previous // every  # noqa: E731
+            log = clock.log(previous, env_step)
             evals = None
-            if crossed(c.eval_every):
+            if clock.evaluate(previous, env_step):
                 evals = loop.evaluate(ls, c.seed + 100_000 + env_step, num_seeds)
                 evals = evals.reshape(num_seeds, -1)
             now = time.time()
@@ -785,24 +777,24 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
                     row["eval_return_stderr"] = std / np.sqrt(max(evals.shape[1], 1))
                     run.detector.update(run.writer.write(env_step, row))
                     _keep_if_best(run, one, loop, c, env_step, mean, std, evals.shape[1])
-                if crossed(c.log_every):
+                if log:
                     record = _record(seed_summary, one, env_step, c, now - last_time, last_step)
-                    if crossed(c.diagnostics.open_loop_every) and env_step > loop.train_start:
+                    if clock.open_loop(env_step) and env_step > loop.train_start:
                         record.update(loop.open_loop_check(one, run.seed, run.workdir) or {})
                     run.detector.update(run.writer.write(env_step, record))
                     if i == 0:
                         if run.eval_returns and run.eval_returns[-1][0] > last_step:
                             record["eval_return"] = run.eval_returns[-1][1]  # new ones only
                         metrics_lib.log_line(env_step, record, _LOG_KEYS)
-            if crossed(c.log_every):
+            if log:
                 last_time, last_step = now, env_step
             if not prefill:  # the host loop's rule: max_nonfinite_updates skips in a row stop
                 for i, run in enumerate(runs):
                     one = ls if num_seeds == 1 else _index(ls, i)
                     check_nonfinite(one.train, c, env_step, run.checkpointer)
-            if c.checkpoint_every and (crossed(c.checkpoint_every) or save_clock.due()):
+            if clock.checkpoint(previous, env_step):
                 _save(runs, ls, num_seeds)
-                save_clock.saved()
+                clock.saved()
         if c.checkpoint_every:
             if any(r.checkpointer.latest_step() != env_step for r in runs):
                 _save(runs, ls, num_seeds)

@@ -69,8 +69,8 @@ from wm_jax.run_dir import RunDir, atomic_write
 from wm_jax.safe_load import UntrustedImportError, check_env_id
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 from wm_jax.shell import (
+    Clock,
     NonFiniteError,
-    SaveClock,
     StopOnSignal,
     all_finite,
     check_nonfinite,
@@ -493,7 +493,7 @@ class OfflineTrainer:
             self._start()
         self._write_metadata()
         self._purge_step = self.run_dir.continue_logs(self.resumed_from)
-        self._save_clock = SaveClock(c)
+        self.clock = Clock.offline(c)
 
     def _check_workdir(self) -> None:
         """Refuses a workdir that holds an online run or an offline run of another dataset:
@@ -575,15 +575,15 @@ class OfflineTrainer:
             "loop": {"updates": np.asarray(self.updates, np.int64)},
         }
         self.checkpointer.save(self.updates, self.state, extras)
-        self._save_clock.saved()
+        self.clock.saved()
 
     def _log(self, writer, history: list, elapsed: float, done: int) -> None:
-        c, o = self.config, self.config.offline
+        c = self.config
         record: dict[str, Any] = metrics_lib.aggregate(history)
         record["updates_per_s"] = done / max(elapsed, 1e-9)
         record["updates"] = self.updates
         record["phase"] = phase(self.updates, self.schedule)
-        if o.open_loop_every and self.updates % o.open_loop_every < max(o.log_every, 1):
+        if self.clock.open_loop(self.updates):
             record.update(
                 open_loop_check(
                     self.open_loop_fn,
@@ -622,13 +622,13 @@ class OfflineTrainer:
                 self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
                 self.updates += 1
                 history.append(metrics)
-                if (o.log_every and self.updates % o.log_every == 0) or self.updates == end:
+                before = self.updates - 1
+                if self.clock.log(before, self.updates) or self.updates == end:
                     check_nonfinite(self.state, c, self.updates, self.checkpointer, "update")
                     now = time.time()
                     self._log(writer, history, now - last_time, self.updates - last_updates)
                     history, last_time, last_updates = [], now, self.updates
-                by_step = o.checkpoint_every and self.updates % o.checkpoint_every == 0
-                if o.checkpoint_every and (by_step or self._save_clock.due()):
+                if self.clock.checkpoint(before, self.updates):
                     self.save()
             if history:  # stopped by a signal between log rows
                 self._log(writer, history, time.time() - last_time, self.updates - last_updates)

@@ -197,11 +197,11 @@ def write_config_text(writer, config) -> None:
 
 
 class SaveClock:
-    """The time side of the checkpoint rule shared by the loops: a save is due once
-    ``config.checkpoint_seconds`` of training passed since the last one (0: never by time)."""
+    """The time side of the checkpoint rule: a save is due once ``checkpoint_seconds`` of
+    training passed since the last one (0: never by time)."""
 
-    def __init__(self, config):
-        self.seconds = float(config.get("checkpoint_seconds", 0.0))
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
         self.last = time.monotonic()
 
     def due(self) -> bool:
@@ -209,6 +209,85 @@ class SaveClock:
 
     def saved(self) -> None:
         self.last = time.monotonic()
+
+
+def crossed(every: int, before: int, after: int) -> bool:
+    """Whether a counter moving from ``before`` to ``after`` passed a multiple of ``every``
+    (``every`` = 0: never)."""
+    return bool(every) and after // every > before // every
+
+
+class Clock:
+    """The one clock of the host, device and offline loops: a log row, an evaluation, an
+    open-loop check or a checkpoint is due when the loop's counter (env steps online, updates
+    offline) passes a multiple of its interval; a checkpoint also once ``checkpoint_seconds``
+    of training passed since the last save.  Stateless but for that time, so a resumed run keeps
+    the uninterrupted run's schedule."""
+
+    def __init__(
+        self,
+        log_every: int,
+        eval_every: int = 0,
+        checkpoint_every: int = 0,
+        open_loop_every: int = 0,
+        checkpoint_seconds: float = 0.0,
+    ):
+        self.log_every, self.eval_every = int(log_every), int(eval_every)
+        self.checkpoint_every, self.open_loop_every = int(checkpoint_every), int(open_loop_every)
+        self._clock = SaveClock(checkpoint_seconds)
+
+    @classmethod
+    def online(cls, config) -> Clock:
+        """Intervals in env steps (the host and device loops)."""
+        return cls(
+            config.log_every,
+            config.eval_every,
+            config.checkpoint_every,
+            config.diagnostics.open_loop_every,
+            config.get("checkpoint_seconds", 0.0),
+        )
+
+    @classmethod
+    def offline(cls, config) -> Clock:
+        """Intervals in updates (``config.offline``; no evaluation while training)."""
+        o = config.offline
+        return cls(
+            o.log_every,
+            0,
+            o.checkpoint_every,
+            o.open_loop_every,
+            config.get("checkpoint_seconds", 0.0),
+        )
+
+    def log(self, before: int, after: int) -> bool:
+        return crossed(self.log_every, before, after)
+
+    def evaluate(self, before: int, after: int) -> bool:
+        return crossed(self.eval_every, before, after)
+
+    def open_loop(self, after: int) -> bool:
+        """At a log row: whether its window (the ``log_every`` before ``after``) passed a
+        multiple of ``open_loop_every``."""
+        return crossed(self.open_loop_every, after - max(self.log_every, 1), after)
+
+    def checkpoint(self, before: int, after: int, by_time: bool = True) -> bool:
+        """By the counter, or (``by_time``) by the clock.  A multi-process run passes
+        ``by_time=False``: every process must take the same decision."""
+        if not self.checkpoint_every:
+            return False
+        return crossed(self.checkpoint_every, before, after) or (by_time and self._clock.due())
+
+    def saved(self) -> None:
+        """A checkpoint was written: the time side restarts."""
+        self._clock.saved()
+
+    def next_stop(self, counter: int, end: int, boundaries: tuple[int, ...] = ()) -> int:
+        """The next counter value at which something is due (or a boundary, or ``end``): where
+        a loop that runs many steps per call must stop."""
+        stops = [end] + [b for b in boundaries if b > counter]
+        every = (self.log_every, self.eval_every, self.checkpoint_every)
+        stops += [(counter // e + 1) * e for e in every if e]
+        return min(stops)
 
 
 class NoWriter:

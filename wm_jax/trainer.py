@@ -44,11 +44,11 @@ from wm_jax.run_dir import ResumeRefusedError, RunDir, tree_bytes
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
 from wm_jax.shell import (
+    Clock,
     NoBar,
     NonFiniteError,
     NoWriter,
     RunResult,
-    SaveClock,
     StopOnSignal,
     all_finite,
     check_nonfinite,
@@ -222,7 +222,7 @@ class Trainer:
         # from TensorBoard) so every step is logged once.
         self._purge_step = self.run_dir.continue_logs(self.resumed_from)
         self.best_return = best_return(self.workdir)
-        self._save_clock = SaveClock(self.config)
+        self.clock = Clock.online(self.config)
 
     def _placed(self, state):
         return state if self.mesh is None else replicate(state, self.mesh)
@@ -270,18 +270,14 @@ class Trainer:
             )
             self.process_extras.save(self.env_step, {k: extras.pop(k) for k in self._PROCESS_KEYS})
         self.checkpointer.save(self.env_step, self.state, extras)
-        self._save_clock.saved()
+        self.clock.saved()
 
     def _save_due(self) -> bool:
         """Every ``checkpoint_every`` env steps, and (one process) once ``checkpoint_seconds``
-        passed since the last save: a crash loses at most about that much time."""
-        c = self.config
-        if not c.checkpoint_every:
-            return False
-        if self.env_step % c.checkpoint_every < c.num_envs:
-            return True
-        # With several processes the decision must be the same everywhere: steps only.
-        return not self.multiprocess and self._save_clock.due()
+        passed since the last save: a crash loses at most about that much time.  With several
+        processes the decision must be the same everywhere: steps only."""
+        before = self.env_step - self.config.num_envs
+        return self.clock.checkpoint(before, self.env_step, by_time=not self.multiprocess)
 
     def _restore(self) -> None:
         load = self._load_everywhere if self.multiprocess else self._load
@@ -481,7 +477,8 @@ class Trainer:
                         self.update_budget -= 1.0
                     if trained:
                         self._check_nonfinite()
-                if c.eval_every and self.env_step % c.eval_every < c.num_envs:
+                before = self.env_step - c.num_envs
+                if self.clock.evaluate(before, self.env_step):
                     try:
                         mean, std = self._evaluate()
                     except EvaluationStopped:  # a signal: abandon it, save and stop
@@ -495,7 +492,7 @@ class Trainer:
                         self.detector.update(writer.write(self.env_step, row))
                         self._keep_if_best(mean, std)
                     bar.set_postfix(eval_return=f"{mean:.1f}")
-                if c.log_every and self.env_step % c.log_every < c.num_envs:
+                if self.clock.log(before, self.env_step):
                     now = time.time()
                     if self.lead:  # process 0 alone logs
                         rate = (self.env_step - last_step) / max(now - last_time, 1e-9)
@@ -557,8 +554,7 @@ class Trainer:
         # The console line shows an evaluation once, in the log row after it (not stale copies).
         if self.eval_returns and self.eval_returns[-1][0] > self.env_step - c.log_every:
             record["eval_return"] = self.eval_returns[-1][1]
-        every = c.diagnostics.open_loop_every
-        if every and self.env_step % every < c.log_every and self.updates:
+        if self.clock.open_loop(self.env_step) and self.updates:
             record.update(self.open_loop_check() or {})
         self.detector.update(
             writer.write(self.env_step, {k: v for k, v in record.items() if k != "eval_return"})
