@@ -127,3 +127,13 @@ def test_the_citation_check_catches_a_missing_test():
     assert cited_tests("see `tests/test_api.py::test_nope[x]`") == [
         ("tests/test_api.py", "test_nope")
     ]
+
+
+def test_docs_reading_a_run_explains_every_failure_signature():
+    from wm_jax.diagnostics import MODES
+
+    path = os.path.join(os.path.dirname(PACKAGE), "docs", "reading_a_run.md")
+    with open(path) as f:
+        text = f.read()
+    missing = [mode for mode in MODES if f"| `{mode}` |" not in text]
+    assert not missing, f"docs/reading_a_run.md has no row for {missing}"
