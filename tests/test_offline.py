@@ -154,7 +154,11 @@ def test_offline_training_lowers_the_world_model_loss_and_trains_actor_and_criti
     assert "open_loop_error_step1" in records[2]
     checkpoints = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
     assert checkpoints == [30, 60]
-    assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir / "tensorboard"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()  # each open-loop check's trajectories as an image, at its update
+    assert [e.step for e in events.Images("open_loop/trajectories")] == [30, 60]
 
 
 @pytest.mark.slow

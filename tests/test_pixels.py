@@ -302,3 +302,10 @@ def test_catch_from_pixels_trains_from_the_cli_with_video_in_the_report(tmp_path
     assert "![open_loop_video_step_320](open_loop_video_step_320.png)" in report
     assert (workdir / "report" / "open_loop_video_step_320.png").exists()
     assert "alt='open_loop_video_step_320'" in (workdir / "report" / "report.html").read_text()
+    # TensorBoard's Images tab has the strip of each check (env steps 160, 320) at its step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Images("open_loop/strip")] == [160, 320]
+    assert events.Images("open_loop/strip")[-1].width == strip.size[0]

@@ -143,7 +143,7 @@ def test_cli_names_a_mistyped_config_field_in_one_line_with_the_closest_name(tmp
 
 
 @pytest.mark.slow
-def test_tensorboard_groups_tags_by_component_and_shows_the_config(cli_run):
+def test_tensorboard_groups_tags_by_component_and_shows_the_config_and_images(cli_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     workdir, _ = cli_run
@@ -163,6 +163,12 @@ def test_tensorboard_groups_tags_by_component_and_shows_the_config(cli_run):
         assert tag in scalars, sorted(scalars)
     assert not [t for t in scalars if "/" not in t]
     assert any("config" in t for t in events.Tags()["tensors"])
+    # Each open-loop check (env steps 128, 256) as an image: CartPole's observations are
+    # vectors, so the report's predicted-vs-true trajectories (an image env writes its strip).
+    assert "open_loop/trajectories" in events.Tags()["images"], events.Tags()["images"]
+    images = events.Images("open_loop/trajectories")
+    assert [e.step for e in images] == [128, 256]
+    assert all(e.width > 100 and e.height > 100 for e in images)
 
 
 def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):

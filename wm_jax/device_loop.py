@@ -503,10 +503,13 @@ class DeviceLoop:
         (_, _, _, total, _), _ = jax.lax.scan(step, init, keys)
         return total
 
-    def open_loop_check(self, ls: LoopState, seed: int, workdir: str) -> dict[str, Any] | None:
+    def open_loop_check(
+        self, ls: LoopState, seed: int, workdir: str, writer=None
+    ) -> dict[str, Any] | None:
         """The host loop's open-loop check (:func:`wm_jax.trainer.open_loop_check`) for one
         run's ``ls`` (not vmapped): windows from its device replay, ``open_loop.jsonl`` and, for
-        images, the PNG strip in ``workdir``; None while the ring holds no full window."""
+        images, the PNG strip in ``workdir``; ``writer`` gets its TensorBoard image.  None
+        while the ring holds no full window."""
         c = self.config
         d = c.diagnostics
         step = int(ls.env_step)
@@ -518,7 +521,7 @@ class DeviceLoop:
         batch = prepare_batch(windows, mean, std, c.reward_scale)
         out = jax.device_get(self._open_loop_fn(ls.train.wm_params, batch))
         windows, mean, std = jax.device_get((windows, mean, std))
-        return record_open_loop(out, windows, mean, std, step, workdir)
+        return record_open_loop(out, windows, mean, std, step, workdir, writer)
 
     def evaluate(self, ls: LoopState, seed: int, num_seeds: int) -> np.ndarray:
         """Returns ``[num_seeds, eval_episodes]`` (or ``[eval_episodes]`` for one seed)."""
@@ -780,7 +783,8 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
                 if log:
                     record = _record(seed_summary, one, env_step, c, now - last_time, last_step)
                     if clock.open_loop(env_step) and env_step > loop.train_start:
-                        record.update(loop.open_loop_check(one, run.seed, run.workdir) or {})
+                        check = loop.open_loop_check(one, run.seed, run.workdir, run.writer)
+                        record.update(check or {})
                     run.detector.update(run.writer.write(env_step, record))
                     if i == 0:
                         if run.eval_returns and run.eval_returns[-1][0] > last_step:

@@ -9,6 +9,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -146,6 +147,23 @@ class MetricsWriter:
         """A markdown text panel in TensorBoard (the run's config, ...)."""
         if self._tb is not None:
             self._tb.add_text(tag, text, step)
+
+    def write_image(
+        self, tag: str, image: np.ndarray | Callable[[], np.ndarray], step: int
+    ) -> None:
+        """An image panel in TensorBoard only (metrics.jsonl stays scalars).  ``tag`` is
+        namespaced like the scalars' (``open_loop/strip``); ``image`` is ``[H, W, 3]`` uint8
+        (1 or 4 channels also work), or a function returning one, called only when this writer
+        writes TensorBoard events, so a figure is never rendered for nothing."""
+        if "/" not in tag:
+            raise ValueError(f"write_image: tag {tag!r} has no group (e.g. 'open_loop/strip')")
+        if self._tb is None:
+            return
+        self._check_tensorboard()
+        array = np.asarray(image() if callable(image) else image)
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"write_image: want [H, W, 3] uint8, got {array.dtype} {array.shape}")
+        self._tb.add_image(tag, array, int(step), dataformats="HWC")
 
     def close(self) -> None:
         """Closes both streams; an error flushing them (a full disk) is only logged: the run

@@ -593,6 +593,7 @@ class OfflineTrainer:
                     c,
                     self.updates,
                     self.workdir,
+                    writer,
                 )
                 or {}
             )

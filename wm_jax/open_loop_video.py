@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-__all__ = ["display_frames", "strip_image", "to_rgb", "write_strip"]
+__all__ = ["display_frames", "render_strip", "save_strip", "strip_image", "to_rgb", "write_strip"]
 
 # matplotlib's tab10, one colour per channel for boards that are not grey or RGB.
 _PALETTE = np.array(
@@ -138,6 +138,28 @@ def strip_image(
     return np.asarray(image)
 
 
+def render_strip(
+    true_obs: np.ndarray, pred_obs: np.ndarray, mask: np.ndarray, obs_dtype, mean=None, std=None
+) -> np.ndarray:
+    """The strip of raw observations as a uint8 RGB array (see :func:`write_strip`)."""
+    true, pred = display_frames(true_obs, pred_obs, obs_dtype, mean, std)
+    return strip_image(true, pred, mask)
+
+
+def save_strip(workdir: str, step: int, image: np.ndarray) -> str:
+    """Writes ``image`` as ``<workdir>/open_loop/step_<step>.png``; returns the path relative
+    to ``workdir``."""
+    from PIL import Image
+
+    relative = os.path.join("open_loop", f"step_{int(step)}.png")
+    path = os.path.join(workdir, relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)  # a reader (the report) never sees half a PNG
+    return relative
+
+
 def write_strip(
     workdir: str,
     step: int,
@@ -158,13 +180,5 @@ def write_strip(
         obs_dtype: The observations' dtype (uint8 images, or float).
         mean, std: The observation normaliser's statistics (float observations only).
     """
-    from PIL import Image
-
-    true, pred = display_frames(true_obs, pred_obs, obs_dtype, mean, std)
-    relative = os.path.join("open_loop", f"step_{int(step)}.png")
-    path = os.path.join(workdir, relative)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    Image.fromarray(strip_image(true, pred, mask)).save(tmp, format="PNG")
-    os.replace(tmp, path)  # a reader (the report) never sees half a PNG
-    return relative
+    image = render_strip(true_obs, pred_obs, mask, obs_dtype, mean, std)
+    return save_strip(workdir, step, image)

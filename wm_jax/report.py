@@ -17,6 +17,7 @@ import os
 import shutil
 from typing import Any
 
+import numpy as np
 from absl import app, flags
 
 from wm_jax import diagnostics
@@ -226,31 +227,60 @@ def _open_loop_figures(plt, workdir, unit="env step"):
     figs.append(("open_loop_error", fig))
     last = checks[-1]
     if "true" in last and "pred" in last:
-        true, pred = last["true"], last["pred"]
-        dims = min(4, len(true[0][0]))
-        n = min(3, len(true))
-        fig, axes = plt.subplots(n, dims, figsize=(3.2 * dims, 2.2 * n), squeeze=False)
-        for i in range(n):
-            mask = last.get("mask", [[1] * len(true[i])] * n)[i]
-            steps = [t for t in range(len(true[i])) if mask[t] > 0]
-            for d in range(dims):
-                ax = axes[i][d]
-                ax.plot(steps, [true[i][t][d] for t in steps], color="black", label="true")
-                ax.plot(
-                    steps,
-                    [pred[i][t][d] for t in steps],
-                    color="tab:orange",
-                    linestyle="--",
-                    label="open-loop prediction",
-                )
-                ax.tick_params(labelsize=6)
-                if i == 0:
-                    ax.set_title(f"obs dim {d}", fontsize=8)
-        axes[0][0].legend(fontsize=6)
-        fig.suptitle(f"Predicted vs true trajectories ({unit} {last['env_step']})", fontsize=10)
-        fig.tight_layout()
-        figs.append(("open_loop_trajectories", fig))
+        n, dims = _trajectory_grid(last)
+        fig = plt.figure(figsize=(3.2 * dims, 2.2 * n))
+        title = f"Predicted vs true trajectories ({unit} {last['env_step']})"
+        figs.append(("open_loop_trajectories", _draw_trajectories(fig, last, title)))
     return figs
+
+
+def _trajectory_grid(check: dict) -> tuple[int, int]:
+    """(windows, observation dimensions) that :func:`_draw_trajectories` draws."""
+    return min(3, len(check["true"])), min(4, len(check["true"][0][0]))
+
+
+def _draw_trajectories(fig, check: dict, title: str):
+    """A grid of the first (up to) 3 windows x 4 observation dimensions of an open-loop check
+    of vector observations (``true``/``pred``/``mask`` of an ``open_loop.jsonl`` line): the true
+    trajectory against the open-loop prediction, steps after the episode ended left out."""
+    true, pred = check["true"], check["pred"]
+    n, dims = _trajectory_grid(check)
+    axes = fig.subplots(n, dims, squeeze=False)
+    for i in range(n):
+        mask = check.get("mask", [[1] * len(true[i])] * n)[i]
+        steps = [t for t in range(len(true[i])) if mask[t] > 0]
+        for d in range(dims):
+            ax = axes[i][d]
+            ax.plot(steps, [true[i][t][d] for t in steps], color="black", label="true")
+            ax.plot(
+                steps,
+                [pred[i][t][d] for t in steps],
+                color="tab:orange",
+                linestyle="--",
+                label="open-loop prediction",
+            )
+            ax.tick_params(labelsize=6)
+            if i == 0:
+                ax.set_title(f"obs dim {d}", fontsize=8)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_image(check: dict) -> np.ndarray:
+    """:func:`_draw_trajectories` as a small ``[H, W, 3]`` uint8 image (TensorBoard's panel at
+    each open-loop check; the step is TensorBoard's).  Renders with Agg on its own figure, so
+    pyplot's state and backend are left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n, dims = _trajectory_grid(check)
+    fig = Figure(figsize=(2.4 * dims, 1.7 * n), dpi=72)
+    canvas = FigureCanvasAgg(fig)
+    _draw_trajectories(fig, check, "Predicted vs true trajectories")
+    canvas.draw()
+    return np.array(canvas.buffer_rgba())[..., :3]
 
 
 def _latest_strip(workdir: str, out: str) -> tuple[str, str] | None:

@@ -106,11 +106,19 @@ def sample_batch(
 
 
 def open_loop_check(
-    open_loop_fn, wm_params, replay: ReplayBuffer, normalizer, config, step: int, workdir: str
+    open_loop_fn,
+    wm_params,
+    replay: ReplayBuffer,
+    normalizer,
+    config,
+    step: int,
+    workdir: str,
+    writer=None,
 ) -> dict[str, Any] | None:
     """The open-loop prediction check on replayed windows (:mod:`wm_jax.open_loop`); writes
-    one line of ``open_loop.jsonl`` and returns scalar summaries for the metrics, or None
-    while the replay holds no window of the configured horizon."""
+    one line of ``open_loop.jsonl`` (and its TensorBoard image to ``writer``, see
+    :func:`record_open_loop`) and returns scalar summaries for the metrics, or None while the
+    replay holds no window of the configured horizon."""
     d = config.diagnostics
     rng = np.random.default_rng([config.seed, step, 13])
     try:
@@ -120,14 +128,22 @@ def open_loop_check(
     mean, std = normalizer.stats()
     batch = prepare_batch_jit(windows, mean, std, np.float32(config.reward_scale))
     out = jax.device_get(open_loop_fn(wm_params, batch))
-    return record_open_loop(out, windows, mean, std, step, workdir)
+    return record_open_loop(out, windows, mean, std, step, workdir, writer)
 
 
-def record_open_loop(out, windows, mean, std, step: int, workdir: str) -> dict[str, Any]:
+def record_open_loop(
+    out, windows, mean, std, step: int, workdir: str, writer=None
+) -> dict[str, Any]:
     """Writes one open-loop check (``out`` of :func:`wm_jax.open_loop.open_loop_check` on the
     host ``windows``) to ``open_loop.jsonl``, and for image observations a PNG strip of true vs
     predicted frames (:mod:`wm_jax.open_loop_video`); returns the metrics' summaries.  Shared
-    by the host and device loops."""
+    by the host, device and offline loops.
+
+    ``writer`` (the loop's metric writer; None: :class:`NoWriter`) gets the check as a
+    TensorBoard image at ``step``: the strip (``open_loop/strip``), or for vector observations
+    the report's predicted-vs-true trajectories (``open_loop/trajectories``), drawn only when
+    the writer writes TensorBoard events."""
+    writer = NoWriter() if writer is None else writer
     obs_err = out["obs_error_by_step"]
     record: dict[str, Any] = {
         "env_step": step,
@@ -142,13 +158,21 @@ def record_open_loop(out, windows, mean, std, step: int, workdir: str) -> dict[s
         record["true"] = windows.obs[:n, 1:].tolist()
         record["pred"] = (out["pred_obs"][:n] * std_np + mean_np).tolist()
         record["mask"] = windows.mask[:n].tolist()
-    elif obs_rank == 3:  # images: true vs decoded frames over the horizon, as a PNG strip
-        from wm_jax.open_loop_video import write_strip
 
-        record["strip"] = write_strip(
-            workdir, step, windows.obs[:, 1:], out["pred_obs"], windows.mask,
-            windows.obs.dtype, mean, std,
-        )  # fmt: skip
+        def trajectories(check=record):
+            from wm_jax.report import trajectory_image  # matplotlib only when drawn
+
+            return trajectory_image(check)
+
+        writer.write_image("open_loop/trajectories", trajectories, step)
+    elif obs_rank == 3:  # images: true vs decoded frames over the horizon, as a PNG strip
+        from wm_jax.open_loop_video import render_strip, save_strip
+
+        strip = render_strip(
+            windows.obs[:, 1:], out["pred_obs"], windows.mask, windows.obs.dtype, mean, std
+        )
+        record["strip"] = save_strip(workdir, step, strip)
+        writer.write_image("open_loop/strip", strip, step)
     with open(os.path.join(workdir, "open_loop.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
     valid = out["valid_by_step"] > 0
@@ -298,6 +322,9 @@ class NoWriter:
 
     def write_text(self, tag, text, step=0):
         pass
+
+    def write_image(self, tag, image, step):
+        pass  # a function passed as ``image`` is never called: nothing is rendered
 
     def close(self):
         pass

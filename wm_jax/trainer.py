@@ -416,8 +416,9 @@ class Trainer:
         self.updates += 1
         history.append(metrics)
 
-    def open_loop_check(self) -> dict[str, Any] | None:
-        """The open-loop prediction check at the current env step (see :func:`open_loop_check`)."""
+    def open_loop_check(self, writer=None) -> dict[str, Any] | None:
+        """The open-loop prediction check at the current env step (see :func:`open_loop_check`);
+        ``writer`` gets its TensorBoard image."""
         return open_loop_check(
             self.open_loop_fn,
             local_copy(self.state.wm_params),
@@ -426,6 +427,7 @@ class Trainer:
             self.config,
             self.env_step,
             self.workdir,
+            writer,
         )
 
     def _check_nonfinite(self) -> None:
@@ -555,7 +557,7 @@ class Trainer:
         if self.eval_returns and self.eval_returns[-1][0] > self.env_step - c.log_every:
             record["eval_return"] = self.eval_returns[-1][1]
         if self.clock.open_loop(self.env_step) and self.updates:
-            record.update(self.open_loop_check() or {})
+            record.update(self.open_loop_check(writer) or {})
         self.detector.update(
             writer.write(self.env_step, {k: v for k, v in record.items() if k != "eval_return"})
         )
