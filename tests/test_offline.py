@@ -400,3 +400,26 @@ def test_cli_rejects_a_bad_dataset_naming_the_flag_without_a_traceback(tmp_path)
     assert result.returncode != 0
     assert "--dataset" in result.stderr and "minari:<" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_offline_training_stops_at_the_nonfinite_limit_between_log_rows(online_run, tmp_path):
+    """``max_nonfinite_updates`` skipped updates in a row stop an offline run at that update,
+    not at the next log row (the CLI maps the error to exit status 3, as for online runs)."""
+    from wm_jax.shell import NonFiniteError
+
+    workdir, _ = online_run
+    config = offline_config(
+        **{
+            "offline.updates": 60,
+            "offline.world_model_only_updates": 60,
+            "offline.log_every": 50,
+            "world_model.lr": 1e30,  # blows the world model up; later updates are non-finite
+            "max_nonfinite_updates": 3,
+        }
+    )
+    with pytest.raises(NonFiniteError) as error:
+        with environments_forbidden():
+            train_offline(config, str(tmp_path / "offline"), f"run:{workdir}")
+    update = int(str(error.value).split(" at update ")[1].split(" ")[0])
+    assert update < 10, str(error.value)
+    assert "3 consecutive world_model updates" in str(error.value)

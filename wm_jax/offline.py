@@ -623,9 +623,10 @@ class OfflineTrainer:
                 self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
                 self.updates += 1
                 history.append(metrics)
+                # Every update, as the host loop does: the limit holds between log rows too.
+                check_nonfinite(self.state, c, self.updates, self.checkpointer, "update")
                 before = self.updates - 1
                 if self.clock.log(before, self.updates) or self.updates == end:
-                    check_nonfinite(self.state, c, self.updates, self.checkpointer, "update")
                     now = time.time()
                     self._log(writer, history, now - last_time, self.updates - last_updates)
                     history, last_time, last_updates = [], now, self.updates
