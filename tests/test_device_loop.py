@@ -289,9 +289,9 @@ def test_host_and_device_loops_log_the_same_metric_names_and_keep_a_best_agent(t
             eval_episodes=2,
             log_every=64,
             checkpoint_every=96,
-            report=False,
+            report=True,  # the device loop's report and open-loop check run here (issue 23)
             **{"schedule.warmup_steps": 64, "schedule.transition_steps": 128},
-            **{"diagnostics.open_loop_every": 0},
+            **{"diagnostics.open_loop_every": 192, "diagnostics.open_loop_horizon": 8},
         )
 
     train_device(config("device"), str(tmp_path / "device"))
@@ -309,5 +309,11 @@ def test_host_and_device_loops_log_the_same_metric_names_and_keep_a_best_agent(t
     assert names(tmp_path / "device", False) == names(tmp_path / "host", False)
     assert names(tmp_path / "device", True) == names(tmp_path / "host", True)
     assert {"updates", "episodes", "train_return"} <= names(tmp_path / "device", False)
+    # Both loops ran the open-loop check at 192 (same summaries) and wrote the report.
+    assert any(k.startswith("open_loop_") for k in names(tmp_path / "device", False))
+    for loop in ("device", "host"):
+        assert (tmp_path / loop / "report" / "report.html").is_file()
+        (check,) = [json.loads(x) for x in (tmp_path / loop / "open_loop.jsonl").open()]
+        assert check["env_step"] == 192
     best = wm_jax.load_policy(str(tmp_path / "device"), which="best")
     assert best.step in (96, 192)
