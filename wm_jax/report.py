@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from absl import app, flags
 from wm_jax import diagnostics
 from wm_jax.metrics import read_jsonl, read_metrics
 from wm_jax.networks.world_model import COMPONENTS
+from wm_jax.run_dir import atomic_write
 
 # Per-module norms first (the world model's components), then the three optimisers' global norms.
 GRAD_NORMS = (*COMPONENTS, "world_model", "actor", "critic")
@@ -545,6 +547,119 @@ def write_report(workdir: str, findings: list | None = None) -> str:
     path = os.path.join(out, "report.html")
     with open(path, "w") as f:
         f.write(page)
+    return path
+
+
+def eval_curve(workdir: str) -> list[tuple[int, float]]:
+    """A run's evaluations as ``(env_step, mean eval return)``; empty without metrics."""
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return [
+        (int(r["env_step"]), float(r["eval_return"]))
+        for r in rows
+        if "eval_return_std" in r
+        and isinstance(r.get("eval_return"), int | float)
+        and math.isfinite(r["eval_return"])
+    ]
+
+
+def combine_curves(curves: dict) -> dict[str, list]:
+    """Mean and ±1 standard error across seeds at every evaluation step any seed reached:
+    ``{"step", "mean", "stderr", "n"}`` lists (``n`` seeds have a value at that step; a step
+    seen by one seed has stderr 0).  ``curves`` maps seed -> [(step, value)]."""
+    by_step: dict[int, list[float]] = {}
+    for points in curves.values():
+        for step, value in points:
+            by_step.setdefault(int(step), []).append(float(value))
+    out: dict[str, list] = {"step": [], "mean": [], "stderr": [], "n": []}
+    for step in sorted(by_step):
+        values = np.asarray(by_step[step])
+        n = len(values)
+        out["step"].append(step)
+        out["mean"].append(float(values.mean()))
+        out["stderr"].append(float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0)
+        out["n"].append(n)
+    return out
+
+
+def write_seeds_report(workdir: str, seed_workdirs: dict) -> str:
+    """``<workdir>/report/`` for several seeds (``seed_workdirs``: seed -> run directory): each
+    seed's eval curve, their mean and a ±1 standard-error band, as ``eval_returns.png``,
+    ``report.md`` and ``report.html``; each file written whole (temp file, then rename).
+    Returns the HTML path."""
+    plt = _plt()
+    curves = {s: eval_curve(wd) for s, wd in seed_workdirs.items()}
+    missing = [s for s, points in curves.items() if not points]
+    combined = combine_curves(curves)
+    out = os.path.join(workdir, "report")
+    os.makedirs(out, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for seed, points in curves.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, "-", alpha=0.35, linewidth=1, label=f"seed {seed}")
+    if combined["step"]:
+        mean, se = np.asarray(combined["mean"]), np.asarray(combined["stderr"])
+        ax.plot(combined["step"], mean, "o-", color="black", label="mean over seeds")
+        ax.fill_between(
+            combined["step"],
+            mean - se,
+            mean + se,
+            color="black",
+            alpha=0.15,
+            label="±1 standard error",
+        )
+    ax.set_xlabel("env step")
+    ax.set_ylabel("eval return (deterministic)")
+    ax.set_title(f"Eval return over {len(curves) - len(missing)} seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = os.path.join(out, "eval_returns.png")
+    fd, tmp = tempfile.mkstemp(dir=out, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+    summary = [f"workdir: {os.path.abspath(workdir)}"]
+    summary += [f"seed {s}: {os.path.abspath(wd)}" for s, wd in seed_workdirs.items()]
+    if missing:
+        summary.append(f"seeds without evaluations (left out): {', '.join(map(str, missing))}")
+    if combined["step"]:
+        summary.append(
+            f"final mean eval return: {combined['mean'][-1]:.1f} ± {combined['stderr'][-1]:.1f} "
+            f"(±1 standard error over {combined['n'][-1]} seeds, env step {combined['step'][-1]})"
+        )
+    summary.append(f"software: {_versions()}")
+    rows = [
+        f"| {step} | {n} | {m:.2f} | {e:.2f} |"
+        for step, m, e, n in zip(
+            *(combined[k] for k in ("step", "mean", "stderr", "n")), strict=True
+        )
+    ]
+    md = ["# Seeds report", "", *[f"- {_md(s)}" for s in summary], ""]
+    md += ["![eval_returns](eval_returns.png)", "", "| env step | seeds | mean | ±1 s.e. |"]
+    md += ["|---|---|---|---|", *rows]
+    atomic_write(os.path.join(out, "report.md"), "\n".join(md) + "\n")
+    with open(png, "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    table = "".join(
+        f"<tr><td>{step}</td><td>{n}</td><td>{m:.2f}</td><td>{e:.2f}</td></tr>"
+        for step, m, e, n in zip(
+            *(combined[k] for k in ("step", "mean", "stderr", "n")), strict=True
+        )
+    )
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>wm_jax seeds report</title>"
+        "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
+        "img{max-width:100%;border:1px solid #ddd}td,th{padding:0 1em}</style></head><body>"
+        "<h1>Seeds report</h1><ul>"
+        + "".join(f"<li>{html.escape(s)}</li>" for s in summary)
+        + f"</ul><img alt='eval_returns' src='data:image/png;base64,{data}'>"
+        + "<table><tr><th>env step</th><th>seeds</th><th>mean</th><th>±1 s.e.</th></tr>"
+        + table
+        + "</table></body></html>"
+    )
+    path = os.path.join(out, "report.html")
+    atomic_write(path, page)
     return path
 
 

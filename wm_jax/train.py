@@ -39,6 +39,16 @@ _WORKDIR = flags.DEFINE_string(
     "Run directory (metrics, TensorBoard, checkpoints). Default: runs/<env>-<time>.",
 )
 _SEED = flags.DEFINE_integer("seed", None, "Overrides config.seed.")
+_SEEDS = flags.DEFINE_string(
+    "seeds",
+    None,
+    "Several seeds, e.g. 0,1,2 (not with --seed): one run per seed in <workdir>/seed_<S>. The "
+    "host loop trains them one after another in this process (the simplest correct choice); "
+    "rerunning the same command resumes unfinished seeds and leaves finished ones as they are. "
+    "Then <workdir>/report/ shows every seed's eval curve, their mean and ±1 standard error. "
+    "With --config.loop=device the seeds must be consecutive (S,S+1,..): they become "
+    "config.seed=S, config.num_seeds=n, trained at once with jax.vmap.",
+)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address",
     None,
@@ -81,6 +91,22 @@ def _env_kwargs(text: str) -> dict:
     return value
 
 
+def _usage_exit(message: str) -> None:
+    """A one-line usage error (status 1), before JAX is imported."""
+    print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        _usage_exit(f"--seeds takes comma-separated integers, e.g. --seeds=0,1,2; got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        _usage_exit(f"--seeds needs distinct integers, e.g. --seeds=0,1,2; got {text!r}")
+    return seeds
+
+
 def _join_processes() -> None:
     """``jax.distributed.initialize`` when a multi-process flag is given; before any device
     is touched (nothing else in this module has touched one yet)."""
@@ -96,7 +122,25 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.exit_on_termination()
-    if _WORKDIR.value and _COORDINATOR.value is None and not _DISTRIBUTED.value:
+    seeds = None
+    if _SEEDS.value is not None:
+        if _SEED.value is not None:
+            _usage_exit("--seeds and --seed together: give one of them")
+        seeds = _seeds(_SEEDS.value)
+        if _COORDINATOR.value or _NUM_PROCESSES.value or _DISTRIBUTED.value:
+            _usage_exit("--seeds runs in one process; a multi-process run trains one seed")
+    host_seeds = seeds is not None and _CONFIG.value.get("loop", "host") != "device"
+    probed = [os.path.join(_WORKDIR.value, f"seed_{s}") for s in seeds or []]
+    probed = probed if host_seeds and _WORKDIR.value else []
+    for path in probed:
+        from wm_jax.errors import EXIT_LOCKED, stop_with
+        from wm_jax.run_dir import RunDir, WorkdirLockedError
+
+        try:  # before importing JAX: a seed another run is training is refused at once
+            RunDir.probe(path)
+        except WorkdirLockedError as err:
+            stop_with(err, EXIT_LOCKED)
+    if _WORKDIR.value and not probed and _COORDINATOR.value is None and not _DISTRIBUTED.value:
         from wm_jax.errors import EXIT_LOCKED, stop_with
         from wm_jax.run_dir import RunDir, WorkdirLockedError
 
@@ -108,6 +152,14 @@ def main(argv):
     with config.unlocked():
         if _SEED.value is not None:
             config.seed = _SEED.value
+        if seeds is not None and not host_seeds:
+            if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+                _usage_exit(
+                    f"--seeds={_SEEDS.value} with config.loop=device: the device loop trains "
+                    "consecutive seeds S,S+1,..,S+n-1 (config.seed, config.num_seeds); give "
+                    "such a list or use the host loop"
+                )
+            config.seed, config.num_seeds = seeds[0], len(seeds)
         if _ENV_KWARGS.value:
             config.env_kwargs.update(_env_kwargs(_ENV_KWARGS.value))
     from wm_jax.config import ConfigError, check_known_fields, validate
@@ -137,8 +189,12 @@ def main(argv):
         "runs", f"{config.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     cli.configure_logging(lead)  # one process reports
-    results = cli.run_with_exit_statuses(lambda: train_all(config, workdir), workdir)
-    result = results[0]
+    if host_seeds:
+        results = _train_seeds(config, workdir, seeds)
+    else:
+        results = cli.run_with_exit_statuses(lambda: train_all(config, workdir), workdir)
+    interrupted = [r for r in results if r.interrupted_by is not None]
+    result = interrupted[0] if interrupted else results[0]
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name
         if lead:
@@ -150,7 +206,7 @@ def main(argv):
             )
             print(
                 f"interrupted by {name} at env step {result.env_steps}; a final checkpoint is "
-                f"in {os.path.abspath(workdir)}/checkpoints: {how}",
+                f"in {os.path.abspath(result.workdir)}/checkpoints: {how}",
                 file=sys.stderr,
             )
         sys.exit(128 + result.interrupted_by)  # the shell's convention for "ended by a signal"
@@ -171,6 +227,31 @@ def main(argv):
         if config.report and result.env_steps >= config.total_env_steps:
             made.append("report/report.html")
         print(f"results in {result.workdir} ({', '.join(made)})")
+    # (One device-loop seed trains in the workdir itself; a learning-rate sweep is no seed set.)
+    if lead and (host_seeds or len(results) > 1) and not config.get("lr_sweep", ""):
+        from wm_jax.report import write_seeds_report
+
+        runs = {s: r.workdir for s, r in zip(seeds, results, strict=True)}
+        path = write_seeds_report(workdir, runs)
+        print(f"{len(seeds)} seeds: mean eval curve with ±1 standard error in {path}")
+
+
+def _train_seeds(config, workdir: str, seeds: list[int]) -> list:
+    """``--seeds`` with the host loop: one run per seed in ``<workdir>/seed_<S>``, one after
+    another; each resumes (or, finished, only reloads) like a single run.  Stops at the first
+    interrupted seed (its result last)."""
+    from wm_jax.loops import train
+
+    results = []
+    for seed in seeds:
+        seed_config = config.copy_and_resolve_references()
+        seed_config.seed = seed
+        seed_dir = os.path.join(workdir, f"seed_{seed}")
+        result = cli.run_with_exit_statuses(lambda c=seed_config, d=seed_dir: train(c, d), seed_dir)
+        results.append(result)
+        if result.interrupted_by is not None:
+            break
+    return results
 
 
 def run():

@@ -1,0 +1,104 @@
+"""``--seeds``: several host-loop seeds from one command, each in ``<workdir>/seed_<S>``, and the
+combined report (mean eval curve with a ±1 standard-error band)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+from test_train import DETERMINISTIC_ENV, run_cli
+
+from wm_jax.report import combine_curves, eval_curve, write_seeds_report
+
+
+def _evals(workdir) -> list[tuple[int, float]]:
+    return eval_curve(str(workdir))
+
+
+def _write_metrics(workdir, evals) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"env_step": 10, "world_model_loss": 1.0}) + "\n")  # not an eval row
+        for step, value in evals:
+            f.write(json.dumps({"env_step": step, "eval_return": value, "eval_return_std": 1.0}))
+            f.write("\n")
+
+
+def test_combined_curve_mean_and_standard_error_over_uneven_seeds(tmp_path):
+    # seed 0 and 1 evaluate at 100 and 200, seed 2 also at 300 (say, resumed with more steps);
+    # seed 3 never wrote metrics.
+    _write_metrics(tmp_path / "seed_0", [(100, 1.0), (200, 4.0)])
+    _write_metrics(tmp_path / "seed_1", [(100, 3.0), (200, 6.0)])
+    _write_metrics(tmp_path / "seed_2", [(100, 5.0), (200, 8.0), (300, 9.0)])
+    runs = {s: str(tmp_path / f"seed_{s}") for s in range(4)}
+    curves = {s: _evals(wd) for s, wd in runs.items()}
+    assert curves[3] == []
+    combined = combine_curves(curves)
+    assert combined["step"] == [100, 200, 300]
+    assert combined["n"] == [3, 3, 1]
+    assert combined["mean"] == pytest.approx([3.0, 6.0, 9.0])
+    # values 1, 3, 5: sample std 2, standard error 2 / sqrt(3); one seed: no spread
+    assert combined["stderr"] == pytest.approx([2 / math.sqrt(3), 2 / math.sqrt(3), 0.0])
+    html_path = write_seeds_report(str(tmp_path), runs)
+    report = tmp_path / "report"
+    assert html_path == str(report / "report.html")
+    assert (report / "eval_returns.png").stat().st_size > 0
+    md = (report / "report.md").read_text()
+    assert "seeds without evaluations \\(left out\\): 3" in md
+    assert "| 300 | 1 | 9.00 | 0.00 |" in md
+    assert not [n for n in os.listdir(report) if n.endswith(".tmp")]
+
+
+def test_seeds_with_seed_is_refused_in_one_line(tmp_path):
+    result = run_cli(str(tmp_path / "w"), "--seeds=0,1", "--seed=3")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "FATAL Flags parsing error: --seeds and --seed together: give one of them"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_device_loop_takes_only_consecutive_seeds(tmp_path):
+    result = run_cli(str(tmp_path / "w"), "--config.loop=device", "--seeds=0,2")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "consecutive seeds" in result.stderr
+    result = run_cli(str(tmp_path / "p"), "--config.loop=device", "--seeds=4,5,6", "--print_config")
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout)
+    assert (printed["seed"], printed["num_seeds"]) == (4, 3)
+
+
+@pytest.mark.slow
+def test_seeds_train_one_workdir_each_like_single_runs_and_a_rerun_skips_them(tmp_path):
+    parent = tmp_path / "multi"
+    start = time.time()
+    result = run_cli(str(parent), "--seeds=0,1", env=DETERMINISTIC_ENV)
+    first = time.time() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    for seed in (0, 1):
+        single = tmp_path / f"single_{seed}"
+        alone = run_cli(str(single), f"--seed={seed}", env=DETERMINISTIC_ENV)
+        assert alone.returncode == 0, alone.stderr[-3000:]
+        seed_dir = parent / f"seed_{seed}"
+        assert json.load(open(seed_dir / "config.json"))["seed"] == seed
+        assert [s for s, _ in _evals(seed_dir)] == [s for s, _ in _evals(single)] == [160, 320]
+        assert _evals(seed_dir) == _evals(single)  # same seed, one thread: the same run
+        assert f"results in {seed_dir}" in result.stdout
+        assert (seed_dir / "report" / "report.html").exists()
+    report = parent / "report" / "report.html"
+    assert report.exists() and (parent / "report" / "eval_returns.png").exists()
+    assert result.stdout.strip().splitlines()[-1].endswith(str(report))
+    assert not (parent / ".lock").exists() and not (parent / "checkpoints").exists()
+    # Rerunning the finished command trains nothing more: every seed only reloads.
+    metrics = {s: (parent / f"seed_{s}" / "metrics.jsonl").read_text() for s in (0, 1)}
+    start = time.time()
+    again = run_cli(str(parent), "--seeds=0,1", env=DETERMINISTIC_ENV)
+    rerun = time.time() - start
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {s: (parent / f"seed_{s}" / "metrics.jsonl").read_text() for s in (0, 1)} == metrics
+    assert "trained 320 env steps" in again.stdout
+    print(f"--seeds=0,1: first run {first:.0f}s, finished rerun {rerun:.0f}s")
