@@ -71,3 +71,41 @@ def test_bf16_matmul_gradients_follow_float32():
     hlo = jax.jit(jax.grad(loss(bf16_matmul), argnums=(0, 1))).lower(x, kernel).as_text()
     dots = [line for line in hlo.splitlines() if "dot_general" in line]
     assert len(dots) >= 2 and all("bf16" in line for line in dots)
+
+
+def test_auto_precision_is_bfloat16_only_where_bf16_is_native(monkeypatch):
+    from wm_jax.networks import common
+
+    validate(small_config(precision="auto"))
+    for reason, expected in (("CPU with amx_bf16", "bfloat16"), (None, "float32")):
+        monkeypatch.setattr(common, "native_bf16", lambda r=reason: r)
+        assert common.resolve_precision("auto") == expected
+        assert common.resolve_precision("float32") == "float32"
+        assert common.resolve_precision("bfloat16") == "bfloat16"
+        assert common.describe_precision("auto").startswith(expected)
+        # The traced update follows the resolution: bf16 dots only where it says bfloat16.
+        spec = make_spec(obs_shape=(3,), action_dim=1, discrete=False)
+        agent = make_agent(small_config(precision="auto"), spec)
+        state = init_state(agent, jax.random.PRNGKey(0))
+        batch = random_transitions(jax.random.PRNGKey(1), spec)
+        step = jax.jit(functools.partial(train_step, agent, counts=COUNTS))
+        assert ("bf16" in step.lower(state, batch).as_text()) == (expected == "bfloat16")
+
+
+def test_native_bf16_reads_the_cpu_flags():
+    from wm_jax.networks import common
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("reads /proc/cpuinfo only on the CPU backend")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    common.native_bf16.cache_clear()
+    try:
+        native = common.native_bf16()
+    finally:
+        common.native_bf16.cache_clear()
+    has = any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+    assert (native is not None) == has

@@ -67,7 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.max_abs_reward = 1e6  # |reward| above this is invalid env data (see env_check)
     c.report = True  # write report plots at the end of a run
     # Matmuls of the update's MLPs: "float32" | "bfloat16" (bf16 inputs, f32 accumulation; params,
-    # losses, optimiser states and metrics stay f32).  Acting and evaluation always run f32.
+    # losses, optimiser states and metrics stay f32) | "auto" (bfloat16 where the hardware
+    # multiplies bf16 natively: TPU, GPU from Ampere, CPU with AMX/AVX512-BF16).  Acting and
+    # evaluation always run f32.
     c.precision = "float32"
 
     # --- components (chosen by name: see wm_jax.networks registries) ---------------------
@@ -366,9 +368,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(0.0 <= c.model.rssm_unimix < 1.0, "model.rssm_unimix", "must be in [0, 1)")
     precision = c.get("precision", "float32")  # absent from older runs' config.json
     _require(
-        precision in ("float32", "bfloat16"),
+        precision in ("float32", "bfloat16", "auto"),
         "precision",
-        f"{precision!r} is not one of ('float32', 'bfloat16')",
+        f"{precision!r} is not one of ('float32', 'bfloat16', 'auto')",
     )
     _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
     _require(c.loop in ("host", "device"), "loop", f"{c.loop!r} is not one of ('host', 'device')")

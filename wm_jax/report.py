@@ -206,6 +206,15 @@ def _machine() -> str:
     return f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()})"
 
 
+def _precision(precision: str) -> str:
+    from wm_jax.networks.common import describe_precision
+
+    try:
+        return describe_precision(precision)
+    except ValueError:
+        return str(precision)
+
+
 def _open_loop_figures(plt, workdir, unit="env step"):
     path = os.path.join(workdir, "open_loop.jsonl")
     if not os.path.exists(path):
@@ -493,6 +502,8 @@ def write_report(workdir: str, findings: list | None = None) -> str:
         summary.append(f"best eval return: {best[1]:.1f} ({unit} {best[0]})")
     if "seed" in config:
         summary.append(f"seed: {config['seed']}")
+    if "precision" in config:
+        summary.append(f"update matmul precision: {_precision(config['precision'])}")
     summary.append(f"software: {_versions()}")
     summary.append(f"report written on: {_machine()}")
     if findings:

@@ -21,6 +21,7 @@ from absl import logging
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
+from wm_jax.networks.common import describe_precision
 from wm_jax.normalizer import normalize
 from wm_jax.replay import ReplayBuffer
 from wm_jax.types import Sequence
@@ -217,6 +218,8 @@ def check_nonfinite(
 
 def write_config_text(writer, config) -> None:
     """The run's resolved config as a TensorBoard text panel (written once, on a fresh start)."""
+    precision = describe_precision(config.get("precision", "float32"))
+    logging.info("update matmul precision: %s", precision)
     writer.write_text("config", "```json\n" + config.to_json_best_effort(indent=1) + "\n```")
 
 

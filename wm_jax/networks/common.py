@@ -29,8 +29,59 @@ def get_activation(name: str):
         ) from None
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
 _MATMUL_DTYPE: contextvars.ContextVar = contextvars.ContextVar("wm_jax_matmul_dtype", default=None)
+# CPU flags (``/proc/cpuinfo``) of units that multiply bf16 natively; without them XLA emulates
+# bf16 dots and "bfloat16" is slower than "float32".
+_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def native_bf16() -> str | None:
+    """Why the default JAX backend multiplies bf16 natively (a short reason), or None.
+
+    GPUs count from compute capability 8.0 (Ampere: bf16 tensor cores), TPUs always, CPUs with
+    AMX-BF16 or AVX512-BF16 (Linux; elsewhere the CPU is assumed to have neither)."""
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "TPU"
+    if backend in ("gpu", "cuda", "rocm"):
+        device = jax.devices()[0]
+        capability = getattr(device, "compute_capability", None)
+        if capability is None:  # ROCm and others: bf16 matrix cores on every supported card
+            return f"GPU {device.device_kind}"
+        if float(capability) >= 8.0:
+            return f"GPU {device.device_kind} (compute capability {capability})"
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    found = [flag for flag in _BF16_CPU_FLAGS if flag in flags]
+                    return f"CPU with {', '.join(found)}" if found else None
+    except OSError:
+        pass
+    return None
+
+
+def resolve_precision(precision: str) -> str:
+    """``config.precision`` as the matmul precision used: "auto" is "bfloat16" where the
+    backend multiplies bf16 natively (:func:`native_bf16`) and "float32" elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if precision == "auto":
+        return "bfloat16" if native_bf16() else "float32"
+    return precision
+
+
+def describe_precision(precision: str) -> str:
+    """The matmul precision ``precision`` resolves to here, with why for "auto" (for logs and
+    the report)."""
+    resolved = resolve_precision(precision)
+    if precision != "auto":
+        return resolved
+    return f"{resolved} (auto: {native_bf16() or 'no native bf16 matmul units'})"
 
 
 @contextlib.contextmanager
@@ -38,11 +89,11 @@ def matmul_precision(precision: str) -> Iterator[None]:
     """``config.precision`` for the :class:`Dense` layers of every :class:`MLP` traced inside:
     "bfloat16" multiplies bf16 copies of inputs and kernels with f32 accumulation and output
     (``preferred_element_type``); parameters, biases, normalisation, losses and optimiser
-    states stay f32.  "float32" (the default outside any block) is plain f32.  Read at trace
-    time, so it wraps the function being jitted (:mod:`wm_jax.update` wraps its steps)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    token = _MATMUL_DTYPE.set(jnp.bfloat16 if precision == "bfloat16" else None)
+    states stay f32.  "float32" (the default outside any block) is plain f32; "auto" is one of
+    the two by :func:`resolve_precision`.  Read at trace time, so it wraps the function being
+    jitted (:mod:`wm_jax.update` wraps its steps)."""
+    resolved = resolve_precision(precision)
+    token = _MATMUL_DTYPE.set(jnp.bfloat16 if resolved == "bfloat16" else None)
     try:
         yield
     finally:
