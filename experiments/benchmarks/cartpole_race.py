@@ -31,8 +31,8 @@ run at its first evaluation at the threshold.  ``--max_env_steps`` also caps wm_
 
 Prints a table and per-agent medians over seeds (a seed that never reaches the threshold counts
 as infinitely slow, so a median is ``null`` when half or more did not reach it); the last line is
-one JSON object, also written to ``--out`` (default ``experiments/results/<UTC date>/
-cartpole_race.json``; ``--out=`` writes nothing).
+one JSON object, kept (with versions and CPU) as ``<--results_dir>/cartpole_race/<UTC
+date>-<cpu>.json`` (``--results_dir=`` keeps nothing) and also written to ``--out`` if given.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ import tempfile
 import time
 
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cpu_model, save_result  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -81,7 +84,7 @@ _WM_JAX_CACHE = flags.DEFINE_enum(
     "first run), a fresh empty directory per run, or off",
 )
 _POLL = flags.DEFINE_float("poll_seconds", 0.05, "how often wm_jax's metrics.jsonl is read")
-_OUT = flags.DEFINE_string("out", None, "JSON result file ('' for none)")
+_OUT = flags.DEFINE_string("out", None, "also write the JSON line to this file")
 _CHILD = flags.DEFINE_enum("child", None, ["dqn", "ppo"], "internal: run one SB3 agent")
 _SEED = flags.DEFINE_integer("seed", 0, "internal: the child's seed")
 
@@ -328,27 +331,6 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _default_out() -> str:
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    path = os.path.join(_ROOT, "experiments", "results", date, "cartpole_race.json")
-    n = 2
-    while os.path.exists(path):
-        path = os.path.join(os.path.dirname(path), f"cartpole_race_{n}.json")
-        n += 1
-    return path
-
-
 def main(argv):
     del argv
     if _CHILD.value:
@@ -416,14 +398,16 @@ def main(argv):
             n: _version(n) for n in ("torch", "stable-baselines3", "jax", "gymnasium", "absl-py")
         },
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "results": results,
     }
     line = json.dumps(summary)
-    out = _default_out() if _OUT.value is None else _OUT.value
+    sb3 = ("torch", "stable-baselines3") if {"dqn", "ppo"} & set(agents) else ()
+    save_result("cartpole_race", summary, packages=sb3)  # SB3 ran in child processes
+    out = _OUT.value
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as f:

@@ -1,10 +1,41 @@
-"""Pieces the benchmarks share."""
+"""Pieces the benchmarks share: a random batch, and :func:`save_result`, which keeps each run's
+summary in ``experiments/results/`` so a figure quoted in BUILD_NOTES.md can be traced to a
+committed file (issue 23).
+
+Imports nothing heavy at the top: the driver benchmarks (learning, soak, failure_modes,
+cartpole_race and its SB3 children) import this module too, and their timings must not pay for
+JAX."""
 
 from __future__ import annotations
 
-import numpy as np
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 
-from wm_jax.types import Sequence, Transition
+import numpy as np
+from absl import flags
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS_DIR = os.path.join(_ROOT, "experiments", "results")
+
+RESULTS = flags.DEFINE_string(
+    "results_dir",
+    RESULTS_DIR,
+    "where the run's summary is kept, as <results_dir>/<benchmark>/<UTC date>-<cpu>.json "
+    "('' keeps nothing)",
+)
+
+# Always recorded; the optional ones only when the run used them (imported here, or named by the
+# caller for a child process), so a file does not claim a library it never touched.
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+_OPTIONAL = {"torch": "torch", "stable-baselines3": "stable_baselines3"}
 
 
 def random_batch(config, spec, rng: np.random.Generator):
@@ -12,6 +43,8 @@ def random_batch(config, spec, rng: np.random.Generator):
     random discrete actions, unit rewards and ~5 % terminations: timing needs shapes, not data.
     Observations take the spec's dtype: uint8 boards of {0, 255} (~10 % lit) for images, so a
     pixel config is timed on its real uint8 input path."""
+    from wm_jax.types import Sequence, Transition  # here, not above: see the module docstring
+
     b, t = config.batch_size, config.sequence_length
     act = np.eye(spec.action_dim, dtype=np.float32)[rng.integers(0, spec.action_dim, (b, t))]
 
@@ -36,3 +69,126 @@ def random_batch(config, spec, rng: np.random.Generator):
         cont=(rng.random(b) > 0.05).astype(np.float32),
         mask=np.ones(b, np.float32),
     )
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name: on a shared machine the model, not the host, explains speed."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_slug(cpu: str) -> str:
+    """A short file-name-safe name for a CPU model: ``Intel(R) Xeon(R) Processor`` ->
+    ``intel-xeon-processor``, ``AMD EPYC 7B13 64-Core Processor`` -> ``amd-epyc-7b13-64-core-
+    processor`` (the clock after ``@`` is dropped: it does not name a different machine)."""
+    name = re.sub(r"\((r|tm|c)\)", " ", cpu.split("@")[0], flags=re.IGNORECASE).lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", name).strip("-")[:48].strip("-")
+    return slug or "unknown-cpu"
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    """HEAD of this checkout, ``+dirty`` with uncommitted changes to tracked files: the code a
+    figure came from."""
+
+    def run(*args):
+        cmd = ["git", "-C", _ROOT, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+    try:
+        head = run("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _device() -> dict | None:
+    try:
+        import jax
+
+        d = jax.devices()[0]
+        return {"platform": d.platform, "kind": d.device_kind}
+    except Exception:  # a summary is still worth keeping without it
+        return None
+
+
+def save_result(
+    benchmark: str,
+    summary: dict,
+    *,
+    figure: str | None = None,
+    results_dir: str | None = None,
+    packages: tuple[str, ...] = (),
+) -> str | None:
+    """Writes ``summary`` with where and how it was measured to
+    ``<results_dir>/<benchmark>/<UTC date>-<cpu slug>.json`` (``-2``, ``-3``, ... when that name
+    is taken: a kept result is never overwritten) and copies ``figure`` beside it as the same
+    name with ``.png``; returns the JSON's path, or None when ``results_dir`` is ``''``.
+
+    ``results_dir`` defaults to ``--results_dir``.  The provenance fields (``benchmark``,
+    ``command``, ``date_utc``, ``cpu``, ``device``, ``versions``, ...) replace any of the same
+    name in ``summary`` (a script's own ``command`` or ``cpu`` states the same facts); a
+    summary's own ``versions`` are kept beside the standard ones.  ``packages`` names libraries
+    the run used in a child process (e.g. stable-baselines3 for cartpole_race).  Call it before
+    printing the benchmark's last JSON line: it prints where it wrote."""
+    if results_dir is None:
+        results_dir = RESULTS.value if flags.FLAGS.is_parsed() else RESULTS.default
+    if not results_dir:
+        return None
+    now = datetime.datetime.now(datetime.UTC)
+    cpu = cpu_model()
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.isfile(argv0) and os.path.abspath(argv0).startswith(_ROOT + os.sep):
+        argv0 = os.path.relpath(os.path.abspath(argv0), _ROOT)  # the same from any directory
+    versions = {"python": platform.python_version()}
+    used = [p for p, module in _OPTIONAL.items() if module in sys.modules]
+    for name in (*_PACKAGES, *used, *packages):
+        versions[name] = _version(name)
+    provenance = {
+        "benchmark": benchmark,
+        "command": shlex.join(["python", argv0, *sys.argv[1:]]),
+        "date_utc": now.isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "loadavg_at_save": [round(x, 2) for x in os.getloadavg()],
+        "device": _device(),
+        "git_commit": _git_commit(),
+        "versions": {**(summary.get("versions") or {}), **versions},
+    }
+    record = {**provenance, **{k: v for k, v in summary.items() if k not in provenance}}
+    folder = os.path.join(results_dir, benchmark)
+    os.makedirs(folder, exist_ok=True)
+    stem = f"{now:%Y-%m-%d}-{machine_slug(cpu)}"
+    n = 1
+    while True:
+        name = stem if n == 1 else f"{stem}-{n}"
+        path = os.path.join(folder, name + ".json")
+        png = os.path.join(folder, name + ".png")
+        if not (figure and os.path.exists(png)):
+            try:  # "x": two runs saving at once cannot both take one name
+                with open(path, "x") as f:
+                    json.dump(record, f, indent=1)
+                    f.write("\n")
+                break
+            except FileExistsError:
+                pass
+        n += 1
+    if figure:
+        shutil.copyfile(figure, png)
+    print(f"result kept: {path}", flush=True)
+    return path

@@ -35,7 +35,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import random_batch  # noqa: E402
+from common import random_batch, save_result  # noqa: E402
 
 from experiments.configs.cartpole import get_config  # noqa: E402
 from wm_jax.config import override  # noqa: E402
@@ -211,6 +211,7 @@ def main(argv):
         results["seeds"] = part_seeds(_REPEATS.value, _ITERATIONS.value, _NUM_SEEDS.value)
     if "scaling" in _PARTS.value:
         results["scaling"] = part_update_scaling(_REPEATS.value)
+    save_result("device_loop", results)
     print(json.dumps(results))
 
 

@@ -12,7 +12,9 @@ Also the dynamics' parameter count and compile time.  The last line is one JSON 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import sys
 import time
 
 import jax
@@ -24,6 +26,9 @@ from wm_jax.envs import make_env_spec
 from wm_jax.schedule import UpdateCounts
 from wm_jax.types import Sequence
 from wm_jax.update import make_agent, make_steps
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import save_result  # noqa: E402
 
 _CONFIGS = flags.DEFINE_string(
     "configs",
@@ -101,6 +106,7 @@ def main(argv):
             seconds=med,
             compile_s=case["compile_s"],
         )
+    save_result("dynamics_cost", result)
     print(json.dumps(result))
 
 

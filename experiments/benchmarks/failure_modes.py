@@ -24,6 +24,9 @@ import time
 
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import save_result  # noqa: E402
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs/failure_modes", "output directory")
 _PARALLEL = flags.DEFINE_integer("parallel", 2, "cases trained at once")
 _STEPS = flags.DEFINE_integer("steps", 12_000, "env steps per bad-config case")
@@ -161,7 +164,9 @@ def main(argv):
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(table + "\n")
     print(table)
-    print(json.dumps({"cases": rows, "all_ok": ok}))
+    result = {"cases": rows, "all_ok": ok}
+    save_result("failure_modes", result)
+    print(json.dumps(result))
     if not ok:
         raise SystemExit(1)
 

@@ -27,6 +27,9 @@ import time
 
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import save_result  # noqa: E402
+
 _CONFIG = flags.DEFINE_string("config", "experiments/configs/cartpole.py", "config file")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
 _THRESHOLD = flags.DEFINE_float("threshold", 475.0, "eval return that counts as solved")
@@ -221,6 +224,10 @@ def main(argv):
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(table)
+    # The kept copy also holds the plotted curves: the figure's numbers, a few hundred bytes.
+    curves_kept = {str(seed): curves[seed] for seed in seeds}
+    kept = {**summary, "eval_curves": curves_kept, "median_curve": median_curve}
+    save_result("learning", kept, figure=os.path.join(workdir, "learning_curves.png"))
     print(json.dumps(summary))
 
 

@@ -35,6 +35,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import save_result  # noqa: E402
+
 from wm_jax import config as config_module  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -162,6 +164,7 @@ def main(argv):
         "jax_compilation_cache_dir": jax.config.jax_compilation_cache_dir,
     }
     print(f"programs compiled: {counter.count} ({compile_seconds[0]:.1f} s of XLA compilation)")
+    save_result("loop_profile", summary)
     print(json.dumps(summary))
 
 

@@ -33,7 +33,7 @@ from wm_jax import update
 from wm_jax.schedule import UpdateCounts
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import random_batch  # noqa: E402
+from common import random_batch, save_result  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/cartpole.py")
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
@@ -107,6 +107,7 @@ def main(argv):
         )
     if not removed:
         print("  WARNING: the program without metrics is not smaller: XLA kept the metric code")
+    save_result("metrics_overhead", result)
     print(json.dumps(result))
 
 

@@ -30,7 +30,7 @@ from wm_jax.schedule import UpdateCounts
 from wm_jax.update import init_state, make_agent, train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import random_batch  # noqa: E402
+from common import random_batch, save_result  # noqa: E402
 
 # --config=FILE --config.x=y, as for wm_jax.train.
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/catch.py")
@@ -72,8 +72,9 @@ def main(argv):
     name = " ".join([path, *(f"{k}={v}" for k, v in overrides.items())])
     print(f"{name}: separate jit {med['separate'] * 1e3:.1f} ms/step, inside lax.scan "
           f"{med['scanned'] * 1e3:.1f} ms/step, ratio {ratio:.2f}")  # fmt: skip
-    print(json.dumps({"config": path, "overrides": overrides,
-                      "seconds_per_step": med, "ratio": ratio}))  # fmt: skip
+    result = {"config": path, "overrides": overrides, "seconds_per_step": med, "ratio": ratio}
+    save_result("scan_overhead", result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

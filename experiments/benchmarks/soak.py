@@ -43,6 +43,9 @@ import time
 import numpy as np
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import save_result  # noqa: E402
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "output directory (must not exist)")
 _CONFIG = flags.DEFINE_string("config", "experiments/configs/cartpole.py", "config file")
 _STEPS = flags.DEFINE_integer("steps", 30_000, "env steps of the run")
@@ -196,6 +199,7 @@ def main(argv):
     finally:
         if disk is not None:
             subprocess.run(["umount", "-l", disk], check=False)
+    save_result("soak", summary)
     print(json.dumps(summary))
 
 

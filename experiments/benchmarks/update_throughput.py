@@ -77,6 +77,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [_HERE, os.path.dirname(os.path.dirname(_HERE))]
 
 from baselines import plain_jax_update  # noqa: E402
+from common import save_result  # noqa: E402
 
 from wm_jax import update  # noqa: E402
 from wm_jax.config import get_config  # noqa: E402
@@ -673,6 +674,7 @@ def main(argv):
             for r in results
         },
     }
+    save_result("update_throughput", summary)
     print(json.dumps(summary))
 
 
