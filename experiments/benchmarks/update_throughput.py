@@ -436,9 +436,14 @@ def _bench_batch(batch_size: int, spec, counts, matmuls: dict, key) -> dict:
             "compile_seconds": round(compile_s[name], 1),
             "params_finite_after_run": finite,
         }
-    default = per_precision.get(
-        get_config().get("precision", "float32"), per_precision[precisions[0]]
-    )
+    default_precision = get_config().get("precision", "float32")
+    try:  # "auto" is float32 or bfloat16 by the machine (wm_jax.networks.common)
+        from wm_jax.networks.common import resolve_precision
+
+        default_precision = resolve_precision(default_precision)
+    except ImportError:
+        pass
+    default = per_precision.get(default_precision, per_precision[precisions[0]])
     step_flops = {"world_model": None, "actor": None, "critic": None}
     if separate_args is not None:
         f32 = f"wm_jax/{precisions[0]}"
@@ -449,6 +454,7 @@ def _bench_batch(batch_size: int, spec, counts, matmuls: dict, key) -> dict:
             step_flops["actor"] = flops[f"{f32}/unrolled"] - flops[f32] + flops["actor"]
     return {
         "batch_size": batch_size,
+        "default_precision": default_precision,
         **default,
         "torch_updates_per_s": None
         if med.get("torch/float32") is None
