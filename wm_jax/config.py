@@ -86,7 +86,10 @@ def get_config() -> ml_collections.ConfigDict:
     m.hidden_dim = 256  # hidden width of every MLP (and the attention width of the transformer)
     m.hidden_layers = 2  # hidden layers of every MLP
     m.activation = "elu"  # activation of every MLP (any jax.nn function name)
-    m.layer_norm = True  # LayerNorm after each hidden layer (the seeds have none)
+    m.layer_norm = True  # normalise after each hidden layer (the seeds have none)
+    # Which normalisation MLP hidden layers use when layer_norm is on: "layer" (LayerNorm) |
+    # "rms" (RMSNorm: no centring, fewer reductions).  CNN layers always use LayerNorm.
+    m.norm = "layer"
     m.state_norm = "layernorm"  # autoencoder states: "layernorm" | "tanh" | "none"
     m.cnn_depth = 32  # channels of the first conv layer of the CNN encoder/decoder
     # Conv layers of the CNN encoder/decoder (channels cnn_depth·2^i); stride 2 only while the
@@ -372,6 +375,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "precision",
         f"{precision!r} is not one of ('float32', 'bfloat16', 'auto')",
     )
+    norm = c.model.get("norm", "layer")  # absent from older runs' config.json
+    _require(norm in ("layer", "rms"), "model.norm", f"{norm!r} is not one of ('layer', 'rms')")
     _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
     _require(c.loop in ("host", "device"), "loop", f"{c.loop!r} is not one of ('host', 'device')")
     _require(

@@ -63,7 +63,10 @@ def _hidden(m) -> tuple[int, ...]:
 
 
 def _common(m) -> dict[str, Any]:
-    return dict(activation=m.activation, layer_norm=m.layer_norm)
+    # MLPs take the normalisation's name ("layer" | "rms") or False; the CNNs a bool (LayerNorm).
+    return dict(
+        activation=m.activation, layer_norm=m.get("norm", "layer") if m.layer_norm else False
+    )
 
 
 def _dynamics_kwargs(m) -> dict[str, Any]:
