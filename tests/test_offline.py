@@ -19,7 +19,7 @@ from conftest import small_config
 
 import wm_jax
 from wm_jax import envs
-from wm_jax import trainer as trainer_module
+from wm_jax import training_eval
 from wm_jax.config import ConfigError
 from wm_jax.inference import spec_to_json
 from wm_jax.metrics import read_metrics
@@ -64,7 +64,8 @@ def environments_forbidden():
         mp.setattr(gymnasium, "make", refuse)
         mp.setattr(gymnasium, "make_vec", refuse)
         mp.setattr(envs, "VectorEnv", refuse)
-        mp.setattr(trainer_module, "VectorEnv", refuse)
+        mp.setattr(training_eval, "VectorEnv", refuse)
+        mp.setattr(training_eval, "make_env_spec", refuse)
         yield
 
 
