@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
+import time
+import warnings
 
 import numpy as np
 from absl import logging
@@ -78,10 +81,13 @@ def replay_episode(
     Raises ``ValueError`` (or the env's own error) when the env cannot render."""
     if env_id.startswith(GYMNAX_PREFIX):
         raise ValueError("gymnax envs have no rgb_array renderer")
-    env = make_env(env_id, dict(env_kwargs), render_mode="rgb_array")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # pygame's renderers need no sound card
+    with warnings.catch_warnings():  # gymnasium warns of a render mode the env lacks: checked below
+        warnings.simplefilter("ignore", UserWarning)
+        env = make_env(env_id, dict(env_kwargs), render_mode="rgb_array")
     try:
-        if env.render_mode != "rgb_array":
-            modes = env.metadata.get("render_modes") or []
+        modes = env.metadata.get("render_modes") or []
+        if "rgb_array" not in modes or env.render_mode != "rgb_array":
             raise ValueError(f"it has no rgb_array renderer (render_modes {list(modes)})")
 
         def play(every: int | None) -> tuple[list, int, float]:
@@ -134,8 +140,9 @@ class EpisodeRecorder:
         """The recorded episode, replayed and rendered; None if this env cannot render."""
         if not self.available or self._spec is None:
             return None
+        start = time.monotonic()
         try:
-            return replay_episode(self.env_id, self.env_kwargs, self._seed, self._actions)
+            clip = replay_episode(self.env_id, self.env_kwargs, self._seed, self._actions)
         except Exception as err:  # no renderer, pygame missing, ...: the run goes on
             self.available = False
             logging.warning(
@@ -148,3 +155,10 @@ class EpisodeRecorder:
             return None
         finally:
             self._actions = []
+        logging.info(
+            "evaluation video: %d frames (every %d env steps) in %.2f s",
+            len(clip.frames),
+            clip.every,
+            time.monotonic() - start,
+        )
+        return clip
