@@ -18,8 +18,7 @@ import pytest
 from conftest import small_config
 
 import wm_jax
-from wm_jax import envs
-from wm_jax import trainer as trainer_module
+from wm_jax import envs, training_eval
 from wm_jax.config import ConfigError
 from wm_jax.inference import spec_to_json
 from wm_jax.metrics import read_metrics
@@ -64,7 +63,8 @@ def environments_forbidden():
         mp.setattr(gymnasium, "make", refuse)
         mp.setattr(gymnasium, "make_vec", refuse)
         mp.setattr(envs, "VectorEnv", refuse)
-        mp.setattr(trainer_module, "VectorEnv", refuse)
+        mp.setattr(training_eval, "VectorEnv", refuse)
+        mp.setattr(training_eval, "make_env_spec", refuse)
         yield
 
 
@@ -423,3 +423,41 @@ def test_offline_training_stops_at_the_nonfinite_limit_between_log_rows(online_r
     update = int(str(error.value).split(" at update ")[1].split(" ")[0])
     assert update < 10, str(error.value)
     assert "3 consecutive world_model updates" in str(error.value)
+
+
+@pytest.mark.slow
+def test_offline_training_evaluates_in_the_datasets_env_with_the_online_metric_names(
+    online_run, tmp_path
+):
+    """Every offline.eval_every updates: the host loop's eval_return rows, at the update count,
+    and the report shows them; a dataset that names no env trains without evaluating."""
+    import dataclasses
+
+    from wm_jax.report import write_report
+
+    workdir, _ = online_run
+    settings = {
+        "offline.updates": 10,
+        "offline.world_model_only_updates": 10,
+        "offline.log_every": 5,
+        "offline.eval_every": 5,
+        "offline.eval_video_every": 0,
+        "eval_episodes": 2,
+    }
+    result = train_offline(offline_config(**settings), str(tmp_path / "eval"), f"run:{workdir}")
+    rows = [r for r in read_metrics(tmp_path / "eval") if "eval_return_std" in r]
+    assert [r["env_step"] for r in rows] == [5, 10]  # x-axis: updates
+    for row in rows:
+        assert row["eval_return"] >= 1 and row["eval_return_stderr"] == pytest.approx(
+            row["eval_return_std"] / np.sqrt(2)
+        )
+    assert result.updates == 10
+    html = write_report(str(tmp_path / "eval"))
+    report = open(os.path.join(os.path.dirname(html), "report.md")).read()
+    assert f"final eval return: {rows[-1]['eval_return']:.1f} \\(update 10\\)" in report
+
+    no_env = dataclasses.replace(load_dataset(f"run:{workdir}"), env_id=None)
+    with environments_forbidden():
+        train_offline(offline_config(**settings), str(tmp_path / "no_env"), no_env)
+    records = read_metrics(tmp_path / "no_env")
+    assert records and not any("eval_return" in r for r in records)

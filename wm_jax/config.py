@@ -53,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.reward_scale = 1.0  # rewards are multiplied by this before training
     c.eval_every = 2_500  # env steps; 0 disables periodic evaluation
     c.eval_episodes = 5  # deterministic-policy episodes per evaluation
+    # env steps between evaluation videos: the first evaluation after each multiple replays its
+    # first episode rendered (rgb_array envs; <= 100 frames) as eval/episode in TensorBoard and
+    # W&B; 0 disables
+    c.eval_video_every = 10_000
     c.log_every = 1_000  # env steps
     c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
     # Also checkpoint once this many seconds of training passed since the last save, so a crash
@@ -66,6 +70,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.env_check = "raise"
     c.max_abs_reward = 1e6  # |reward| above this is invalid env data (see env_check)
     c.report = True  # write report plots at the end of a run
+
+    # --- Weights & Biases (optional: pip install -e .[wandb]) ----------------------------
+    # The same rows, images and videos as TensorBoard, the resolved config as the W&B config;
+    # run name = the workdir's name, its W&B run id kept in <workdir>/wandb_run.json (resume).
+    wb = c.wandb = ml_collections.ConfigDict()
+    wb.enabled = False  # also log to W&B
+    wb.project = "wm_jax"  # W&B project
+    wb.entity = ""  # W&B entity (user or team); "" is your default entity
+    # "offline": files in <workdir>/wandb/ only, never a network call (`wandb sync` uploads
+    # them later) | "online": stream to the W&B server (needs `wandb login`)
+    wb.mode = "offline"
     # Matmuls of the update's MLPs: "float32" | "bfloat16" (bf16 inputs, f32 accumulation; params,
     # losses, optimiser states and metrics stay f32) | "auto" (bfloat16 where the hardware
     # multiplies bf16 natively: TPU, GPU from Ampere, CPU with AMX/AVX512-BF16).  Acting and
@@ -217,6 +232,10 @@ def get_config() -> ml_collections.ConfigDict:
     o.log_every = 100  # updates
     o.checkpoint_every = 1_000  # updates; a final checkpoint is always written
     o.open_loop_every = 1_000  # updates between open-loop checks; 0 disables
+    # updates between evaluations in the dataset's env (eval_episodes episodes; only when the
+    # dataset names an env that can be made); 0 disables
+    o.eval_every = 1_000
+    o.eval_video_every = 5_000  # updates between evaluation videos (see eval_video_every); 0: off
     return c
 
 
@@ -292,6 +311,31 @@ def _validate_transformer(c: ml_collections.ConfigDict) -> None:
         "model.transformer_heads",
         f"{m.transformer_heads} heads must divide the attention width model.hidden_dim="
         f"{m.hidden_dim}",
+    )
+
+
+WANDB_MODES = ("offline", "online")
+
+
+def _validate_wandb(w) -> None:
+    """``config.wandb``; whether wandb is installed is checked where a run starts logging
+    (:mod:`wm_jax.metric_sinks`), so a saved run's config loads without it."""
+    if w is None:  # absent from older runs' config.json
+        return
+    _require(
+        isinstance(w.enabled, bool), "wandb.enabled", f"must be True or False, got {w.enabled!r}"
+    )
+    _require(
+        w.mode in WANDB_MODES,
+        "wandb.mode",
+        f"{w.mode!r} is not one of {WANDB_MODES} ('offline' never contacts a server)",
+    )
+    for name in ("project", "entity"):
+        _require(isinstance(w[name], str), f"wandb.{name}", f"must be a string, got {w[name]!r}")
+    _require(
+        bool(w.project.strip()) and "/" not in w.project,
+        "wandb.project",
+        f"must be a non-empty name without '/', got {w.project!r}",
     )
 
 
@@ -399,6 +443,13 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(c.train_ratio > 0, "train_ratio", f"must be > 0, got {c.train_ratio}")
     for name in ("prefill_steps", "eval_every", "log_every", "checkpoint_every"):
         _require(c[name] >= 0, name, f"must be >= 0, got {c[name]}")
+    video_every = c.get("eval_video_every", 0)  # absent from older runs' config.json
+    _require(
+        isinstance(video_every, int) and video_every >= 0,
+        "eval_video_every",
+        f"must be an integer >= 0 (0: no video), got {video_every!r}",
+    )
+    _validate_wandb(c.get("wandb"))
     _require(
         c.diagnostics.open_loop_every >= 0, "diagnostics.open_loop_every", "must be >= 0 (0: off)"
     )
@@ -496,8 +547,15 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "log_every",
             "checkpoint_every",
             "open_loop_every",
+            "eval_every",
+            "eval_video_every",
         ):
-            _require(o[name] >= 0, f"offline.{name}", f"must be >= 0, got {o[name]}")
+            value = o.get(name, 0)
+            _require(
+                isinstance(value, int) and value >= 0,
+                f"offline.{name}",
+                f"must be an integer >= 0, got {value!r}",
+            )
     return c
 
 
@@ -528,6 +586,19 @@ def check_known_fields(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.{field}: not a config field{hint} (docs/config.md lists every field; "
             f"unknown: {', '.join(unknown)})"
+        )
+
+
+def check_wandb_installed(c: ml_collections.ConfigDict) -> None:
+    """Raises :class:`ConfigError` when ``config.wandb.enabled`` but wandb is not installed:
+    training entry points call it at start-up (loading a saved run does not need wandb)."""
+    import importlib.util
+
+    w = c.get("wandb")
+    if w is not None and w.enabled and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "config.wandb.enabled: wandb is not installed: pip install -e .[wandb] (or pip "
+            "install wandb), or set config.wandb.enabled=False"
         )
 
 

@@ -45,6 +45,7 @@ from wm_jax.checkpoint import Checkpointer
 from wm_jax.config import (
     ConfigError,
     check_known_fields,
+    check_wandb_installed,
     parse_lr_sweep,
     validate,
     validate_for_env,
@@ -636,6 +637,7 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
         )
     loop = _device_loop(config)
     check_known_fields(config)
+    check_wandb_installed(config)
     c = validate(config)  # the loop may be cached from a run with another seed
     workdir = os.path.abspath(workdir)
     # One vmapped run per (seed, swept learning rate): seeds seed .. seed+num_seeds-1.
@@ -704,10 +706,14 @@ def _train_device(c, loop, root, seed_configs, spec_json, sweep, grid, stop_at) 
                 logging.info("resumed from checkpoint at env step %d in %s", step, run.workdir)
 
             resumed.append(run.checkpointer.restore_newest_valid(states[i].train, load))
-        for run, step in zip(runs, resumed, strict=True):
+        if c.eval_video_every:
+            logging.info("no evaluation video: the device loop's gymnax envs do not render")
+        for run, step, (_, _, seed_config) in zip(runs, resumed, seed_configs, strict=True):
             run.best_return = best_return(run.workdir)
             purge = run.run_dir.continue_logs(step)  # rows after the checkpoint: dropped
-            run.writer = metrics_lib.MetricsWriter(run.workdir, purge_step=purge)
+            run.writer = metrics_lib.MetricsWriter(
+                run.workdir, purge_step=purge, config=seed_config
+            )
             if step is None:
                 write_config_text(run.writer, c)
     except BaseException:

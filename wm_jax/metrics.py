@@ -1,9 +1,9 @@
-"""Metric logging: ``metrics.jsonl`` (one JSON object per line), TensorBoard event files and absl
-log lines, all from the same aggregated dict."""
+"""Metric logging: ``metrics.jsonl`` (one JSON object per line), TensorBoard event files, optional
+Weights & Biases (the sinks of :mod:`wm_jax.metric_sinks`) and absl log lines, all from the same
+aggregated dict."""
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from wm_jax.errors import workdir_error
+from wm_jax.metric_sinks import JsonlSink, make_sinks, tensorboard_tag  # noqa: F401
 
 
 def aggregate(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -51,30 +51,6 @@ def jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-# TensorBoard groups tags by the part before "/": the run's story first (eval, train), then one
-# section per component.  metrics.jsonl keeps the flat names the seeds use.
-_TB_GROUPS = (
-    ("eval/", ("eval_",)),
-    (
-        "train/",
-        ("train_", "episodes", "updates", "env_steps_per_s", "updates_per_s", "phase", "wall_"),
-    ),
-    ("env/", ("env_",)),
-    ("open_loop/", ("open_loop_",)),
-    ("critic/", ("critic_",)),
-    ("actor/", ("actor_", "entropy", "mean_imagined_return", "imagined_", "return_", "policy_")),
-)
-
-
-def tensorboard_tag(name: str) -> str:
-    """``eval_return`` -> ``eval/eval_return``, ``critic_loss`` -> ``critic/critic_loss``; what
-    belongs to no other group is the world model's (its losses, predictors, representation)."""
-    for group, prefixes in _TB_GROUPS:
-        if any(name == p or name.startswith(p) for p in prefixes):
-            return group + name
-    return "world_model/" + name
-
-
 WALL_TIME = "wall_time_s"
 
 
@@ -89,7 +65,9 @@ def last_wall_time(path: str) -> float:
 
 
 class MetricsWriter:
-    """Writes metric dicts keyed by environment step to the workdir.
+    """Writes metric dicts keyed by environment step to the workdir: ``metrics.jsonl``,
+    TensorBoard and, with ``config.wandb.enabled``, Weights & Biases, all through the same
+    calls (the sinks of :mod:`wm_jax.metric_sinks`; the loops never address a sink).
 
     Every row gets ``wall_time_s``: the seconds of training since the run started, counted
     from this writer's creation plus the ``wall_time_s`` of the last row already in
@@ -99,79 +77,71 @@ class MetricsWriter:
     counted, and rows stay increasing with the steps they describe.  No checkpoint format
     changes, and an old metrics.jsonl without the field starts the count at 0."""
 
-    def __init__(self, workdir: str, tensorboard: bool = True, purge_step: int | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        tensorboard: bool = True,
+        purge_step: int | None = None,
+        config=None,
+        sinks: list | None = None,
+    ):
         """``purge_step``: TensorBoard hides events at or after it written by an earlier
-        process (a resumed run continues from its checkpoint: see ``RunDir.continue_logs``)."""
+        process (a resumed run continues from its checkpoint: see ``RunDir.continue_logs``).
+        ``config``: the run's config, whose ``wandb`` section adds the W&B sink.  ``sinks``
+        replaces the sinks altogether (tests, your own sink with the same five calls)."""
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._clock_start = time.monotonic() - last_wall_time(self.path)
-        self._file = open(self.path, "a", buffering=1)
-        self._tb = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(
-                os.path.join(workdir, "tensorboard"), purge_step=purge_step or None
-            )
+        self._sinks = (
+            make_sinks(workdir, tensorboard, purge_step, config) if sinks is None else sinks
+        )
+        # Images and videos are rendered only when a sink shows them (not metrics.jsonl).
+        self._media = any(not isinstance(s, JsonlSink) for s in self._sinks)
 
     def write(self, env_step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Appends one record; returns it as written (see :func:`jsonable`)."""
+        """Appends one record to every sink; returns it as written (see :func:`jsonable`)."""
         clean = jsonable(metrics)
         clean[WALL_TIME] = round(time.monotonic() - self._clock_start, 3)
-        record = {"env_step": int(env_step), **clean}
-        try:
-            self._file.write(json.dumps(record) + "\n")
-        except OSError as err:  # disk full, ...: a named error, not a traceback mid-loop
-            raise workdir_error(os.path.dirname(self.path), err, "append to metrics.jsonl") from err
-        if self._tb is not None:
-            self._check_tensorboard()
-            for name, value in clean.items():
-                if isinstance(value, float):
-                    self._tb.add_scalar(tensorboard_tag(name), value, env_step)
-        return record
-
-    def _check_tensorboard(self) -> None:
-        """tensorboardX writes from a thread; when a write fails (a full disk) the thread dies
-        and, once its queue fills, every later add_scalar would block forever: stop instead."""
-        event_writer = getattr(self._tb._get_file_writer(), "event_writer", None)
-        worker = getattr(event_writer, "_worker", None)
-        if worker is not None and not worker.is_alive():
-            self._tb = None  # nothing more can be handed to it
-            raise workdir_error(
-                os.path.dirname(self.path),
-                OSError(errno.EIO, "the TensorBoard writer thread stopped (see the log above)"),
-                "write TensorBoard events",
-            )
+        for sink in self._sinks:
+            sink.write(int(env_step), clean)
+        return {"env_step": int(env_step), **clean}
 
     def write_text(self, tag: str, text: str, step: int = 0) -> None:
         """A markdown text panel in TensorBoard (the run's config, ...)."""
-        if self._tb is not None:
-            self._tb.add_text(tag, text, step)
+        for sink in self._sinks:
+            sink.write_text(tag, text, step)
 
     def write_image(
         self, tag: str, image: np.ndarray | Callable[[], np.ndarray], step: int
     ) -> None:
-        """An image panel in TensorBoard only (metrics.jsonl stays scalars).  ``tag`` is
+        """An image panel in TensorBoard and W&B (metrics.jsonl stays scalars).  ``tag`` is
         namespaced like the scalars' (``open_loop/strip``); ``image`` is ``[H, W, 3]`` uint8
-        (1 or 4 channels also work), or a function returning one, called only when this writer
-        writes TensorBoard events, so a figure is never rendered for nothing."""
+        (1 or 4 channels also work), or a function returning one, called only when a sink
+        shows images, so a figure is never rendered for nothing."""
         if "/" not in tag:
             raise ValueError(f"write_image: tag {tag!r} has no group (e.g. 'open_loop/strip')")
-        if self._tb is None:
+        if not self._media:
             return
-        self._check_tensorboard()
         array = np.asarray(image() if callable(image) else image)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
             raise ValueError(f"write_image: want [H, W, 3] uint8, got {array.dtype} {array.shape}")
-        self._tb.add_image(tag, array, int(step), dataformats="HWC")
+        for sink in self._sinks:
+            sink.write_image(tag, array, int(step))
+
+    def write_video(self, tag: str, video, step: int) -> None:
+        """An episode as an animated GIF (:class:`wm_jax.episode_video.Clip`) in TensorBoard's
+        Images tab and W&B's media."""
+        if "/" not in tag:
+            raise ValueError(f"write_video: tag {tag!r} has no group (e.g. 'eval/episode')")
+        for sink in self._sinks if self._media else ():
+            sink.write_video(tag, video, int(step))
 
     def close(self) -> None:
-        """Closes both streams; an error flushing them (a full disk) is only logged: the run
+        """Closes every sink; an error flushing them (a full disk) is only logged: the run
         already stopped on it, or stops on its next checkpoint."""
-        for close in (self._file.close, self._tb.close if self._tb is not None else None):
+        for sink in self._sinks:
             try:
-                if close is not None:
-                    close()
+                sink.close()
             except OSError as err:
                 logging.warning("closing the metrics of %s: %s", os.path.dirname(self.path), err)
 

@@ -26,7 +26,10 @@ online loop (flat or sequence mode, windows stop at episode ends).  ``run:<workd
 the replay of that run's newest checkpoint (a partial orbax restore, never pickle);
 ``minari:<id>`` converts a local minari dataset's episodes (termination -> ``cont = 0``,
 truncation keeps ``cont = 1``; every episode's last step ends sequence windows).  The spaces come
-from the dataset (the run's ``env_spec.json``, the minari dataset's spaces): no env is created.
+from the dataset (the run's ``env_spec.json``, the minari dataset's spaces): training creates no
+env.  Every ``offline.eval_every`` updates the agent is evaluated in the env the dataset names
+(the host loop's ``eval_return`` rows, at the update count; now and then an episode video),
+when that env can be made with the dataset's spaces; otherwise evaluation is off (one warning).
 
 The schedule is :mod:`wm_jax.schedule` counted in updates instead of env steps: its warmup is
 ``offline.world_model_only_updates`` (world model only) and ``critic_real_mix`` anneals over the
@@ -58,12 +61,27 @@ from absl import app, flags, logging
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
-from wm_jax.config import ConfigError, check_known_fields, get_config, validate, validate_for_env
+from wm_jax.config import (
+    ConfigError,
+    check_known_fields,
+    check_wandb_installed,
+    get_config,
+    validate,
+    validate_for_env,
+)
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.envs import EnvSpec, UnsupportedSpaceError, from_env_action, spec_from_spaces
+from wm_jax.envs import (
+    EnvSpec,
+    EvaluationStopped,
+    UnsupportedSpaceError,
+    from_env_action,
+    spec_from_spaces,
+)
+from wm_jax.episode_video import EpisodeRecorder
 from wm_jax.inference import _partial, spec_from_json, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
+from wm_jax.policy import make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import RunDir, atomic_write
 from wm_jax.safe_load import UntrustedImportError, check_env_id
@@ -80,6 +98,7 @@ from wm_jax.shell import (
     write_config_text,
 )
 from wm_jax.trainer import LOG_KEYS as TRAINER_LOG_KEYS
+from wm_jax.training_eval import env_problem, eval_row, evaluate, video_due, write_clip
 from wm_jax.types import TrainState
 from wm_jax.update import make_agent, make_steps
 
@@ -452,6 +471,7 @@ class OfflineTrainer:
         allow_imports: str | list[str] | None = None,
     ):
         check_known_fields(config)
+        check_wandb_installed(config)
         validate(config)  # before reading a possibly large dataset
         data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
         self.workdir = os.path.abspath(workdir)
@@ -478,6 +498,9 @@ class OfflineTrainer:
         self.agent = make_agent(offline_agent_config(c), self.spec)
         self.steps = make_steps(self.agent)
         self.open_loop_fn = make_open_loop_fn(self.agent)
+        self.act_fn = make_act_fn(self.agent)  # evaluation in the dataset's env
+        self.video = EpisodeRecorder(c.env_id, dict(c.env_kwargs))
+        self._eval_problem: str | None = None  # why the env cannot evaluate (checked once)
         self.normalizer = RunningMeanStd(
             self.spec.obs_shape,
             enabled=c.obs_norm and not np.issubdtype(self.spec.obs_dtype, np.integer),
@@ -600,13 +623,39 @@ class OfflineTrainer:
         self.detector.update(writer.write(self.updates, record))
         metrics_lib.log_line(self.updates, record, LOG_KEYS)
 
+    def _evaluate(self, writer, should_stop) -> None:
+        """Evaluates in the dataset's env (``offline.eval_every``): the host loop's episodes and
+        ``eval_return`` row, at the update count; off, with one warning, without a usable env."""
+        c, o = self.config, self.config.offline
+        if self._eval_problem is None:
+            self._eval_problem = env_problem(self.data.env_id, c.env_kwargs, self.spec) or ""
+            if self._eval_problem:
+                logging.warning("offline evaluation is off: %s", self._eval_problem)
+        if self._eval_problem:
+            return
+        recorder = self.video if video_due(o.eval_video_every, o.eval_every, self.updates) else None
+        logging.info("evaluating %d episodes at update %d", c.eval_episodes, self.updates)
+        mean, std, _ = evaluate(
+            c,
+            self.act_fn,
+            self.state,
+            self.normalizer,
+            c.eval_episodes,
+            seed=c.seed + 100_000 + self.updates,
+            should_stop=should_stop,
+            recorder=recorder if self.video.available else None,
+        )
+        self.detector.update(writer.write(self.updates, eval_row(mean, std, c.eval_episodes)))
+        write_clip(writer, recorder if self.video.available else None, self.updates)
+        metrics_lib.log_line(self.updates, {"eval_return": mean}, ("eval_return",))
+
     def run(self, stop_at: int | None = None) -> OfflineResult:
         """Trains until ``offline.updates`` (or ``stop_at``, to simulate an interruption)."""
         c, o = self.config, self.config.offline
         end = o.updates if stop_at is None else min(stop_at, o.updates)
         mean, std = self.normalizer.stats()  # fixed: fitted once on the dataset
         reward_scale = np.float32(c.reward_scale)
-        writer = metrics_lib.MetricsWriter(self.workdir, purge_step=self._purge_step)
+        writer = metrics_lib.MetricsWriter(self.workdir, purge_step=self._purge_step, config=c)
         if self._purge_step is not None and self.resumed_from is None:
             write_config_text(writer, c)
         self._purge_step = None  # a later run() call continues this process's own events
@@ -626,6 +675,11 @@ class OfflineTrainer:
                 # Every update, as the host loop does: the limit holds between log rows too.
                 check_nonfinite(self.state, c, self.updates, self.checkpointer, "update")
                 before = self.updates - 1
+                if self.clock.evaluate(before, self.updates):
+                    try:
+                        self._evaluate(writer, lambda: bool(stop.signum))
+                    except EvaluationStopped:  # a signal: abandon it, save and stop
+                        break
                 if self.clock.log(before, self.updates) or self.updates == end:
                     now = time.time()
                     self._log(writer, history, now - last_time, self.updates - last_updates)

@@ -46,6 +46,8 @@ RESUMABLE = (
     "log_every",
     "eval_every",
     "eval_episodes",
+    "eval_video_every",
+    "wandb",
     "checkpoint_every",
     "checkpoint_seconds",
     "keep_checkpoints",
@@ -58,6 +60,8 @@ RESUMABLE = (
     "offline.log_every",
     "offline.checkpoint_every",
     "offline.open_loop_every",
+    "offline.eval_every",
+    "offline.eval_video_every",
 )
 
 

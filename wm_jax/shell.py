@@ -276,11 +276,11 @@ class Clock:
 
     @classmethod
     def offline(cls, config) -> Clock:
-        """Intervals in updates (``config.offline``; no evaluation while training)."""
+        """Intervals in updates (``config.offline``)."""
         o = config.offline
         return cls(
             o.log_every,
-            0,
+            o.get("eval_every", 0),
             o.checkpoint_every,
             o.open_loop_every,
             config.get("checkpoint_seconds", 0.0),
@@ -328,6 +328,9 @@ class NoWriter:
 
     def write_image(self, tag, image, step):
         pass  # a function passed as ``image`` is never called: nothing is rendered
+
+    def write_video(self, tag, video, step):
+        pass
 
     def close(self):
         pass

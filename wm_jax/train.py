@@ -162,11 +162,12 @@ def main(argv):
             config.seed, config.num_seeds = seeds[0], len(seeds)
         if _ENV_KWARGS.value:
             config.env_kwargs.update(_env_kwargs(_ENV_KWARGS.value))
-    from wm_jax.config import ConfigError, check_known_fields, validate
+    from wm_jax.config import ConfigError, check_known_fields, check_wandb_installed, validate
 
     try:  # before importing JAX or making the env: a bad value is named in a second
         check_known_fields(config)
         validate(config)
+        check_wandb_installed(config)
     except ConfigError as err:
         raise app.UsageError(str(err)) from None
     if _PRINT_CONFIG.value:

@@ -32,9 +32,16 @@ from jax.experimental import multihost_utils
 
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer, ProcessExtras
-from wm_jax.config import ConfigError, check_known_fields, validate, validate_for_env
+from wm_jax.config import (
+    ConfigError,
+    check_known_fields,
+    check_wandb_installed,
+    validate,
+    validate_for_env,
+)
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.envs import EnvStepError, EvaluationStopped, VectorEnv, make_env_spec
+from wm_jax.envs import EnvStepError, EvaluationStopped, make_env_spec
+from wm_jax.episode_video import EpisodeRecorder
 from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
@@ -58,6 +65,7 @@ from wm_jax.shell import (
     sample_batch,
     write_config_text,
 )
+from wm_jax.training_eval import eval_row, evaluate, make_envs, video_due, write_clip
 from wm_jax.update import make_agent, make_steps
 
 LOG_KEYS = (
@@ -72,40 +80,6 @@ LOG_KEYS = (
     "critic_loss",
     "env_steps_per_s",
 )
-
-
-def _make_envs(config, num_envs: int, seed: int, mode: str) -> VectorEnv:
-    return VectorEnv(
-        config.env_id,
-        num_envs,
-        seed,
-        mode,
-        dict(config.env_kwargs),
-        check=config.env_check,
-        max_abs_reward=config.max_abs_reward,
-    )
-
-
-def evaluate(
-    config, act_fn, state, normalizer, episodes: int, seed: int, should_stop=None
-) -> tuple[float, float, list[float]]:
-    """Runs ``episodes`` episodes (one per eval env) with the deterministic policy; raises
-    :class:`wm_jax.envs.EvaluationStopped` once ``should_stop()`` is true."""
-    mean, std = normalizer.stats()
-    key = jax.random.PRNGKey(seed)  # unused by the deterministic policy
-    carry = act_fn.initial_carry(episodes)
-
-    def policy(obs, t):
-        # One episode per env: only t = 0 starts one (envs that finished idle, unscored).
-        nonlocal carry
-        actions, carry = act_fn(
-            state.wm_params, state.actor_params, carry, obs, mean, std, key, deterministic=True
-        )
-        return np.asarray(actions)
-
-    with _make_envs(config, episodes, seed, "sync") as env:
-        values = env.run_episodes(policy, should_stop)
-    return float(values.mean()), float(values.std()), [float(v) for v in values]
 
 
 def process_seed(seed: int, process_index: int) -> int:
@@ -126,6 +100,7 @@ class Trainer:
 
     def __init__(self, config, workdir: str):
         check_known_fields(config)
+        check_wandb_installed(config)
         self.config = validate(config)
         self.workdir = os.path.abspath(workdir)
         c = self.config
@@ -165,7 +140,7 @@ class Trainer:
         self.act_fn = make_act_fn(self.agent)
         self.open_loop_fn = make_open_loop_fn(self.agent)
         env_seed = process_seed(c.seed, self.process_index) if self.multiprocess else c.seed
-        self.envs = _make_envs(c, self.local_envs, env_seed, c.vector_mode)
+        self.envs = make_envs(c, self.local_envs, env_seed, c.vector_mode)
         self.replay = ReplayBuffer(
             c.replay_capacity // self.process_count,
             self.local_envs,
@@ -223,6 +198,9 @@ class Trainer:
         self._purge_step = self.run_dir.continue_logs(self.resumed_from)
         self.best_return = best_return(self.workdir)
         self.clock = Clock.online(self.config)
+        # Now and then one evaluation episode as a video (config.eval_video_every).
+        self.video = EpisodeRecorder(c.env_id, dict(c.env_kwargs))
+        self._recorder = None
 
     def _placed(self, state):
         return state if self.mesh is None else replicate(state, self.mesh)
@@ -439,7 +417,7 @@ class Trainer:
         end = c.total_env_steps if stop_at is None else min(stop_at, c.total_env_steps)
         # Process 0 alone writes metrics, TensorBoard and log lines.
         writer = (
-            metrics_lib.MetricsWriter(self.workdir, purge_step=self._purge_step)
+            metrics_lib.MetricsWriter(self.workdir, purge_step=self._purge_step, config=c)
             if self.lead
             else NoWriter()
         )
@@ -488,10 +466,9 @@ class Trainer:
                         break
                     self.eval_returns.append((self.env_step, mean, std))
                     if self.lead:
-                        stderr = std / np.sqrt(max(c.eval_episodes, 1))
-                        row = {"eval_return": mean, "eval_return_std": std}
-                        row["eval_return_stderr"] = stderr
+                        row = eval_row(mean, std, c.eval_episodes)
                         self.detector.update(writer.write(self.env_step, row))
+                        write_clip(writer, self._recorder, self.env_step)
                         self._keep_if_best(mean, std)
                     bar.set_postfix(eval_return=f"{mean:.1f}")
                 if self.clock.log(before, self.env_step):
@@ -593,6 +570,8 @@ class Trainer:
             stop = getattr(self, "_stop", None)
             # One process may abandon an evaluation: the others wait for its broadcast.
             should_stop = None if self.multiprocess or stop is None else lambda: bool(stop.signum)
+            due = video_due(c.eval_video_every, c.eval_every, self.env_step)
+            self._recorder = self.video if due and self.video.available else None
             mean, std, _ = evaluate(
                 c,
                 self.act_fn,
@@ -601,6 +580,7 @@ class Trainer:
                 c.eval_episodes,
                 seed=c.seed + 100_000 + self.env_step,
                 should_stop=should_stop,
+                recorder=self._recorder,
             )
             mean_std[:] = mean, std
         if self.multiprocess:
