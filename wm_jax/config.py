@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     # losses, optimiser states and metrics stay f32) | "auto" (bfloat16 where the hardware
     # multiplies bf16 natively: TPU, GPU from Ampere, CPU with AMX/AVX512-BF16).  Acting and
     # evaluation always run f32.
-    c.precision = "float32"
+    c.precision = "auto"
 
     # --- components (chosen by name: see wm_jax.networks registries) ---------------------
     # Comma-separated modules imported before the networks are built; importing them registers
@@ -103,8 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.activation = "elu"  # activation of every MLP (any jax.nn function name)
     m.layer_norm = True  # normalise after each hidden layer (the seeds have none)
     # Which normalisation MLP hidden layers use when layer_norm is on: "layer" (LayerNorm) |
-    # "rms" (RMSNorm: no centring, fewer reductions).  CNN layers always use LayerNorm.
-    m.norm = "layer"
+    # "rms" (RMSNorm: no centring, half the row reductions; learned CartPole as LayerNorm did
+    # and is faster, BUILD_NOTES "Norm and precision A/B").  CNN layers always use LayerNorm.
+    m.norm = "rms"
     m.state_norm = "layernorm"  # autoencoder states: "layernorm" | "tanh" | "none"
     m.cnn_depth = 32  # channels of the first conv layer of the CNN encoder/decoder
     # Conv layers of the CNN encoder/decoder (channels cnn_depth·2^i); stride 2 only while the

@@ -52,4 +52,7 @@ def get_config():
     c.diagnostics.open_loop_every = 20_000
     c.diagnostics.open_loop_horizon = 16
     c.diagnostics.open_loop_batch = 8
+    # Measured with LayerNorm in float32 (BUILD_NOTES); RMSNorm and bf16 are unchecked here.
+    c.model.norm = "layer"
+    c.precision = "float32"
     return c

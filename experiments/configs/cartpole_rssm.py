@@ -22,4 +22,7 @@ def get_config():
     # Imagine with samples of the prior, as the posterior states the heads were trained on are
     # one-hot samples too (a mean of one-hots is a state the heads never saw).
     c.imagination.sample_dynamics = True
+    # Measured with LayerNorm in float32 (BUILD_NOTES); RMSNorm and bf16 are unchecked here.
+    c.model.norm = "layer"
+    c.precision = "float32"
     return c

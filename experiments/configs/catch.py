@@ -66,4 +66,7 @@ def get_config():
     c.diagnostics.open_loop_every = 5_000
     c.diagnostics.open_loop_horizon = 8  # a whole episode after its first frame
     c.diagnostics.open_loop_batch = 8
+    # Measured with LayerNorm in float32 (BUILD_NOTES); RMSNorm and bf16 are unchecked here.
+    c.model.norm = "layer"
+    c.precision = "float32"
     return c

@@ -29,4 +29,7 @@ def get_config():
     c.actor.discount_weights = True
     c.critic.lr = 3e-4
     c.critic.target_update_rate = 0.02
+    # Measured with LayerNorm in float32 (BUILD_NOTES); RMSNorm and bf16 are unchecked here.
+    c.model.norm = "layer"
+    c.precision = "float32"
     return c
