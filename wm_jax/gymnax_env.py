@@ -1,6 +1,6 @@
 """gymnax environments (``--config.env_id=gymnax:CartPole-v1``) behind the gymnasium vector-env
-interface that :class:`wm_jax.envs.VectorEnv` drives, so they go through the same training loop,
-env guard, replay and exact resume as gymnasium envs.
+interface that :class:`wm_jax.vector_env.VectorEnv` drives, so they go through the same training
+loop, env guard, replay and exact resume as gymnasium envs.
 
 :class:`GymnaxVectorEnv` runs ``N`` copies of a gymnax env with one jitted, vmapped call per
 reset and per step, on the default JAX device.  gymnax is imported only when a ``gymnax:`` id is
@@ -54,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from wm_jax.env_ids import GYMNAX_PREFIX, UnsupportedSpaceError
+from wm_jax.env_ids import GYMNAX_PREFIX
+from wm_jax.env_spec import UnsupportedSpaceError
 
 __all__ = [
     "GymnaxNotInstalledError",

@@ -60,7 +60,7 @@ from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
 from wm_jax.config import ConfigError, check_known_fields, get_config, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.envs import EnvSpec, UnsupportedSpaceError, from_env_action, spec_from_spaces
+from wm_jax.env_spec import EnvSpec, UnsupportedSpaceError, from_env_action, spec_from_spaces
 from wm_jax.inference import _partial, spec_from_json, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn

@@ -34,7 +34,7 @@ from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer, ProcessExtras
 from wm_jax.config import ConfigError, check_known_fields, validate, validate_for_env
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.envs import EnvStepError, EvaluationStopped, VectorEnv, make_env_spec
+from wm_jax.env_make import make_env_spec
 from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
@@ -59,6 +59,7 @@ from wm_jax.shell import (
     write_config_text,
 )
 from wm_jax.update import make_agent, make_steps
+from wm_jax.vector_env import EnvStepError, EvaluationStopped, VectorEnv
 
 LOG_KEYS = (
     "eval_return",
@@ -90,7 +91,7 @@ def evaluate(
     config, act_fn, state, normalizer, episodes: int, seed: int, should_stop=None
 ) -> tuple[float, float, list[float]]:
     """Runs ``episodes`` episodes (one per eval env) with the deterministic policy; raises
-    :class:`wm_jax.envs.EvaluationStopped` once ``should_stop()`` is true."""
+    :class:`wm_jax.vector_env.EvaluationStopped` once ``should_stop()`` is true."""
     mean, std = normalizer.stats()
     key = jax.random.PRNGKey(seed)  # unused by the deterministic policy
     carry = act_fn.initial_carry(episodes)
