@@ -98,6 +98,40 @@ def test_device_normaliser_matches_the_host_running_mean_std():
     np.testing.assert_allclose(std, host.stats()[1], rtol=1e-5)
 
 
+def _chan_reference(count, mean, m2, batch):
+    """The update both normalisers carried as separate copies before they shared
+    ``wm_jax.normalizer.chan_update`` (kept here verbatim as the reference)."""
+    k = batch.shape[0]
+    b_mean = batch.mean(0)
+    b_m2 = ((batch - b_mean) ** 2).sum(0)
+    total = count + k
+    delta = b_mean - mean
+    return total, mean + delta * k / total, m2 + b_m2 + delta**2 * count * k / total
+
+
+def test_both_normalisers_run_the_one_shared_update_bit_for_bit():
+    """Host (float64 numpy) and device (float32 jnp, jitted) normalisers give exactly what their
+    former copies of Chan's update gave: sharing ``chan_update`` changed no bit."""
+    rng = np.random.default_rng(1)
+    host = RunningMeanStd((3,))
+    device = normalizer_init((3,))
+    ref_host = (0.0, np.zeros(3), np.zeros(3))
+    ref_device = (jnp.zeros(()), jnp.zeros(3), jnp.zeros(3))
+    update = jax.jit(normalizer_update)
+    reference = jax.jit(lambda c, m, v, b: _chan_reference(c, m, v, b.astype(jnp.float32)))
+    for k in (1, 4, 7):
+        batch = rng.normal(2.0, 3.0, size=(k, 3)).astype(np.float32)
+        host.update(batch)
+        ref_host = _chan_reference(*ref_host, batch.astype(np.float64))
+        device = update(device, jnp.asarray(batch))
+        ref_device = reference(*ref_device, jnp.asarray(batch))
+        assert host.count == ref_host[0]
+        assert host.mean.tobytes() == ref_host[1].tobytes()
+        assert host.m2.tobytes() == ref_host[2].tobytes()
+        for got, want in zip((device.count, device.mean, device.m2), ref_device, strict=True):
+            assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
+
+
 def test_gymnax_steps_keep_the_final_observation_and_tell_truncation_from_termination():
     task = make_task("gymnax:CartPole-v1", {"max_steps_in_episode": 3})
     assert task.max_episode_steps == 3 and task.spec.action_dim == 2

@@ -110,7 +110,7 @@ def run_with_exit_statuses(fn, workdir: str):
 
     from wm_jax.checkpoint import CheckpointSaveError
     from wm_jax.config import ConfigError
-    from wm_jax.envs import EnvStepError, InvalidEnvDataError
+    from wm_jax.env_guard import InvalidEnvDataError
     from wm_jax.errors import (
         EXIT_ENV_DATA,
         EXIT_ENV_ERROR,
@@ -125,6 +125,7 @@ def run_with_exit_statuses(fn, workdir: str):
     )
     from wm_jax.run_dir import ResumeRefusedError, WorkdirLockedError
     from wm_jax.shell import NonFiniteError
+    from wm_jax.vector_env import EnvStepError
 
     statuses = (  # ResumeRefusedError before ConfigError, its base class
         (WorkdirLockedError, EXIT_LOCKED),

@@ -16,25 +16,20 @@ steps, schedule, metrics and checkpoint format are the host loop's (:mod:`wm_jax
 :mod:`wm_jax.schedule`, :mod:`wm_jax.checkpoint`), so
 ``wm_jax.load_policy`` and ``python -m wm_jax.evaluate`` read a device-loop workdir as well.
 
-Loop semantics, per iteration: ``env_repeat`` vector steps of ``num_envs`` envs (random actions
-before ``prefill_steps``, policy samples after), then ``updates_per_iteration`` train steps, with
-``env_repeat · num_envs · train_ratio == updates_per_iteration`` (the host loop's train ratio).
-Transitions never cross episodes: gymnax reports the pre-reset observation as
-``info["final_observation"]``, ``terminated`` sets ``cont = 0`` and a time-limit ``truncated``
-does not.
+The program is built from one module per concept: :mod:`wm_jax.device_segment` (the loop state,
+acting and env stepping, train steps and evaluation, compiled per segment),
+:mod:`wm_jax.replay_device` (the replay ring), :class:`wm_jax.gymnax_env.GymnaxTask` (the envs)
+and :mod:`wm_jax.normalizer` (the observation statistics).  This module is the driver: workdirs,
+resume, the host-side clock of logs, evaluations and checkpoints, and the checkpoint format.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
-from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import Any
 
-import chex
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,16 +43,26 @@ from wm_jax.config import (
     check_wandb_installed,
     parse_lr_sweep,
     validate,
-    validate_for_env,
 )
+from wm_jax.device_segment import Cadence, DeviceLoop, LoopState, make_task
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.envs import GYMNAX_PREFIX, EnvSpec, make_env_spec
-from wm_jax.gymnax_env import board_to_uint8, make_gymnax
+from wm_jax.gymnax_env import EnvOutput, GymnaxTask
 from wm_jax.inference import best_return, keep_if_best, spec_to_json
-from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.policy import ActCarry, act, initial_carry
+from wm_jax.normalizer import (
+    DeviceNormalizer,
+    normalizer_init,
+    normalizer_stats,
+    normalizer_update,
+)
+from wm_jax.replay_device import (
+    DeviceReplay,
+    replay_add,
+    replay_init,
+    replay_sample_flat,
+    replay_sample_sequences,
+)
 from wm_jax.run_dir import RunDir
-from wm_jax.schedule import critic_real_mix, phase, update_counts
+from wm_jax.schedule import phase, update_counts
 from wm_jax.sharding import make_mesh, shard_batch
 from wm_jax.shell import (
     Clock,
@@ -66,477 +71,9 @@ from wm_jax.shell import (
     StopOnSignal,
     all_finite,
     check_nonfinite,
-    prepare_batch,
-    record_open_loop,
     write_config_text,
 )
-from wm_jax.types import Sequence, TrainState, Transition
-from wm_jax.update import init_state, make_agent, train_step
-
-# --------------------------------------------------------------------------------------------
-# gymnax environments, stepped on the device
-# --------------------------------------------------------------------------------------------
-
-
-class EnvOutput(NamedTuple):
-    obs: chex.Array  # [N, ...] the next observation (a reset one where an episode ended)
-    env_state: Any
-    reward: chex.Array  # [N]
-    terminated: chex.Array  # [N] bool
-    truncated: chex.Array  # [N] bool: the time limit, which keeps cont = 1
-    final_obs: chex.Array  # [N, ...] the observation the step landed in, before any reset
-
-
-@dataclasses.dataclass(frozen=True)
-class GymnaxTask:
-    """A gymnax environment with its params and wm_jax's :class:`~wm_jax.envs.EnvSpec`,
-    stepped inside jitted code (the host loop's twin: :class:`wm_jax.gymnax_env.GymnaxVectorEnv`).
-    """
-
-    env: Any
-    params: Any
-    spec: EnvSpec
-
-    @property
-    def max_episode_steps(self) -> int:
-        return int(self.params.max_steps_in_episode)
-
-    def env_actions(self, actions: chex.Array) -> chex.Array:
-        """The agent's float actions ``[N, A]`` as gymnax actions (jnp twin of
-        :func:`wm_jax.envs.to_env_action`)."""
-        spec = self.spec
-        if spec.discrete:
-            return jnp.argmax(actions, -1).astype(jnp.int32) + spec.action_start
-        low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
-        unit = jnp.clip(actions, -1.0, 1.0)
-        return jnp.clip(low + (unit + 1.0) * 0.5 * (high - low), low, high)
-
-    def step(self, key: chex.PRNGKey, env_state, actions: chex.Array) -> EnvOutput:
-        """Steps ``N`` envs (auto-resetting the finished ones) with agent actions ``[N, A]``."""
-        keys = jax.random.split(key, actions.shape[0])
-        obs, env_state, reward, terminated, truncated, info = jax.vmap(
-            self.env.step, in_axes=(0, 0, 0, None)
-        )(keys, env_state, self.env_actions(actions), self.params)
-        return EnvOutput(
-            obs=self.observation(obs),
-            env_state=env_state,
-            reward=reward.astype(jnp.float32),
-            terminated=terminated.astype(bool),
-            truncated=truncated.astype(bool) & ~terminated.astype(bool),
-            final_obs=self.observation(info["final_observation"]),
-        )
-
-    def observation(self, obs: chex.Array) -> chex.Array:
-        """gymnax observations ``[N, ...]`` in the spec's shape and dtype (2-D boards get
-        their channel axis, ``[0, 1]`` boards become uint8 ``{0, 255}``: the host adapter's
-        :func:`wm_jax.gymnax_env.board_to_uint8`)."""
-        return board_to_uint8(obs, self.spec.obs_shape, self.spec.obs_dtype)
-
-    def reset(self, key: chex.PRNGKey, num_envs: int):
-        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(
-            jax.random.split(key, num_envs), self.params
-        )
-        return self.observation(obs), env_state
-
-
-def make_task(env_id: str, env_kwargs: dict[str, Any] | None = None) -> GymnaxTask:
-    """A ``"gymnax:Name"`` id as a :class:`GymnaxTask`, with the same spaces, params and
-    ``env_kwargs`` handling as the host loop's :class:`wm_jax.gymnax_env.GymnaxVectorEnv`."""
-    if not env_id.startswith(GYMNAX_PREFIX):
-        raise ValueError(
-            f"the device loop steps gymnax envs on the device: use a 'gymnax:<name>' id (e.g. "
-            f"'gymnax:CartPole-v1'), or --config.loop=host for the gymnasium id {env_id!r}"
-        )
-    env, params = make_gymnax(env_id, env_kwargs)
-    return GymnaxTask(env=env, params=params, spec=make_env_spec(env_id, env_kwargs))
-
-
-# --------------------------------------------------------------------------------------------
-# Replay on the device
-# --------------------------------------------------------------------------------------------
-
-
-@flax.struct.dataclass
-class DeviceReplay:
-    """A ring of ``capacity`` vector steps of ``N`` envs (time-major ``[C, N, ...]``).
-
-    ``episode`` holds each slot's per-env episode number, which is what keeps sampled sequences
-    inside one episode: steps of a later episode are masked out (``mask = 0``) like the host
-    replay's padding.
-    """
-
-    obs: chex.Array
-    action: chex.Array
-    reward: chex.Array
-    cont: chex.Array
-    next_obs: chex.Array
-    episode: chex.Array
-    head: chex.Array  # next slot to write
-    size: chex.Array  # filled slots (<= capacity)
-
-    @property
-    def capacity(self) -> int:
-        return self.reward.shape[0]
-
-
-def replay_init(capacity: int, num_envs: int, spec) -> DeviceReplay:
-    obs = jnp.zeros((capacity, num_envs, *spec.obs_shape), spec.obs_dtype)
-    zeros = jnp.zeros((capacity, num_envs), jnp.float32)
-    return DeviceReplay(
-        obs=obs,
-        action=jnp.zeros((capacity, num_envs, spec.action_dim), jnp.float32),
-        reward=zeros,
-        cont=zeros,
-        next_obs=obs,
-        episode=jnp.zeros((capacity, num_envs), jnp.int32),
-        head=jnp.zeros((), jnp.int32),
-        size=jnp.zeros((), jnp.int32),
-    )
-
-
-def replay_add(r: DeviceReplay, obs, action, reward, cont, next_obs, episode) -> DeviceReplay:
-    """Writes one vector step (``[N, ...]`` each) at the head of the ring."""
-    put = lambda buf, x: buf.at[r.head].set(x.astype(buf.dtype))  # noqa: E731
-    return r.replace(
-        obs=put(r.obs, obs),
-        action=put(r.action, action),
-        reward=put(r.reward, reward),
-        cont=put(r.cont, cont),
-        next_obs=put(r.next_obs, next_obs),
-        episode=put(r.episode, episode),
-        head=(r.head + 1) % r.capacity,
-        size=jnp.minimum(r.size + 1, r.capacity),
-    )
-
-
-def _oldest(r: DeviceReplay) -> chex.Array:
-    return (r.head - r.size) % r.capacity
-
-
-def replay_sample_flat(r: DeviceReplay, key: chex.PRNGKey, batch_size: int) -> Transition:
-    """``batch_size`` transitions, uniform over the filled slots and envs."""
-    t_key, e_key = jax.random.split(key)
-    age = jax.random.randint(t_key, (batch_size,), 0, r.size)
-    t = (_oldest(r) + age) % r.capacity
-    e = jax.random.randint(e_key, (batch_size,), 0, r.reward.shape[1])
-    return Transition(
-        obs=r.obs[t, e],
-        action=r.action[t, e],
-        reward=r.reward[t, e],
-        next_obs=r.next_obs[t, e],
-        cont=r.cont[t, e],
-        mask=jnp.ones((batch_size,), jnp.float32),
-    )
-
-
-def replay_sample_sequences(
-    r: DeviceReplay, key: chex.PRNGKey, batch_size: int, length: int
-) -> Sequence:
-    """``batch_size`` windows of ``length`` consecutive steps of one env; starts are uniform
-    over the windows that do not cross the ring's write head, and steps after the start's
-    episode has ended are masked (``obs[:, k + 1]`` is always the observation step ``k`` lands
-    in, the true final observation at an episode's end)."""
-    t_key, e_key = jax.random.split(key)
-    age = jax.random.randint(t_key, (batch_size,), 0, jnp.maximum(r.size - length + 1, 1))
-    t = (_oldest(r) + age[:, None] + jnp.arange(length)[None]) % r.capacity  # [B, T]
-    e = jax.random.randint(e_key, (batch_size,), 0, r.reward.shape[1])[:, None]
-    written = age[:, None] + jnp.arange(length)[None] < r.size  # a ring shorter than a window
-    mask = ((r.episode[t, e] == r.episode[t[:, :1], e]) & written).astype(jnp.float32)
-    obs = jnp.concatenate([r.obs[t[:, :1], e], r.next_obs[t, e]], axis=1)
-    return Sequence(
-        obs=obs, action=r.action[t, e], reward=r.reward[t, e], cont=r.cont[t, e], mask=mask
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Observation normaliser on the device (the host loop's RunningMeanStd, in float32)
-# --------------------------------------------------------------------------------------------
-
-
-@flax.struct.dataclass
-class DeviceNormalizer:
-    count: chex.Array
-    mean: chex.Array
-    m2: chex.Array
-
-
-def normalizer_init(shape) -> DeviceNormalizer:
-    return DeviceNormalizer(
-        count=jnp.zeros((), jnp.float32),
-        mean=jnp.zeros(shape, jnp.float32),
-        m2=jnp.zeros(shape, jnp.float32),
-    )
-
-
-def normalizer_update(n: DeviceNormalizer, batch: chex.Array) -> DeviceNormalizer:
-    """Chan et al.'s parallel update with a batch ``[N, *shape]`` (as ``RunningMeanStd``)."""
-    batch = batch.astype(jnp.float32)
-    k = batch.shape[0]
-    b_mean = batch.mean(0)
-    total = n.count + k
-    delta = b_mean - n.mean
-    return DeviceNormalizer(
-        count=total,
-        mean=n.mean + delta * k / total,
-        m2=n.m2 + ((batch - b_mean) ** 2).sum(0) + delta**2 * n.count * k / total,
-    )
-
-
-def normalizer_stats(n: DeviceNormalizer, enabled: bool) -> tuple[chex.Array, chex.Array]:
-    if not enabled:
-        return jnp.zeros_like(n.mean), jnp.ones_like(n.mean)
-    std = jnp.where(n.count < 2, 1.0, jnp.sqrt(n.m2 / jnp.maximum(n.count, 1.0)) + 1e-6)
-    return n.mean, std
-
-
-# --------------------------------------------------------------------------------------------
-# The loop state and one iteration
-# --------------------------------------------------------------------------------------------
-
-
-@flax.struct.dataclass
-class LoopState:
-    """Everything one run carries from iteration to iteration (one pytree, vmappable)."""
-
-    train: TrainState
-    env_state: Any
-    obs: chex.Array  # [N, *obs_shape]
-    replay: DeviceReplay
-    norm: DeviceNormalizer
-    episode: chex.Array  # [N] episodes finished per env (the replay's episode ids)
-    episode_return: chex.Array  # [N] return of each env's running episode
-    act_carry: ActCarry  # what acting remembers between steps (the RSSM's state)
-    env_step: chex.Array
-    updates: chex.Array
-    key: chex.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Cadence:
-    """How env steps and train steps interleave: ``env_repeat`` vector steps, then
-    ``updates`` train steps, per iteration."""
-
-    env_repeat: int
-    updates: int
-
-    @classmethod
-    def from_config(cls, c) -> Cadence:
-        per_vector_step = Fraction(c.train_ratio).limit_denominator(1000) * c.num_envs
-        if per_vector_step <= 0 or per_vector_step.numerator > 16:
-            raise ConfigError(
-                f"config.train_ratio: {c.train_ratio} × num_envs={c.num_envs} gives "
-                f"{float(per_vector_step):g} train steps per vector step; the device loop needs "
-                "a ratio p/q with p <= 16 (e.g. 0.25 with 4 envs = one train step per vector step)"
-            )
-        return cls(env_repeat=per_vector_step.denominator, updates=per_vector_step.numerator)
-
-
-class DeviceLoop:
-    """Builds the compiled pieces for one config; :func:`train_device` drives them."""
-
-    def __init__(self, config):
-        self.config = c = validate(config)
-        try:
-            self.task = make_task(c.env_id, dict(c.env_kwargs))
-        except ValueError as err:
-            raise ConfigError(f"config.env_id={c.env_id!r}: {err}") from err
-        self.spec = self.task.spec
-        validate_for_env(c, self.spec.max_episode_steps)
-        self.cadence = Cadence.from_config(c)
-        self.agent = make_agent(c, self.spec)
-        self.norm_enabled = c.obs_norm and not np.issubdtype(self.spec.obs_dtype, np.integer)
-        self.capacity = max(c.replay_capacity // c.num_envs, c.sequence_length + 1)
-        # Training needs a full window in the ring before the first batch.
-        need = (c.sequence_length if c.sequence_mode else 1) * c.num_envs
-        step = self.cadence.env_repeat * c.num_envs
-        self.train_start = _round_up(max(c.prefill_steps, need), step)
-        self._segments: dict[tuple, Any] = {}
-        self._evaluate = jax.jit(self._evaluate_impl, static_argnums=(3,))
-        self._open_loop_fn = make_open_loop_fn(self.agent)
-        self._open_loop_windows = jax.jit(replay_sample_sequences, static_argnums=(2, 3))
-
-    # -- initial state -------------------------------------------------------------------------
-
-    def init(self, seed: int) -> LoopState:
-        c = self.config
-        seed_key = jax.random.PRNGKey(seed)
-        obs, env_state = self.task.reset(jax.random.fold_in(seed_key, 3), c.num_envs)
-        ls = LoopState(
-            train=init_state(self.agent, jax.random.fold_in(seed_key, 1)),
-            env_state=env_state,
-            obs=obs,
-            replay=replay_init(self.capacity, c.num_envs, self.spec),
-            norm=normalizer_init(self.spec.obs_shape),
-            episode=jnp.zeros((c.num_envs,), jnp.int32),
-            episode_return=jnp.zeros((c.num_envs,), jnp.float32),
-            act_carry=jax.tree.map(jnp.asarray, initial_carry(self.agent, c.num_envs)),
-            env_step=jnp.zeros((), jnp.int32),
-            updates=jnp.zeros((), jnp.int32),
-            key=jax.random.fold_in(seed_key, 2),
-        )
-        # Segments donate their input; no two leaves may share a buffer (the target critic
-        # starts as the critic, next_obs as obs).
-        return jax.tree.map(jnp.copy, ls)
-
-    # -- one vector step -----------------------------------------------------------------------
-
-    def _random_actions(self, key, n):
-        if self.spec.discrete:
-            idx = jax.random.randint(key, (n,), 0, self.spec.action_dim)
-            return jax.nn.one_hot(idx, self.spec.action_dim)
-        return jax.random.uniform(key, (n, self.spec.action_dim), minval=-1.0, maxval=1.0)
-
-    def _vector_step(self, prefill: bool, ls: LoopState, _=None):
-        c = self.config
-        key, act_key, env_key = jax.random.split(ls.key, 3)
-        if prefill:
-            actions, carry = self._random_actions(act_key, c.num_envs), ls.act_carry
-        else:
-            mean, std = normalizer_stats(ls.norm, self.norm_enabled)
-            actions, carry = act(
-                self.agent,
-                ls.train.wm_params,
-                ls.train.actor_params,
-                ls.act_carry,
-                ls.obs,
-                mean,
-                std,
-                act_key,
-                deterministic=False,
-            )
-        out = self.task.step(env_key, ls.env_state, actions)
-        done = out.terminated | out.truncated
-        running = ls.episode_return + out.reward
-        ls = ls.replace(
-            env_state=out.env_state,
-            obs=out.obs,
-            replay=replay_add(
-                ls.replay,
-                ls.obs,
-                actions,
-                out.reward,
-                1.0 - out.terminated.astype(jnp.float32),
-                out.final_obs,
-                ls.episode,
-            ),
-            norm=normalizer_update(ls.norm, ls.obs) if self.norm_enabled else ls.norm,
-            episode=ls.episode + done.astype(jnp.int32),
-            episode_return=jnp.where(done, 0.0, running),
-            act_carry=carry.replace(is_first=done),  # a finished env's next obs is a reset
-            env_step=ls.env_step + c.num_envs,
-            key=key,
-        )
-        finished = jnp.stack([jnp.sum(jnp.where(done, running, 0.0)), jnp.sum(done)])
-        return ls, finished
-
-    # -- one train step ------------------------------------------------------------------------
-
-    def _train_step(self, counts, ls: LoopState, _=None):
-        c = self.config
-        key, sample_key = jax.random.split(ls.key)
-        if c.sequence_mode:
-            batch = replay_sample_sequences(ls.replay, sample_key, c.batch_size, c.sequence_length)
-        else:
-            batch = replay_sample_flat(ls.replay, sample_key, c.batch_size)
-        mean, std = normalizer_stats(ls.norm, self.norm_enabled)
-        batch = prepare_batch(batch, mean, std, c.reward_scale)
-        mix = critic_real_mix(ls.env_step, c.schedule)
-        train, metrics = train_step(self.agent, ls.train, batch, counts, mix)
-        return ls.replace(train=train, updates=ls.updates + 1, key=key), metrics
-
-    # -- a segment: n iterations in one scan ---------------------------------------------------
-
-    def segment(self, iterations: int, counts, prefill: bool, num_seeds: int):
-        """The compiled ``LoopState -> (LoopState, summary)`` for ``iterations`` iterations
-        with static update ``counts`` (None: no training); vmapped over runs when
-        ``num_seeds > 1`` (seeds × swept lrs).  ``summary`` holds the mean of every train
-        metric and the summed return and count of the episodes that finished."""
-        cache_key = (iterations, counts, prefill, num_seeds)
-        if cache_key in self._segments:
-            return self._segments[cache_key]
-        cadence = self.cadence
-
-        def iteration(ls, _):
-            ls, finished = jax.lax.scan(
-                functools.partial(self._vector_step, prefill), ls, None, cadence.env_repeat
-            )
-            finished = finished.sum(0)
-            if counts is None:
-                return ls, (finished, {})
-            ls, metrics = jax.lax.scan(
-                functools.partial(self._train_step, counts), ls, None, cadence.updates
-            )
-            return ls, (finished, jax.tree.map(lambda x: x.mean(0), metrics))
-
-        def run(ls):
-            ls, (finished, metrics) = jax.lax.scan(iteration, ls, None, iterations)
-            summary = jax.tree.map(lambda x: x.mean(0), metrics)
-            summary["_episodes"] = finished[:, 1].sum()
-            summary["_return_sum"] = finished[:, 0].sum()
-            return ls, summary
-
-        fn = jax.jit(jax.vmap(run) if num_seeds > 1 else run, donate_argnums=0)
-        self._segments[cache_key] = fn
-        return fn
-
-    # -- evaluation on the device --------------------------------------------------------------
-
-    def _evaluate_impl(self, train: TrainState, norm: DeviceNormalizer, key, episodes: int):
-        """``episodes`` deterministic episodes on fresh envs; returns their returns ``[M]``."""
-        reset_key, step_key = jax.random.split(key)
-        obs, env_state = self.task.reset(reset_key, episodes)
-        mean, std = normalizer_stats(norm, self.norm_enabled)
-
-        def step(carry, k):
-            obs, env_state, alive, total, memory = carry
-            actions, memory = act(
-                self.agent, train.wm_params, train.actor_params, memory, obs, mean, std, k, True
-            )
-            out = self.task.step(k, env_state, actions)
-            total = total + jnp.where(alive, out.reward, 0.0)
-            alive = alive & ~(out.terminated | out.truncated)
-            return (out.obs, out.env_state, alive, total, memory), None
-
-        alive = jnp.ones((episodes,), bool)
-        memory = jax.tree.map(jnp.asarray, initial_carry(self.agent, episodes))
-        init = (obs, env_state, alive, jnp.zeros((episodes,)), memory)
-        keys = jax.random.split(step_key, self.task.max_episode_steps)
-        (_, _, _, total, _), _ = jax.lax.scan(step, init, keys)
-        return total
-
-    def open_loop_check(
-        self, ls: LoopState, seed: int, workdir: str, writer=None
-    ) -> dict[str, Any] | None:
-        """The host loop's open-loop check (:func:`wm_jax.trainer.open_loop_check`) for one
-        run's ``ls`` (not vmapped): windows from its device replay, ``open_loop.jsonl`` and, for
-        images, the PNG strip in ``workdir``; ``writer`` gets its TensorBoard image.  None
-        while the ring holds no full window."""
-        c = self.config
-        d = c.diagnostics
-        step = int(ls.env_step)
-        if int(ls.replay.size) < d.open_loop_horizon + 1:
-            return None
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), 13)
-        windows = self._open_loop_windows(ls.replay, key, d.open_loop_batch, d.open_loop_horizon)
-        mean, std = normalizer_stats(ls.norm, self.norm_enabled)
-        batch = prepare_batch(windows, mean, std, c.reward_scale)
-        out = jax.device_get(self._open_loop_fn(ls.train.wm_params, batch))
-        windows, mean, std = jax.device_get((windows, mean, std))
-        return record_open_loop(out, windows, mean, std, step, workdir, writer)
-
-    def evaluate(self, ls: LoopState, seed: int, num_seeds: int) -> np.ndarray:
-        """Returns ``[num_seeds, eval_episodes]`` (or ``[eval_episodes]`` for one seed)."""
-        episodes = self.config.eval_episodes
-        key = jax.random.PRNGKey(seed)
-        if num_seeds > 1:
-            fn = jax.vmap(self._evaluate, in_axes=(0, 0, None, None))
-            return np.asarray(fn(ls.train, ls.norm, key, episodes))
-        return np.asarray(self._evaluate(ls.train, ls.norm, key, episodes))
-
-
-def _round_up(x: int, step: int) -> int:
-    return -(-x // step) * step
-
+from wm_jax.types import TrainState
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints: the host loop's format (state + normaliser + loop counters) plus the device state
@@ -874,12 +411,20 @@ def _save(runs, ls: LoopState, num_seeds: int) -> None:
         run.checkpointer.wait()
 
 
+# Besides train_device, the names tests and benchmarks import from wm_jax.device_loop, re-exported
+# from the modules of their concepts (device_segment, replay_device, normalizer, gymnax_env).
 __all__ = [
     "Cadence",
     "DeviceLoop",
     "DeviceNormalizer",
     "DeviceReplay",
+    "EnvOutput",
+    "GymnaxTask",
     "LoopState",
+    "make_task",
+    "normalizer_init",
+    "normalizer_stats",
+    "normalizer_update",
     "replay_add",
     "replay_init",
     "replay_sample_flat",

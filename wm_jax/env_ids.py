@@ -1,11 +1,7 @@
-"""Names shared by the gymnasium and gymnax environment modules (kept apart from both so that
-neither imports the other at module level): the id prefix of JAX-native envs and the error for
-spaces wm_jax cannot use."""
+"""The id prefix of JAX-native (gymnax) envs, ``"gymnax:"``: the one env-id name that
+:mod:`wm_jax.env_make`, :mod:`wm_jax.gymnax_env` and :mod:`wm_jax.safe_load` all need, kept apart
+so that none of them imports another for it."""
 
 from __future__ import annotations
 
 GYMNAX_PREFIX = "gymnax:"  # env ids run by wm_jax.gymnax_env rather than gymnasium
-
-
-class UnsupportedSpaceError(ValueError):
-    """An environment's observation or action space cannot be used by wm_jax."""

@@ -19,8 +19,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from wm_jax.envs import GYMNAX_PREFIX, VectorEnv, make_env
+from wm_jax.env_ids import GYMNAX_PREFIX
+from wm_jax.env_make import make_env
 from wm_jax.inference import Policy, load_policy
+from wm_jax.vector_env import VectorEnv
 
 
 def evaluate_policy(

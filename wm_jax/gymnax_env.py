@@ -1,10 +1,16 @@
 """gymnax environments (``--config.env_id=gymnax:CartPole-v1``) behind the gymnasium vector-env
-interface that :class:`wm_jax.envs.VectorEnv` drives, so they go through the same training loop,
-env guard, replay and exact resume as gymnasium envs.
+interface that :class:`wm_jax.vector_env.VectorEnv` drives, so they go through the same training
+loop, env guard, replay and exact resume as gymnasium envs.
 
 :class:`GymnaxVectorEnv` runs ``N`` copies of a gymnax env with one jitted, vmapped call per
-reset and per step, on the default JAX device.  gymnax is imported only when a ``gymnax:`` id is
-used (``pip install "wm_jax[gymnax]"``).
+reset and per step, on the default JAX device, for the host loop.  :class:`GymnaxTask` is its
+twin for the on-device loop (:mod:`wm_jax.device_loop`), stepped inside the loop's compiled scan.
+The two share the env and params (:func:`make_gymnax`), the spaces and the observation
+conversion (:func:`board_to_uint8`), but not the stepping: the host adapter derives every key
+from its episode's seed and lets ``VectorEnv`` do seeded resets (what exact resume by action
+replay needs), while the task splits one key per vector step and keeps gymnax's own auto-reset
+(its resume restores the whole device state instead).  gymnax is imported only when a
+``gymnax:`` id is used (``pip install "wm_jax[gymnax]"``).
 
 How gymnax is mapped onto wm_jax's semantics (gymnax 1.0.1, read from its source):
 
@@ -35,7 +41,7 @@ How gymnax is mapped onto wm_jax's semantics (gymnax 1.0.1, read from its source
   (:func:`wm_jax.networks.encoders.normalize_image`), and never given to the running observation
   normaliser, whose per-pixel statistics would blow rarely-lit cells up to ±clip.  Boards with
   other bounds (Pong-misc's 0..2) stay float32.  :func:`board_to_uint8` is the one conversion,
-  shared with the device loop's :class:`wm_jax.device_loop.GymnaxTask`.
+  shared with the device loop's :class:`GymnaxTask`.
 - **env_kwargs.** Fields of the env's ``EnvParams`` (``max_episode_steps`` is an alias of
   ``max_steps_in_episode``) replace the default params; anything else goes to the env's
   constructor (e.g. ``rows`` of Catch).
@@ -46,18 +52,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
+import chex
 import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from wm_jax.env_ids import GYMNAX_PREFIX, UnsupportedSpaceError
+from wm_jax.env_ids import GYMNAX_PREFIX
+from wm_jax.env_spec import EnvSpec, UnsupportedSpaceError
 
 __all__ = [
+    "EnvOutput",
     "GymnaxNotInstalledError",
+    "GymnaxTask",
     "GymnaxVectorEnv",
     "board_to_uint8",
     "gymnax_spaces",
@@ -307,3 +317,69 @@ class GymnaxVectorEnv(gymnasium.vector.VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         self._carry = None
+
+
+# --------------------------------------------------------------------------------------------
+# The device loop's twin: gymnax envs stepped inside jitted code
+# --------------------------------------------------------------------------------------------
+
+
+class EnvOutput(NamedTuple):
+    obs: chex.Array  # [N, ...] the next observation (a reset one where an episode ended)
+    env_state: Any
+    reward: chex.Array  # [N]
+    terminated: chex.Array  # [N] bool
+    truncated: chex.Array  # [N] bool: the time limit, which keeps cont = 1
+    final_obs: chex.Array  # [N, ...] the observation the step landed in, before any reset
+
+
+@dataclasses.dataclass(frozen=True)
+class GymnaxTask:
+    """A gymnax environment with its params and wm_jax's :class:`~wm_jax.env_spec.EnvSpec`,
+    stepped inside jitted code by the device loop (the host loop's twin: :class:`GymnaxVectorEnv`).
+    """
+
+    env: Any
+    params: Any
+    spec: EnvSpec
+
+    @property
+    def max_episode_steps(self) -> int:
+        return int(self.params.max_steps_in_episode)
+
+    def env_actions(self, actions: chex.Array) -> chex.Array:
+        """The agent's float actions ``[N, A]`` as gymnax actions (jnp twin of
+        :func:`wm_jax.env_spec.to_env_action`)."""
+        spec = self.spec
+        if spec.discrete:
+            return jnp.argmax(actions, -1).astype(jnp.int32) + spec.action_start
+        low, high = jnp.asarray(spec.action_low), jnp.asarray(spec.action_high)
+        unit = jnp.clip(actions, -1.0, 1.0)
+        return jnp.clip(low + (unit + 1.0) * 0.5 * (high - low), low, high)
+
+    def step(self, key: chex.PRNGKey, env_state, actions: chex.Array) -> EnvOutput:
+        """Steps ``N`` envs (auto-resetting the finished ones) with agent actions ``[N, A]``."""
+        keys = jax.random.split(key, actions.shape[0])
+        obs, env_state, reward, terminated, truncated, info = jax.vmap(
+            self.env.step, in_axes=(0, 0, 0, None)
+        )(keys, env_state, self.env_actions(actions), self.params)
+        return EnvOutput(
+            obs=self.observation(obs),
+            env_state=env_state,
+            reward=reward.astype(jnp.float32),
+            terminated=terminated.astype(bool),
+            truncated=truncated.astype(bool) & ~terminated.astype(bool),
+            final_obs=self.observation(info["final_observation"]),
+        )
+
+    def observation(self, obs: chex.Array) -> chex.Array:
+        """gymnax observations ``[N, ...]`` in the spec's shape and dtype (2-D boards get
+        their channel axis, ``[0, 1]`` boards become uint8 ``{0, 255}``: the host adapter's
+        :func:`board_to_uint8`)."""
+        return board_to_uint8(obs, self.spec.obs_shape, self.spec.obs_dtype)
+
+    def reset(self, key: chex.PRNGKey, num_envs: int):
+        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(
+            jax.random.split(key, num_envs), self.params
+        )
+        return self.observation(obs), env_state

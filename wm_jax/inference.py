@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from wm_jax.envs import EnvSpec, to_env_action
+from wm_jax.env_spec import EnvSpec, to_env_action
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.safe_load import check_env_id, check_imports, normalize_allowed
 

@@ -1,10 +1,29 @@
 """Running observation normalisation (the seeds: "verify data normalization: states should be
-roughly N(0, 1)").  Host-side statistics; the normalisation itself runs on the device."""
+roughly N(0, 1)").  The statistics are kept on the host by :class:`RunningMeanStd` (host loop,
+float64 numpy) or inside the compiled device loop by :class:`DeviceNormalizer` (float32 jnp);
+both update with the one :func:`chan_update`.  :func:`normalize` applies them on the device."""
 
 from __future__ import annotations
 
+import chex
+import flax
 import jax.numpy as jnp
 import numpy as np
+
+
+def chan_update(count, mean, m2, batch):
+    """Chan et al.'s parallel update of a running ``(count, mean, m2)`` with a batch ``[k,
+    *shape]``; returns the new ``(count, mean, m2)``.  Array-library agnostic (numpy on the host,
+    jnp inside jitted code), so both normalisers run the same arithmetic in the same order."""
+    k = batch.shape[0]
+    b_mean = batch.mean(0)
+    total = count + k
+    delta = b_mean - mean
+    return (
+        total,
+        mean + delta * k / total,
+        m2 + ((batch - b_mean) ** 2).sum(0) + delta**2 * count * k / total,
+    )
 
 
 class RunningMeanStd:
@@ -25,16 +44,9 @@ class RunningMeanStd:
         if not self.enabled:
             return
         batch = np.asarray(batch, np.float64).reshape((-1, *self.shape))
-        n = batch.shape[0]
-        if n == 0:
+        if batch.shape[0] == 0:
             return
-        b_mean = batch.mean(0)
-        b_m2 = ((batch - b_mean) ** 2).sum(0)
-        total = self.count + n
-        delta = b_mean - self.mean
-        self.mean = self.mean + delta * n / total
-        self.m2 = self.m2 + b_m2 + delta**2 * self.count * n / total
-        self.count = total
+        self.count, self.mean, self.m2 = chan_update(self.count, self.mean, self.m2, batch)
 
     @property
     def std(self) -> np.ndarray:
@@ -69,3 +81,36 @@ def normalize(obs, mean, std, clip: float = 10.0):
     if jnp.issubdtype(obs.dtype, jnp.integer):
         return obs
     return jnp.clip((obs - mean) / std, -clip, clip)
+
+
+# The device loop's normaliser: RunningMeanStd's statistics as a float32 pytree, updated inside
+# jitted code.  Its checkpoint layout is RunningMeanStd's (wm_jax.device_loop writes it so).
+
+
+@flax.struct.dataclass
+class DeviceNormalizer:
+    count: chex.Array
+    mean: chex.Array
+    m2: chex.Array
+
+
+def normalizer_init(shape) -> DeviceNormalizer:
+    return DeviceNormalizer(
+        count=jnp.zeros((), jnp.float32),
+        mean=jnp.zeros(shape, jnp.float32),
+        m2=jnp.zeros(shape, jnp.float32),
+    )
+
+
+def normalizer_update(n: DeviceNormalizer, batch: chex.Array) -> DeviceNormalizer:
+    """Chan et al.'s parallel update with a batch ``[N, *shape]`` (as ``RunningMeanStd``)."""
+    count, mean, m2 = chan_update(n.count, n.mean, n.m2, batch.astype(jnp.float32))
+    return DeviceNormalizer(count=count, mean=mean, m2=m2)
+
+
+def normalizer_stats(n: DeviceNormalizer, enabled: bool) -> tuple[chex.Array, chex.Array]:
+    """``(mean, std)`` as :meth:`RunningMeanStd.stats` gives them (identity when disabled)."""
+    if not enabled:
+        return jnp.zeros_like(n.mean), jnp.ones_like(n.mean)
+    std = jnp.where(n.count < 2, 1.0, jnp.sqrt(n.m2 / jnp.maximum(n.count, 1.0)) + 1e-6)
+    return n.mean, std

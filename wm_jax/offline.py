@@ -21,15 +21,17 @@ or from the shell::
         --dataset=run:runs/cartpole [--freeze_world_model]
     python -m wm_jax.offline --workdir=runs/offline_minari --dataset=minari:cartpole/random-v0
 
-A dataset fills a :class:`~wm_jax.replay.ReplayBuffer`, so batches are sampled exactly as in the
-online loop (flat or sequence mode, windows stop at episode ends).  ``run:<workdir>`` restores only
-the replay of that run's newest checkpoint (a partial orbax restore, never pickle);
-``minari:<id>`` converts a local minari dataset's episodes (termination -> ``cont = 0``,
-truncation keeps ``cont = 1``; every episode's last step ends sequence windows).  The spaces come
-from the dataset (the run's ``env_spec.json``, the minari dataset's spaces): training creates no
-env.  Every ``offline.eval_every`` updates the agent is evaluated in the env the dataset names
-(the host loop's ``eval_return`` rows, at the update count; now and then an episode video),
-when that env can be made with the dataset's spaces; otherwise evaluation is off (one warning).
+A dataset (:mod:`wm_jax.offline_data`, which reads them) fills a
+:class:`~wm_jax.replay.ReplayBuffer`, so batches are sampled exactly as in the online loop (flat or
+sequence mode, windows stop at episode ends).  ``run:<workdir>`` restores only the replay of that
+run's newest checkpoint (a partial orbax restore, never pickle); ``minari:<id>`` converts a local
+minari dataset's episodes (termination -> ``cont = 0``, truncation keeps ``cont = 1``; every
+episode's last step ends sequence windows).  The spaces come from the dataset (the run's
+``env_spec.json``, the minari dataset's spaces): training creates no env.  Every
+``offline.eval_every`` updates the agent is evaluated in the env the dataset names (the host
+loop's ``eval_return`` rows, at the update count; now and then an episode video), when that env
+can be made with the dataset's spaces; otherwise evaluation is off (one warning).  This module is
+the loop: schedule, :class:`OfflineTrainer`, :func:`train_offline` and the command line.
 
 The schedule is :mod:`wm_jax.schedule` counted in updates instead of env steps: its warmup is
 ``offline.world_model_only_updates`` (world model only) and ``critic_real_mix`` anneals over the
@@ -50,13 +52,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 from wm_jax import metrics as metrics_lib
@@ -71,18 +71,25 @@ from wm_jax.config import (
 )
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import (
-    EnvSpec,
     EvaluationStopped,
-    UnsupportedSpaceError,
-    from_env_action,
-    spec_from_spaces,
 )
 from wm_jax.episode_video import EpisodeRecorder
-from wm_jax.inference import _partial, spec_from_json, spec_to_json
+from wm_jax.inference import spec_to_json
 from wm_jax.normalizer import RunningMeanStd
+from wm_jax.offline_data import (
+    Dataset,
+    DatasetError,
+    episodes_to_replay,
+    load_dataset,
+    load_minari_dataset,
+    load_run_dataset,
+    parse_dataset,
+    read_json,
+    restore_run_state,
+    stored_observations,
+)
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import make_act_fn
-from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import RunDir, atomic_write
 from wm_jax.safe_load import UntrustedImportError, check_env_id
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
@@ -102,6 +109,7 @@ from wm_jax.training_eval import env_problem, eval_row, evaluate, video_due, wri
 from wm_jax.types import TrainState
 from wm_jax.update import make_agent, make_steps
 
+# The dataset names are re-exported from wm_jax.offline_data, where they now live.
 __all__ = [
     "Dataset",
     "DatasetError",
@@ -109,36 +117,20 @@ __all__ = [
     "OfflineTrainer",
     "episodes_to_replay",
     "load_dataset",
+    "load_minari_dataset",
+    "load_run_dataset",
     "offline_agent_config",
     "offline_counts",
     "offline_schedule",
+    "parse_dataset",
+    "restore_run_state",
     "train_offline",
 ]
 
-SOURCES = ("run", "minari")
 # The online loop's log keys, less those that need an environment.
 LOG_KEYS = tuple(
     k for k in TRAINER_LOG_KEYS if k not in ("eval_return", "train_return", "env_steps_per_s")
 ) + ("updates_per_s",)
-MINARI_HINT = 'minari datasets need the minari package: pip install "minari[hdf5]"'
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be found, read or used; the message names it and the fix."""
-
-
-@dataclasses.dataclass
-class Dataset:
-    """A fixed dataset ready to train on: the replay it fills and what it was recorded in."""
-
-    source: str  # the dataset argument, e.g. "run:/abs/workdir" or "minari:cartpole/random-v0"
-    replay: ReplayBuffer
-    spec: EnvSpec
-    env_id: str | None  # the env it was recorded in (for evaluation), when known
-    env_kwargs: dict[str, Any]
-    run_dir: str | None = None  # run: sources only
-    run_step: int | None = None  # the run checkpoint the replay came from
-    run_normalizer: dict[str, np.ndarray] | None = None  # run: sources only
 
 
 @dataclasses.dataclass
@@ -152,223 +144,9 @@ class OfflineResult:
     interrupted_by: int | None = None  # the signal (SIGTERM/SIGINT) that stopped the run early
 
 
-# -- datasets ----------------------------------------------------------------------------------
-
-
-def parse_dataset(dataset: str) -> tuple[str, str]:
-    """``"run:<workdir>"`` or ``"minari:<dataset_id>"`` -> ``(source, value)``."""
-    source, sep, value = str(dataset).partition(":")
-    if not sep or source not in SOURCES or not value:
-        raise DatasetError(
-            f"dataset {dataset!r}: expected run:<workdir of an earlier wm_jax run> or "
-            "minari:<minari dataset id>, e.g. run:runs/cartpole or minari:cartpole/random-v0"
-        )
-    return source, value
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
-
-
-def _run_manager(run_dir: str) -> ocp.CheckpointManager:
-    """A reading manager for another run's checkpoints: unlike :class:`Checkpointer` it never
-    cleans temporary directories, which may belong to a save of that run still in progress."""
-    return ocp.CheckpointManager(
-        os.path.join(run_dir, "checkpoints"),
-        item_handlers={
-            "state": ocp.PyTreeCheckpointHandler(),
-            "extras": ocp.PyTreeCheckpointHandler(),
-        },
-        options=ocp.CheckpointManagerOptions(create=False),
-    )
-
-
-def _check_run_dir(run_dir: str) -> None:
-    for name in ("config.json", "env_spec.json", "checkpoints"):
-        if not os.path.exists(os.path.join(run_dir, name)):
-            raise DatasetError(
-                f"dataset run:{run_dir}: not a wm_jax run directory with checkpoints ({name} is "
-                "missing); give the --workdir of an earlier wm_jax.train or wm_jax.offline run"
-            )
-
-
 def _has_checkpoints(workdir: str) -> bool:
     directory = os.path.join(workdir, "checkpoints")
     return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
-def _as_numpy(tree) -> Any:
-    return jax.tree.map(np.asarray, tree)
-
-
-def load_run_dataset(run_dir: str, step: int | None = None) -> Dataset:
-    """The replay (and normaliser) of a run's newest checkpoint, or ``step``'s; nothing else of
-    the checkpoint is read."""
-    run_dir = os.path.abspath(run_dir)
-    _check_run_dir(run_dir)
-    config = _read_json(os.path.join(run_dir, "config.json"))
-    spec = spec_from_json(_read_json(os.path.join(run_dir, "env_spec.json")))
-    manager = _run_manager(run_dir)
-    try:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise DatasetError(
-                f"dataset run:{run_dir}: {run_dir}/checkpoints holds no checkpoint yet; train "
-                "that run until it writes one (config.checkpoint_every)"
-            )
-        meta = manager.item_metadata(step)["extras"]
-        wanted = {k: meta[k] for k in ("replay", "normalizer")}
-        # As host numpy arrays in their saved dtypes (int64 counters stay int64 without x64).
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-        args = ocp.args.PyTreeRestore(item=wanted, restore_args=as_numpy, partial_restore=True)
-        restored = manager.restore(step, args=ocp.args.Composite(extras=args))["extras"]
-    finally:
-        manager.close()
-    saved = _as_numpy(restored["replay"])
-    num_envs, slots = int(saved["num_envs"]), int(saved["slots_per_env"])
-    replay = ReplayBuffer(
-        num_envs * slots, num_envs, spec.obs_shape, spec.obs_dtype, int(saved["action_dim"])
-    )
-    replay.load_state_dict(saved)
-    return Dataset(
-        source=f"run:{run_dir}",
-        replay=replay,
-        spec=spec,
-        env_id=config.get("env_id"),
-        env_kwargs=dict(config.get("env_kwargs") or {}),
-        run_dir=run_dir,
-        run_step=int(step),
-        run_normalizer=_as_numpy(restored["normalizer"]),
-    )
-
-
-def restore_run_state(run_dir: str, step: int, template: TrainState) -> TrainState:
-    """The full train state of a run's checkpoint ``step``, restored against ``template`` (a
-    fresh init of the same networks) so ``TrainState`` and the optax states come back typed."""
-    manager = _run_manager(run_dir)
-    try:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        return manager.restore(step, args=ocp.args.Composite(state=_partial(abstract)))["state"]
-    finally:
-        manager.close()
-
-
-def episodes_to_replay(episodes: Iterable[Any], spec: EnvSpec) -> ReplayBuffer:
-    """Minari-style episodes (``observations`` of length ``T + 1``, ``actions``, ``rewards``,
-    ``terminations``, ``truncations``) as one replay ring holding them in order.
-
-    Termination sets ``cont = 0``, truncation keeps ``cont = 1``; every episode's last step ends
-    sequence windows, also when the recording stopped mid-episode (neither flag set).  Actions
-    become the agent's float vectors (one-hot, or ``[-1, 1]`` for a ``Box``).
-    """
-    keys = ("obs", "next", "act", "rew", "cont", "end")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for i, ep in enumerate(episodes):
-        where = f"episode {getattr(ep, 'id', i)}"
-        if not isinstance(ep.observations, np.ndarray):
-            raise DatasetError(
-                f"{where}: observations are {type(ep.observations).__name__}, not an array; "
-                "wm_jax needs a Box observation space"
-            )
-        rewards = np.asarray(ep.rewards, np.float32)
-        steps = len(rewards)
-        obs = np.asarray(ep.observations)
-        if obs.shape != (steps + 1, *spec.obs_shape):
-            raise DatasetError(
-                f"{where}: observations have shape {obs.shape}, expected "
-                f"{(steps + 1, *spec.obs_shape)} ({steps} steps + the final observation)"
-            )
-        if steps == 0:
-            continue
-        if not (np.isfinite(rewards).all() and np.isfinite(obs.astype(np.float64)).all()):
-            raise DatasetError(f"{where}: holds NaN or Inf observations or rewards")
-        terminated = np.asarray(ep.terminations, bool).reshape(steps)
-        ended = terminated | np.asarray(ep.truncations, bool).reshape(steps)
-        ended[-1] = True
-        actions = np.asarray(ep.actions)
-        parts["obs"].append(obs[:-1].astype(spec.obs_dtype, copy=False))
-        parts["next"].append(obs[1:].astype(spec.obs_dtype, copy=False))
-        parts["act"].append(from_env_action(actions.reshape(steps, -1), spec))
-        parts["rew"].append(rewards)
-        parts["cont"].append(1.0 - terminated.astype(np.float32))
-        parts["end"].append(ended)
-    total = sum(len(r) for r in parts["rew"])
-    if total == 0:
-        raise DatasetError("the dataset holds no transitions")
-    replay = ReplayBuffer(total, 1, spec.obs_shape, spec.obs_dtype, spec.action_dim)
-    replay.load_state_dict(
-        {
-            "obs": np.concatenate(parts["obs"])[None],
-            "next_obs": np.concatenate(parts["next"])[None],
-            "action": np.concatenate(parts["act"])[None],
-            "reward": np.concatenate(parts["rew"])[None],
-            "cont": np.concatenate(parts["cont"])[None],
-            "episode_end": np.concatenate(parts["end"])[None],
-            "write_pos": np.zeros(1, np.int64),  # full ring: the oldest transition is slot 0
-            "count": np.full(1, total, np.int64),
-            "num_envs": 1,
-            "slots_per_env": total,
-            "action_dim": spec.action_dim,
-        }
-    )
-    return replay
-
-
-def _import_minari():
-    try:
-        import minari
-    except ImportError as err:
-        raise ImportError(MINARI_HINT) from err
-    return minari
-
-
-def load_minari_dataset(dataset_id: str) -> Dataset:
-    """A local minari dataset (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``) converted by
-    :func:`episodes_to_replay`; its spaces give the spec, its env spec the env for evaluation."""
-    minari = _import_minari()
-    try:
-        data = minari.load_dataset(dataset_id)
-    except FileNotFoundError as err:
-        raise DatasetError(
-            f"dataset minari:{dataset_id} is not stored locally ({err}); download it first with "
-            f"`minari download {dataset_id}` (or set MINARI_DATASETS_PATH to where it is)"
-        ) from err
-    try:
-        spec = spec_from_spaces(data.observation_space, data.action_space)
-    except UnsupportedSpaceError as err:
-        raise DatasetError(f"dataset minari:{dataset_id}: {err}") from err
-    env_spec = data.env_spec
-    env_id, env_kwargs = None, {}
-    if env_spec is not None:
-        env_id = env_spec.id
-        spec = dataclasses.replace(spec, max_episode_steps=env_spec.max_episode_steps)
-        try:
-            env_kwargs = json.loads(json.dumps(dict(env_spec.kwargs or {})))
-        except TypeError:
-            logging.warning("minari:%s: env kwargs are not JSON; not recorded", dataset_id)
-    return Dataset(
-        source=f"minari:{dataset_id}",
-        replay=episodes_to_replay(data.iterate_episodes(), spec),
-        spec=spec,
-        env_id=env_id,
-        env_kwargs=env_kwargs,
-    )
-
-
-def load_dataset(dataset: str) -> Dataset:
-    """``run:<workdir>`` or ``minari:<dataset_id>`` as a :class:`Dataset`."""
-    source, value = parse_dataset(dataset)
-    if source == "run":
-        return load_run_dataset(value)
-    return load_minari_dataset(value)
-
-
-def stored_observations(replay: ReplayBuffer) -> np.ndarray:
-    """Every stored transition's observation (each env's ring fills from slot 0, so its first
-    ``count`` slots are the stored ones)."""
-    state = replay.state_dict()
-    return np.concatenate([state["obs"][i, :n] for i, n in enumerate(state["count"])])
 
 
 # -- schedule ----------------------------------------------------------------------------------
@@ -523,7 +301,7 @@ class OfflineTrainer:
         resuming there would mix two runs' checkpoints."""
         meta = os.path.join(self.workdir, "offline.json")
         if os.path.exists(meta):
-            previous = _read_json(meta).get("dataset")
+            previous = read_json(meta).get("dataset")
             if previous != self.data.source:
                 raise ConfigError(
                     f"--workdir: {self.workdir} holds an offline run of {previous}, not "
@@ -547,7 +325,7 @@ class OfflineTrainer:
         try:
             self.state = restore_run_state(data.run_dir, data.run_step, self.state)
         except Exception as err:  # orbax names a leaf whose shape does not match
-            run_config = _read_json(os.path.join(data.run_dir, "config.json"))
+            run_config = read_json(os.path.join(data.run_dir, "config.json"))
             differ = [
                 f"model.{k}={v!r} (the run's: {run_config.get('model', {}).get(k)!r})"
                 for k, v in self.config.model.to_dict().items()

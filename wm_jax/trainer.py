@@ -40,7 +40,7 @@ from wm_jax.config import (
     validate_for_env,
 )
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.envs import EnvStepError, EvaluationStopped, make_env_spec
+from wm_jax.env_make import make_env_spec
 from wm_jax.episode_video import EpisodeRecorder
 from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
@@ -67,6 +67,7 @@ from wm_jax.shell import (
 )
 from wm_jax.training_eval import eval_row, evaluate, make_envs, video_due, write_clip
 from wm_jax.update import make_agent, make_steps
+from wm_jax.vector_env import EnvStepError, EvaluationStopped
 
 LOG_KEYS = (
     "eval_return",

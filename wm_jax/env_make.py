@@ -1,0 +1,191 @@
+"""Making one environment from an env id: gymnasium ids, ``module:EnvId`` ids, ``gymnax:`` ids
+and the pixel-observation wrapper; :func:`make_env_spec` validates an id's spaces before training
+starts.  The vector env that steps a batch of them is :mod:`wm_jax.vector_env`.
+
+Env ids
+-------
+A registered gymnasium id (``"CartPole-v1"``); ``"module:EnvId"`` to import the module that
+registers your own env first (gymnasium's own syntax); or ``"gymnax:Name"`` for a gymnax env
+(``"gymnax:Catch-bsuite"``), run through :class:`wm_jax.gymnax_env.GymnaxVectorEnv` under the same
+seeding, boundary and resume rules.  The ``gymnax:`` prefix is checked first, because gymnasium
+would otherwise read it as "import the gymnax module, then make its own CartPole-v1".
+
+Pixels from any rendered env
+----------------------------
+``env_kwargs["pixels"] = N`` (``--env_kwargs='{"pixels": 64}'``; ``true`` means 64) replaces a
+gymnasium env's observation by its ``rgb_array`` render, resized to ``N × N × 3`` uint8
+(:func:`make_env`: ``gymnasium.wrappers.AddRenderObservation(render_only=True)`` then
+:class:`ResizeObservationPIL`, an area-averaging resize with Pillow, which matplotlib already
+needs; gymnasium's own ``ResizeObservation`` needs OpenCV).  The key is wm_jax's, never passed to
+``gymnasium.make``, and lives in ``env_kwargs`` so every place that rebuilds the env from a run's
+config (training, evaluation, ``load_policy``, GIFs) sees pixels too.  An env without an
+``rgb_array`` renderer fails at start-up saying so.  The images then take the uint8 path: CNN
+encoder/decoder (``model.encoder=auto``), uint8 replay, no running observation normalisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from wm_jax.env_ids import GYMNAX_PREFIX
+from wm_jax.env_spec import EnvSpec, UnsupportedSpaceError, spec_from_spaces
+
+__all__ = [
+    "PIXELS_KEY",
+    "ResizeObservationPIL",
+    "check_no_pixels",
+    "make_env",
+    "make_env_spec",
+    "pixel_size",
+    "unknown_env_error",
+]
+
+
+def unknown_env_error(env_id: str, err: Exception) -> ValueError:
+    """The error for an id gymnasium cannot make, saying which ids it can."""
+    return ValueError(
+        f"Unknown or unavailable environment id {env_id!r}: {err}. Use a registered id "
+        "(e.g. 'CartPole-v1'; gymnasium.pprint_registry() lists them), or 'module:EnvId' to "
+        "import the module that registers your own env first."
+    )
+
+
+PIXELS_KEY = "pixels"  # env_kwargs key of wm_jax's pixel wrapper (see the module docstring)
+_DEFAULT_PIXELS = 64
+
+
+def pixel_size(env_kwargs: dict[str, Any] | None) -> tuple[int | None, dict[str, Any]]:
+    """Splits ``env_kwargs`` into the pixel option and the env's own kwargs.
+
+    Returns:
+        ``(size, kwargs)``: the square image side (``None``: the env's own observations; ``True``
+        means 64) and ``env_kwargs`` without the ``"pixels"`` key.
+
+    Raises:
+        ValueError: If the value is not a bool or an integer in [8, 1024].
+    """
+    kwargs = dict(env_kwargs or {})
+    value = kwargs.pop(PIXELS_KEY, None)
+    if value is None or value is False or (type(value) is int and value == 0):
+        return None, kwargs
+    if value is True:
+        return _DEFAULT_PIXELS, kwargs
+    if type(value) is not int or not 8 <= value <= 1024:
+        raise ValueError(
+            f"env_kwargs[{PIXELS_KEY!r}] must be true (64×64) or an image side in [8, 1024] "
+            f"(0/false: the env's own observations), got {value!r}"
+        )
+    return value, kwargs
+
+
+class ResizeObservationPIL(gymnasium.ObservationWrapper):
+    """Resizes ``[H, W, C]`` uint8 image observations to ``[size, size, C]`` with Pillow's box
+    (area-average) filter, so thin features (CartPole's pole) fade to grey instead of vanishing
+    the way nearest-neighbour sampling can make them."""
+
+    def __init__(self, env: gymnasium.Env, size: int) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        image = isinstance(space, spaces.Box) and space.dtype == np.uint8
+        if not (image and len(space.shape) == 3):
+            raise UnsupportedSpaceError(
+                f"ResizeObservationPIL needs uint8 [H, W, C] images, got {space}"
+            )
+        self.size = int(size)
+        shape = (self.size, self.size, space.shape[-1])
+        self.observation_space = spaces.Box(0, 255, shape, np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        from PIL import Image  # Pillow comes with matplotlib
+
+        frame = np.asarray(observation, np.uint8)
+        if frame.shape[:2] == (self.size, self.size):
+            return frame
+        if frame.shape[-1] == 1:  # PIL's single-channel mode "L" has no channel axis
+            image = Image.fromarray(frame[..., 0]).resize((self.size,) * 2, Image.Resampling.BOX)
+            return np.asarray(image, np.uint8)[..., None]
+        image = Image.fromarray(frame).resize((self.size,) * 2, Image.Resampling.BOX)
+        return np.asarray(image, np.uint8)
+
+
+def make_env(
+    env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None
+) -> gymnasium.Env:
+    """One gymnasium env of ``env_id`` with ``env_kwargs``, observing pixels when
+    ``env_kwargs["pixels"]`` asks for them (see the module docstring).
+
+    Raises:
+        ValueError: For an unknown id, a bad ``pixels`` value, or a pixel env that has no
+            ``rgb_array`` renderer (or whose renderer needs a missing package such as pygame).
+    """
+    size, kwargs = pixel_size(env_kwargs)
+    if size is not None and render_mode not in (None, "rgb_array"):
+        raise ValueError(f"pixel observations need render_mode='rgb_array', not {render_mode!r}")
+    mode = "rgb_array" if size is not None else render_mode
+    try:
+        env = gymnasium.make(env_id, **kwargs, **({"render_mode": mode} if mode else {}))
+    except (
+        gymnasium.error.UnregisteredEnv,
+        gymnasium.error.DeprecatedEnv,
+        ModuleNotFoundError,  # the module of a "module:EnvId" id
+    ) as err:
+        raise unknown_env_error(env_id, err) from err
+    if size is None:
+        return env
+    modes = env.metadata.get("render_modes") or []
+    if "rgb_array" not in modes or env.render_mode != "rgb_array":
+        env.close()
+        raise ValueError(
+            f"{env_id} has no rgb_array renderer (its render_modes are {list(modes)}), so "
+            f"env_kwargs[{PIXELS_KEY!r}] cannot observe it from pixels; drop the option or "
+            "use an env that renders to rgb_array."
+        )
+    try:
+        env = gymnasium.wrappers.AddRenderObservation(env, render_only=True)
+    except gymnasium.error.DependencyNotInstalled as err:
+        env.close()
+        raise ValueError(
+            f"{env_id}'s rgb_array renderer needs a package that is missing ({err}); for "
+            'classic-control envs: pip install "wm_jax[render]"'
+        ) from err
+    except AssertionError as err:  # AddRenderObservation asserts that render() gave an array
+        env.close()
+        raise ValueError(f"{env_id}'s render() did not return an rgb_array image") from err
+    return ResizeObservationPIL(env, size)
+
+
+def make_env_spec(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvSpec:
+    """Makes one env, reads its spaces, closes it: validates an env id before training starts.
+
+    Raises:
+        ValueError: If ``env_id`` is not registered (or gymnax is missing for a ``gymnax:`` id).
+        UnsupportedSpaceError: If its spaces are not supported.
+    """
+    if env_id.startswith(GYMNAX_PREFIX):
+        from wm_jax.gymnax_env import gymnax_spaces  # jax-only; gymnax imported lazily
+
+        check_no_pixels(env_id, env_kwargs)
+        observation_space, action_space, limit = gymnax_spaces(env_id, env_kwargs)
+        spec = spec_from_spaces(observation_space, action_space)
+        return dataclasses.replace(spec, max_episode_steps=limit)
+    env = make_env(env_id, env_kwargs)
+    try:
+        spec = spec_from_spaces(env.observation_space, env.action_space)
+        limit = env.spec.max_episode_steps if env.spec is not None else None
+        return dataclasses.replace(spec, max_episode_steps=limit)
+    finally:
+        env.close()
+
+
+def check_no_pixels(env_id: str, env_kwargs: dict[str, Any] | None) -> None:
+    """Refuses the pixel option for a ``gymnax:`` id (gymnax envs have no renderer)."""
+    if pixel_size(env_kwargs)[0] is not None:
+        raise ValueError(
+            f"env_kwargs[{PIXELS_KEY!r}] renders gymnasium envs; gymnax envs have no renderer "
+            f"({env_id}'s boards are already images where it has them): drop the option"
+        )

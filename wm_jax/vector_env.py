@@ -1,0 +1,571 @@
+"""``N`` gymnasium (or gymnax) environments stepped together in wm_jax's conventions
+(:class:`VectorEnv`): float agent actions in (see :mod:`wm_jax.env_spec`), transitions that never
+cross an episode boundary out, every episode started from its own seed, and exact resume from a
+checkpoint by replaying the current episodes' actions.  Envs are made by :mod:`wm_jax.env_make`.
+
+Resets: one explicit seed per episode
+-------------------------------------
+:class:`VectorEnv` builds its gymnasium vector env with
+``autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED`` and resets finished envs itself.
+Episode ``e`` (counting from 0) of env ``i`` always starts with ``reset(seed=s)`` where
+``s = episode_seed(seed, i, e)`` = ``np.random.SeedSequence([seed, i, e]).generate_state(1)[0]``
+(see :func:`episode_seed`).  After each :meth:`VectorEnv.step`, the envs whose episode ended
+(terminated or truncated) are reset in the same call, and only those, through
+``vector_env.reset(seed=[...], options={"reset_mask": done})``.  The returned transition keeps
+the episode's true final observation as ``next_obs`` (a transition never crosses an episode
+boundary) and ``StepOutput.obs``, the observation to act on next, is the reset observation for
+those envs.  Every call to ``step`` is thus a real transition for every env (no action ignored,
+no step discarded, the batch stays dense); ``EnvTransition.valid`` is kept in the output (always
+True) so consumers such as the replay buffer keep one interface.
+
+Why not gymnasium's own autoreset: its autoresets are unseeded and continue each env's RNG,
+whose state cannot be saved in general (gym envs are not serialisable, and checkpoints must not
+hold pickles).  With one explicit seed per episode, an env's state is a pure function of
+``(seed, i, e)`` and the actions taken since that episode's reset.  :class:`VectorEnv` records
+those actions (as environment actions) and the episode counters; :meth:`VectorEnv.state_dict`
+exports them as plain numpy arrays and :meth:`VectorEnv.load_state_dict` rebuilds every env by
+resetting it with its current episode's seed and replaying the recorded actions (through the
+wrappers too, so e.g. ``TimeLimit``'s elapsed steps are restored).  A run resumed from a
+checkpoint then sees bit-identical transitions to an uninterrupted run, in both ``sync`` and
+``async`` mode.
+
+This relies on the env being deterministic given its reset seed and actions, with nothing
+carried over from earlier episodes (true of gymnasium's own envs); :meth:`load_state_dict`
+checks the replayed returns, lengths and observations against the saved ones and raises if they
+differ.  The cost is memory and restore time proportional to the current episodes' lengths:
+an env whose episodes never end (no time limit) keeps a growing action history.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import gymnasium
+import numpy as np
+
+from wm_jax.env_guard import EnvGuard, InvalidEnvDataError
+from wm_jax.env_ids import GYMNAX_PREFIX
+from wm_jax.env_make import check_no_pixels, make_env, pixel_size, unknown_env_error
+from wm_jax.env_spec import (
+    EnvSpec,
+    UnsupportedSpaceError,
+    check_actions,
+    spec_from_spaces,
+    to_env_action,
+)
+
+__all__ = [
+    "EnvStepError",
+    "EnvTransition",
+    "EvaluationStopped",
+    "StepOutput",
+    "VectorEnv",
+    "episode_seed",
+]
+
+_VECTOR_MODES = ("sync", "async")
+
+
+class EnvStepError(RuntimeError):
+    """The environment itself raised inside ``reset()`` or ``step()``."""
+
+
+class EvaluationStopped(Exception):
+    """:meth:`VectorEnv.run_episodes` was asked to stop before its episodes ended."""
+
+
+class EnvTransition(NamedTuple):
+    """One transition per env, all ``[N, ...]`` numpy arrays.
+
+    The field order matches :meth:`wm_jax.replay.ReplayBuffer.add`, so
+    ``buffer.add(*out.transition)`` stores a step.
+    """
+
+    obs: np.ndarray  # [N, *obs_shape]  the observation the action was taken in
+    action: np.ndarray  # [N, A] float32, the agent's action as given
+    reward: np.ndarray  # [N] float32
+    next_obs: np.ndarray  # [N, *obs_shape]  true next obs (final obs at episode end)
+    terminated: np.ndarray  # [N] bool
+    truncated: np.ndarray  # [N] bool
+    valid: np.ndarray  # [N] bool  False for a step that is not a real transition
+
+
+class StepOutput(NamedTuple):
+    """What :meth:`VectorEnv.step` returns."""
+
+    transition: EnvTransition
+    obs: np.ndarray  # [N, *obs_shape]  to act on next: the reset obs where an episode just ended
+    episode_returns: list[float]  # undiscounted returns of episodes that finished this step
+    episode_lengths: list[int]  # their lengths in steps
+
+
+def episode_seed(seed: int, env_index: int, episode: int) -> int:
+    """The reset seed of episode ``episode`` (from 0) of env ``env_index`` in a :class:`VectorEnv`.
+
+    ``int(np.random.SeedSequence([seed, env_index, episode]).generate_state(1)[0])``: a 32-bit
+    seed that depends only on the three numbers, so any episode can be restarted on its own.
+
+    Raises:
+        ValueError: If any argument is negative.
+    """
+    if seed < 0 or env_index < 0 or episode < 0:
+        raise ValueError(
+            f"seed, env index and episode must be >= 0, got {(seed, env_index, episode)}."
+        )
+    return int(np.random.SeedSequence([seed, env_index, episode]).generate_state(1)[0])
+
+
+def _check_seed(seed: int) -> int:
+    seed = operator.index(seed)
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}.")
+    return seed
+
+
+_STATE_KEYS = (
+    "seed",
+    "num_envs",
+    "episode",
+    "episode_return",
+    "episode_length",
+    "actions",
+    "action_lengths",
+    "obs",
+)
+
+
+class VectorEnv:
+    """``N`` copies of a gymnasium env stepped together, in wm_jax's conventions.
+
+    Every episode starts with an explicit seeded reset: episode ``e`` of env ``i`` is reset with
+    ``episode_seed(seed, i, e)`` (see :func:`episode_seed` and the module docstring), so a seed
+    fixes the trajectory for a fixed sequence of actions, and :meth:`state_dict` /
+    :meth:`load_state_dict` resume it exactly.
+
+    Args:
+        env_id: A registered gymnasium id, ``"module:EnvId"`` or ``"gymnax:Name"`` (see the
+            module docstring).
+        num_envs: Number of parallel envs ``N``.
+        seed: Base seed, an integer in ``[0, 2**63)``.
+        mode: ``"sync"`` (in-process) or ``"async"`` (one subprocess per env); gymnax envs
+            always run in-process, vmapped on the JAX device.
+        env_kwargs: Keyword arguments for ``gymnasium.make`` (e.g. ``max_episode_steps``), or
+            for a gymnax id its ``EnvParams`` fields and constructor arguments.
+        check: What to do with NaN/Inf or out-of-range observations and rewards: ``"raise"``,
+            ``"sanitize"`` or ``"off"`` (see :mod:`wm_jax.env_guard`).
+        max_abs_reward: Rewards of larger magnitude are out of range.
+
+    Raises:
+        ValueError: Unknown ``env_id`` or ``mode``, ``num_envs < 1`` or a bad ``seed``.
+        UnsupportedSpaceError: If the env's spaces are not supported.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int,
+        mode: str = "sync",
+        env_kwargs: dict[str, Any] | None = None,
+        check: str = "raise",
+        max_abs_reward: float = 1e6,
+    ) -> None:
+        if mode not in _VECTOR_MODES:
+            raise ValueError(f"mode must be one of {_VECTOR_MODES}, got {mode!r}.")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+        seed = _check_seed(seed)
+        try:
+            if env_id.startswith(GYMNAX_PREFIX):
+                from wm_jax.gymnax_env import GymnaxVectorEnv
+
+                check_no_pixels(env_id, env_kwargs)
+                self._env = GymnaxVectorEnv(env_id, num_envs, env_kwargs)
+            elif pixel_size(env_kwargs)[0] is not None:
+                # Wrappers go inside each sub-env; make_vec has no hook for our resize.
+                vector = (
+                    gymnasium.vector.SyncVectorEnv
+                    if mode == "sync"
+                    else gymnasium.vector.AsyncVectorEnv
+                )
+                make = functools.partial(make_env, env_id, dict(env_kwargs))
+                make().close()  # fail here, with make_env's message, not inside a worker
+                self._env = vector(
+                    [make] * num_envs,
+                    autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED,
+                )
+            else:
+                self._env = gymnasium.make_vec(
+                    env_id,
+                    num_envs=num_envs,
+                    vectorization_mode=mode,
+                    vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
+                    **pixel_size(env_kwargs)[1],  # "pixels": 0 / false is ours, not the env's
+                )
+        except (
+            gymnasium.error.UnregisteredEnv,
+            gymnasium.error.DeprecatedEnv,
+            ModuleNotFoundError,  # the module of a "module:EnvId" id
+        ) as err:
+            raise unknown_env_error(env_id, err) from err
+        try:
+            self._spec = spec_from_spaces(
+                self._env.single_observation_space, self._env.single_action_space
+            )
+        except UnsupportedSpaceError:
+            self._env.close()
+            raise
+        space = self._env.single_observation_space
+        self.guard = EnvGuard(check, env_id, space.low, space.high, max_abs_reward)
+        self._env_action_dtype = np.dtype(self._env.single_action_space.dtype)
+        self._env_action_shape = tuple(self._env.single_action_space.shape)
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.mode = mode
+        self._seed = seed
+        self._obs: np.ndarray | None = None
+        # Index of each env's current episode; -1 until the first reset().
+        self._episodes = np.full(num_envs, -1, dtype=np.int64)
+        self._returns = np.zeros(num_envs, dtype=np.float64)
+        self._lengths = np.zeros(num_envs, dtype=np.int64)
+        # Env actions of each env's current episode: self._history[i, :self._lengths[i]].
+        self._history = np.zeros(
+            (num_envs, 16, *self._env_action_shape), dtype=self._env_action_dtype
+        )
+
+    @property
+    def spec(self) -> EnvSpec:
+        """The validated spaces of one env."""
+        return self._spec
+
+    @property
+    def seed(self) -> int:
+        """The base seed of the episode seeds (the constructor's, or the last ``reset(seed)``)."""
+        return self._seed
+
+    def _episode_seeds(self) -> list[int]:
+        return [episode_seed(self._seed, i, int(e)) for i, e in enumerate(self._episodes)]
+
+    def _reset_envs(self, mask: np.ndarray) -> np.ndarray:
+        """Resets the envs in ``mask`` with their current episode seeds; returns all obs.
+
+        Every episode start goes through this one call shape (a masked reset, which passes
+        ``options={}`` to the env), so an episode begins identically however it was reached.
+        """
+        obs, _ = self._guarded(
+            self._env.reset,
+            seed=self._episode_seeds(),
+            options={"reset_mask": np.array(mask, dtype=np.bool_)},
+        )
+        obs = np.array(obs, dtype=self._spec.obs_dtype)
+        return self.guard.observations(obs, "a reset")
+
+    def _guarded(self, fn, *args, **kwargs):
+        """Calls the vector env, turning gymnasium's shape errors into a message about spaces."""
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            space = self._env.single_observation_space
+            raise InvalidEnvDataError(
+                f"{self.env_id} returned data that does not fit its declared spaces ({err}). Its "
+                f"observation_space is {space} (shape {space.shape}, dtype {space.dtype}): make "
+                "reset() and step() return observations of exactly that shape, or fix the space."
+            ) from err
+        except (InvalidEnvDataError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # the env's own code failed: name it, keep the cause
+            raise EnvStepError(
+                f"the environment {self.env_id} raised {type(err).__name__} inside "
+                f"{getattr(fn, '__name__', 'a call')}() of one of its {self.num_envs} envs: {err}"
+            ) from err
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Starts a new episode in every env and returns the first observations ``[N, ...]``.
+
+        With ``seed``, it becomes the base seed and every env restarts at episode 0.  Without,
+        the first call starts episode 0 of the constructor's seed and later calls start each
+        env's next episode.  Episodes cut short by a reset are not reported as finished.
+        """
+        if seed is not None:
+            self._seed = _check_seed(seed)
+            self._episodes[:] = 0
+        else:
+            self._episodes += 1
+        self._obs = self._reset_envs(np.ones(self.num_envs, dtype=bool))
+        self._returns[:] = 0.0
+        self._lengths[:] = 0
+        return self._obs.copy()
+
+    def step(self, actions: np.ndarray) -> StepOutput:
+        """Steps every env with float agent actions ``[N, A]`` (see :func:`to_env_action`).
+
+        Envs whose episode ends are reset with their next episode's seed before returning.
+        """
+        if self._obs is None:
+            raise RuntimeError("Call reset() before step().")
+        actions = check_actions(actions, self._spec)
+        if actions.shape[0] != self.num_envs:
+            raise ValueError(f"Expected actions for {self.num_envs} envs, got {actions.shape[0]}.")
+        env_actions = to_env_action(actions, self._spec).astype(self._env_action_dtype)
+        next_obs, reward, terminated, truncated, _ = self._guarded(self._env.step, env_actions)
+
+        where = f"episode step {int(self._lengths.max()) + 1}"
+        next_obs = self.guard.observations(np.array(next_obs, dtype=self._spec.obs_dtype), where)
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool)
+        reward = self.guard.rewards(np.asarray(reward, dtype=np.float32), where)
+        self._record(env_actions)
+        self._returns += reward
+        self._lengths += 1
+
+        done = terminated | truncated
+        finished = np.flatnonzero(done)
+        episode_returns = [float(self._returns[i]) for i in finished]
+        episode_lengths = [int(self._lengths[i]) for i in finished]
+        obs = next_obs.copy()
+        if finished.size:
+            self._episodes[finished] += 1
+            self._returns[finished] = 0.0
+            self._lengths[finished] = 0
+            obs[finished] = self._reset_envs(done)[finished]
+
+        transition = EnvTransition(
+            obs=self._obs,
+            action=actions.astype(np.float32),
+            reward=reward,
+            next_obs=next_obs,
+            terminated=terminated,
+            truncated=truncated,
+            valid=np.ones(self.num_envs, dtype=bool),
+        )
+        self._obs = obs
+        return StepOutput(
+            transition=transition,
+            obs=obs.copy(),
+            episode_returns=episode_returns,
+            episode_lengths=episode_lengths,
+        )
+
+    def _record(self, env_actions: np.ndarray) -> None:
+        """Appends one env action per env to the current episodes' histories."""
+        needed = int(self._lengths.max()) + 1
+        if needed > self._history.shape[1]:
+            grown = np.zeros(
+                (self.num_envs, max(needed, 2 * self._history.shape[1]), *self._env_action_shape),
+                dtype=self._env_action_dtype,
+            )
+            grown[:, : self._history.shape[1]] = self._history
+            self._history = grown
+        self._history[np.arange(self.num_envs), self._lengths] = env_actions
+
+    # ------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, np.ndarray | int]:
+        """Everything needed to rebuild the envs exactly, as numpy arrays and ints (no pickle).
+
+        Keys: ``seed`` and ``num_envs`` (ints); ``episode`` (int64 ``[N]``, index of each env's
+        current episode); ``episode_return`` (float64 ``[N]``) and ``episode_length`` (int64
+        ``[N]``) of the current episodes; ``actions`` (``[N, max_len, *action_shape]`` in the env
+        action dtype, zero-padded, ``max_len >= 1``) with ``action_lengths`` (int64 ``[N]``), the
+        env actions taken since each current episode's reset; ``obs`` (``[N, *obs_shape]``), the
+        observations to act on next, used to check the replay.
+
+        Raises:
+            RuntimeError: Before the first :meth:`reset`.
+        """
+        if self._obs is None:
+            raise RuntimeError("Call reset() before state_dict().")
+        max_len = max(1, int(self._lengths.max()))
+        actions = np.zeros(
+            (self.num_envs, max_len, *self._env_action_shape), dtype=self._env_action_dtype
+        )
+        for i, length in enumerate(self._lengths):
+            actions[i, :length] = self._history[i, :length]
+        return {
+            "seed": self._seed,
+            "num_envs": self.num_envs,
+            "episode": self._episodes.copy(),
+            "episode_return": self._returns.copy(),
+            "episode_length": self._lengths.copy(),
+            "actions": actions,
+            "action_lengths": self._lengths.copy(),
+            "obs": self._obs.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> np.ndarray:
+        """Rebuilds the envs from a :meth:`state_dict`; returns the observations to act on next.
+
+        Each env is reset with its current episode's seed and its recorded actions are replayed,
+        so the envs (wrappers such as ``TimeLimit`` included), episode counters, returns and
+        lengths are exactly as when the state was saved; stepping on with the same actions gives
+        bit-identical transitions.  Works in ``sync`` and ``async`` mode.  Envs whose history is
+        shorter than the longest are stepped with a filler action until they are reset for their
+        own replay (a vector env can only step all envs together), which the seeded reset
+        undoes.
+
+        Raises:
+            ValueError: If a key is missing or the state does not fit this env (num_envs, seed,
+                action or observation shape/dtype, inconsistent counters).
+            RuntimeError: If the replay does not reproduce the saved returns, lengths or
+                observations (the env is not deterministic given its seed and actions); the
+                envs are then in an unspecified state.
+        """
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"Env state is missing keys {missing}.")
+        n = self.num_envs
+        if int(state["num_envs"]) != n:
+            raise ValueError(
+                f"Env state was saved with num_envs={int(state['num_envs'])}, but this VectorEnv "
+                f"has num_envs={n}; build it with the num_envs the state was saved with."
+            )
+        if int(state["seed"]) != self._seed:
+            raise ValueError(
+                f"Env state was saved with seed={int(state['seed'])}, but this VectorEnv has "
+                f"seed={self._seed}; build it with the seed the state was saved with."
+            )
+        actions = np.asarray(state["actions"])
+        want_actions = f"[{n}, max_len >= 1, *{self._env_action_shape}] {self._env_action_dtype}"
+        if (
+            actions.ndim != 2 + len(self._env_action_shape)
+            or actions.shape[0] != n
+            or actions.shape[1] < 1
+            or tuple(actions.shape[2:]) != self._env_action_shape
+            or actions.dtype != self._env_action_dtype
+        ):
+            raise ValueError(
+                f"Env state 'actions' has shape {actions.shape} and dtype {actions.dtype}, "
+                f"expected {want_actions} (a different env or action space?)."
+            )
+        arrays = {}
+        for key, shape, dtype in (
+            ("episode", (n,), np.int64),
+            ("episode_return", (n,), np.float64),
+            ("episode_length", (n,), np.int64),
+            ("action_lengths", (n,), np.int64),
+            ("obs", (n, *self._spec.obs_shape), self._spec.obs_dtype),
+        ):
+            value = np.asarray(state[key])
+            if value.shape != shape or value.dtype != np.dtype(dtype):
+                raise ValueError(
+                    f"Env state {key!r} has shape {value.shape} and dtype {value.dtype}, "
+                    f"expected {shape} and {np.dtype(dtype)} (a different env?)."
+                )
+            arrays[key] = value.copy()
+        lengths = arrays["action_lengths"]
+        if (
+            np.any(arrays["episode"] < 0)
+            or np.any(lengths < 0)
+            or np.any(lengths > actions.shape[1])
+            or not np.array_equal(lengths, arrays["episode_length"])
+        ):
+            raise ValueError(
+                f"Env state has inconsistent counters: episode={arrays['episode']}, "
+                f"episode_length={arrays['episode_length']}, action_lengths={lengths} for "
+                f"{actions.shape[1]} stored actions."
+            )
+
+        self._episodes = arrays["episode"]
+        self._returns[:] = 0.0
+        self._lengths[:] = 0
+        self._history = np.zeros(
+            (n, max(16, actions.shape[1]), *self._env_action_shape), dtype=self._env_action_dtype
+        )
+        self._obs = None  # unusable until the replay succeeds
+        obs, returns = self._replay(actions, lengths)
+        for what, got, saved in (
+            ("episode returns", returns, arrays["episode_return"]),
+            ("observations", obs, arrays["obs"]),
+        ):
+            if got.tobytes() != saved.tobytes():
+                raise RuntimeError(
+                    f"Replaying the saved actions did not reproduce the saved {what}: the env is "
+                    "not deterministic given its reset seed and actions, so it cannot be "
+                    "resumed exactly."
+                )
+        for i, length in enumerate(lengths):
+            self._history[i, :length] = actions[i, :length]
+        self._returns[:] = returns
+        self._lengths[:] = lengths
+        self._obs = obs
+        return obs.copy()
+
+    def _replay(self, actions: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Resets every env with its current episode seed and replays ``actions[i, :len[i]]``.
+
+        All envs step together for ``L = max(lengths)`` steps; env ``i``'s episode is (re)started
+        at replay step ``L - lengths[i]`` so its replay ends with everyone else's.  Before that it
+        is stepped with a filler action and reset whenever the filler episode ends.
+        """
+        n, total = self.num_envs, int(lengths.max())
+        start = total - lengths
+        filler = to_env_action(np.zeros((n, self._spec.action_dim)), self._spec).astype(
+            self._env_action_dtype
+        )
+        obs = self._reset_envs(np.ones(n, dtype=bool))
+        returns = np.zeros(n, dtype=np.float64)
+        filler_done = np.zeros(n, dtype=bool)
+        for k in range(total + 1):
+            reset = filler_done | ((start == k) & (k > 0))
+            if reset.any():
+                obs[reset] = self._reset_envs(reset)[reset]
+            if k == total:
+                break
+            live = start <= k
+            step_actions = filler.copy()
+            rows = np.flatnonzero(live)
+            step_actions[rows] = actions[rows, k - start[rows]]
+            obs, reward, terminated, truncated, _ = self._env.step(step_actions)
+            # The same guard as step(), so sanitised runs replay to the same saved values.
+            obs = self.guard.observations(np.array(obs, dtype=self._spec.obs_dtype))
+            reward = self.guard.rewards(np.asarray(reward, dtype=np.float32))
+            done = np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)
+            returns[live] += reward[live]
+            if np.any(done & live):
+                raise RuntimeError(
+                    f"Replaying the saved actions ended an episode early (envs "
+                    f"{np.flatnonzero(done & live).tolist()}, replay step {k}): the env is not "
+                    "deterministic given its reset seed and actions, so it cannot be resumed "
+                    "exactly."
+                )
+            filler_done = done
+        return obs, returns
+
+    def run_episodes(
+        self,
+        act: Callable[[np.ndarray, int], np.ndarray],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Plays one episode in every env from a fresh reset, with ``act(obs, t)`` giving the
+        agent's actions ``[N, A]`` at vector step ``t``; returns each episode's undiscounted
+        return ``[N]`` (envs that finish early idle until the last one is done).  Raises
+        :class:`EvaluationStopped` as soon as ``should_stop()`` is true (e.g. on SIGTERM)."""
+        obs = self.reset()
+        done = np.zeros(self.num_envs, bool)
+        running = np.zeros(self.num_envs)
+        returns = np.zeros(self.num_envs)
+        t = 0
+        while not done.all():
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped(f"stopped after {t} of the evaluation's vector steps")
+            out = self.step(act(obs, t))
+            running += np.where(done, 0.0, out.transition.reward)
+            ended = (out.transition.terminated | out.transition.truncated) & ~done
+            returns[ended] = running[ended]
+            done |= ended
+            obs = out.obs
+            t += 1
+        return returns
+
+    def close(self) -> None:
+        """Closes the envs (and their worker processes in async mode)."""
+        self._env.close()
+
+    def __enter__(self) -> VectorEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
