@@ -103,9 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
     m.activation = "elu"  # activation of every MLP (any jax.nn function name)
     m.layer_norm = True  # normalise after each hidden layer (the seeds have none)
     # Which normalisation MLP hidden layers use when layer_norm is on: "layer" (LayerNorm) |
-    # "rms" (RMSNorm: no centring, half the row reductions; learned CartPole as LayerNorm did
-    # and is faster, BUILD_NOTES "Norm and precision A/B").  CNN layers always use LayerNorm.
-    m.norm = "rms"
+    # "rms" (RMSNorm: no centring; learned CartPole as LayerNorm did but measured no faster on
+    # CPU, BUILD_NOTES "Norm and precision A/B").  CNN layers always use LayerNorm.
+    m.norm = "layer"
     m.state_norm = "layernorm"  # autoencoder states: "layernorm" | "tanh" | "none"
     m.cnn_depth = 32  # channels of the first conv layer of the CNN encoder/decoder
     # Conv layers of the CNN encoder/decoder (channels cnn_depth·2^i); stride 2 only while the
