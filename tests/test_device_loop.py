@@ -319,10 +319,11 @@ def test_host_and_device_loops_log_the_same_metric_names_and_keep_a_best_agent(t
             loop=loop,
             total_env_steps=192,
             prefill_steps=64,
-            eval_every=96,
+            # Segments of 64 env steps: one compiled training segment in the device loop.
+            eval_every=64,
             eval_episodes=2,
             log_every=64,
-            checkpoint_every=96,
+            checkpoint_every=64,
             report=True,  # the device loop's report and open-loop check run here (issue 23)
             **{"schedule.warmup_steps": 64, "schedule.transition_steps": 128},
             **{"diagnostics.open_loop_every": 192, "diagnostics.open_loop_horizon": 8},
@@ -350,4 +351,4 @@ def test_host_and_device_loops_log_the_same_metric_names_and_keep_a_best_agent(t
         (check,) = [json.loads(x) for x in (tmp_path / loop / "open_loop.jsonl").open()]
         assert check["env_step"] == 192
     best = wm_jax.load_policy(str(tmp_path / "device"), which="best")
-    assert best.step in (96, 192)
+    assert best.step in (64, 128, 192)

@@ -177,7 +177,8 @@ def test_rssm_trainer_run_resumes_exactly(tmp_path):
     overrides = {
         "total_env_steps": 192,
         "prefill_steps": 64,
-        "schedule.warmup_steps": 96,
+        # Training starts after the warmup: one train-step program (world model, actor, critic).
+        "schedule.warmup_steps": 64,
         "schedule.transition_steps": 128,
         "checkpoint_every": 112,
         "eval_every": 0,
@@ -215,10 +216,11 @@ def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path)
         loop="device",
         total_env_steps=192,
         prefill_steps=64,  # = the warmup: one train-step program (world model, actor, critic)
-        eval_every=96,
+        # Every training segment 64 env steps long: one compiled segment program.
+        eval_every=64,
         eval_episodes=2,
-        log_every=96,
-        checkpoint_every=96,
+        log_every=64,
+        checkpoint_every=64,
         report=False,
         num_envs=4,
         train_ratio=0.25,
@@ -229,9 +231,9 @@ def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path)
         },
     )
     straight = train_device(config, str(tmp_path / "straight"))[0]
-    train_device(config, str(tmp_path / "resumed"), stop_at=96)
+    train_device(config, str(tmp_path / "resumed"), stop_at=128)
     resumed = train_device(config, str(tmp_path / "resumed"))[0]
-    assert resumed.resumed_from == 96 and resumed.env_steps == straight.env_steps == 192
+    assert resumed.resumed_from == 128 and resumed.env_steps == straight.env_steps == 192
     assert resumed.eval_returns == straight.eval_returns
     a, b = load_policy(straight.workdir), load_policy(resumed.workdir)
     for x, y in zip(jax.tree.leaves(a.wm_params), jax.tree.leaves(b.wm_params), strict=True):

@@ -164,6 +164,15 @@ def _index(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
 
 
+def _canonical(ls: LoopState) -> LoopState:
+    """Every leaf a strongly typed array committed to the first local device: a fresh state
+    (with weakly typed env fields), one restored from a checkpoint (some leaves uncommitted) and
+    a segment's output then give the segments one signature, so a resumed or repeated run in the
+    same process reuses the compiled segments instead of compiling each of them again."""
+    device = jax.local_devices()[0]
+    return jax.tree.map(lambda x: jax.device_put(jnp.asarray(x, dtype=x.dtype), device), ls)
+
+
 def train_device(config, workdir: str, stop_at: int | None = None) -> list:
     """Runs the on-device loop for ``config`` (``config.num_seeds`` seeds at once) and returns
     the per-seed :class:`wm_jax.trainer.RunResult` list.  Resumes from checkpoints."""
@@ -276,7 +285,7 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
             f"the seeds' checkpoints are at different env steps {sorted(steps_now)}; remove the "
             "newer ones (or the workdir) so all seeds resume from the same step"
         )
-    ls = states[0] if num_seeds == 1 else _stack(states)
+    ls = _canonical(states[0] if num_seeds == 1 else _stack(states))
     if c.data_parallel:
         # Seeds are independent: one slice of the seed axis per device, no communication.
         if num_seeds == 1:
