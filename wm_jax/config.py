@@ -104,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.layer_norm = True  # normalise after each hidden layer (the seeds have none)
     # Which normalisation MLP hidden layers use when layer_norm is on: "layer" (LayerNorm) |
     # "rms" (RMSNorm: no centring; learned CartPole as LayerNorm did but measured no faster on
-    # CPU, BUILD_NOTES "Norm and precision A/B").  CNN layers always use LayerNorm.
+    # CPU, BUILD_NOTES "Speed (issue 18), 2026-12-05").  CNN layers always use LayerNorm.
     m.norm = "layer"
     m.state_norm = "layernorm"  # autoencoder states: "layernorm" | "tanh" | "none"
     m.cnn_depth = 32  # channels of the first conv layer of the CNN encoder/decoder

@@ -43,8 +43,8 @@ def get_config():
     # Half of the critic's loss stays on real 16-step λ-returns after the transition: real
     # terminations anchor its values (imagined-only targets left a ~110-return plateau).
     c.schedule.final_real_mix = 0.5
-    # Speed (issue 18): bf16 matmuls where the CPU/GPU has them natively learned as f32 did (6
-    # seeds each, BUILD_NOTES "Norm and precision A/B") at ~1.2x the train-step speed.  The base
-    # config's default; stated here because this config's figures depend on it.
+    # Speed (issue 18): bf16 matmuls where the CPU/GPU has them natively learned as f32 did
+    # (6 seeds each; BUILD_NOTES "Speed (issue 18), 2026-12-05") at ~1.2x the train-step speed.
+    # The base config's default, stated here because this config's figures depend on it.
     c.precision = "auto"
     return c
