@@ -58,5 +58,5 @@ def test_online_and_offline_clocks_read_their_intervals_from_the_config():
     )
     assert online.open_loop_every == c.diagnostics.open_loop_every
     offline = Clock.offline(c)
-    assert (offline.log_every, offline.eval_every) == (c.offline.log_every, 0)
+    assert (offline.log_every, offline.eval_every) == (c.offline.log_every, c.offline.eval_every)
     assert offline.checkpoint_every == c.offline.checkpoint_every
