@@ -41,6 +41,10 @@ def small_config(**overrides):
     c.model.hidden_dim = 32
     c.imagination.horizon = 5
     c.batch_size = 16
+    # Tests compare programs bit for bit or against autodiff references: they must not depend on
+    # which CPU CI draws ("auto" is bf16 on AMX/AVX512-BF16 CPUs).  bf16 and "auto" have their
+    # own tests (tests/test_precision.py).
+    c.precision = "float32"
     return override(c, **overrides)
 
 
