@@ -204,13 +204,14 @@ class LayerNorm(nn.Module):
 
     activation: Callable = _identity
     epsilon: float = 1e-6
+    _norm_act = staticmethod(layer_norm_act)  # the fused normalisation (RMSNorm swaps it)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        return layer_norm_act(x, scale, bias, self.activation, self.epsilon)
+        return self._norm_act(x, scale, bias, self.activation, self.epsilon)
 
 
 def _rms_norm_act(x, scale, bias, act, eps):
@@ -247,20 +248,12 @@ def _rms_norm_act_bwd(act, eps, residuals, g):
 rms_norm_act.defvjp(_rms_norm_act_fwd, _rms_norm_act_bwd)
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(LayerNorm):
     """RMSNorm fused with the activation after it (:func:`rms_norm_act`); parameters ``scale``
     and ``bias`` as :class:`LayerNorm`'s (a different module name, so a LayerNorm checkpoint
     never loads into an RMSNorm network unnoticed)."""
 
-    activation: Callable = _identity
-    epsilon: float = 1e-6
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        return rms_norm_act(x, scale, bias, self.activation, self.epsilon)
+    _norm_act = staticmethod(rms_norm_act)
 
 
 NORMS = {"layer": LayerNorm, "rms": RMSNorm}
