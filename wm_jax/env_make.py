@@ -42,8 +42,18 @@ __all__ = [
     "make_env",
     "make_env_spec",
     "pixel_size",
+    "UNKNOWN_ENV_ERRORS",
     "unknown_env_error",
 ]
+
+
+# What gymnasium raises for an id it cannot make (ModuleNotFoundError: the module of a
+# "module:EnvId" id); turned into :func:`unknown_env_error` wherever an env is made.
+UNKNOWN_ENV_ERRORS = (
+    gymnasium.error.UnregisteredEnv,
+    gymnasium.error.DeprecatedEnv,
+    ModuleNotFoundError,
+)
 
 
 def unknown_env_error(env_id: str, err: Exception) -> ValueError:
@@ -129,11 +139,7 @@ def make_env(
     mode = "rgb_array" if size is not None else render_mode
     try:
         env = gymnasium.make(env_id, **kwargs, **({"render_mode": mode} if mode else {}))
-    except (
-        gymnasium.error.UnregisteredEnv,
-        gymnasium.error.DeprecatedEnv,
-        ModuleNotFoundError,  # the module of a "module:EnvId" id
-    ) as err:
+    except UNKNOWN_ENV_ERRORS as err:
         raise unknown_env_error(env_id, err) from err
     if size is None:
         return env

@@ -48,7 +48,13 @@ import numpy as np
 
 from wm_jax.env_guard import EnvGuard, InvalidEnvDataError
 from wm_jax.env_ids import GYMNAX_PREFIX
-from wm_jax.env_make import check_no_pixels, make_env, pixel_size, unknown_env_error
+from wm_jax.env_make import (
+    UNKNOWN_ENV_ERRORS,
+    check_no_pixels,
+    make_env,
+    pixel_size,
+    unknown_env_error,
+)
 from wm_jax.env_spec import (
     EnvSpec,
     UnsupportedSpaceError,
@@ -205,11 +211,7 @@ class VectorEnv:
                     vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
                     **pixel_size(env_kwargs)[1],  # "pixels": 0 / false is ours, not the env's
                 )
-        except (
-            gymnasium.error.UnregisteredEnv,
-            gymnasium.error.DeprecatedEnv,
-            ModuleNotFoundError,  # the module of a "module:EnvId" id
-        ) as err:
+        except UNKNOWN_ENV_ERRORS as err:
             raise unknown_env_error(env_id, err) from err
         try:
             self._spec = spec_from_spaces(
