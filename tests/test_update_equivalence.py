@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import make_spec, random_transitions, small_config
 
+from wm_jax.imagination import imagine, next_state, policy_step
 from wm_jax.schedule import UpdateCounts
 from wm_jax.update import (
     actor_update,
@@ -134,3 +135,46 @@ def test_train_step_equals_the_unshortened_composition(setup):
             _close(new_state.critic_target_params, ref_state.critic_params)
             for name in ("critic_loss", "critic_loss_imagined", "critic_loss_real"):
                 _close(metrics[name], ref_metrics[name])
+
+
+def test_imagination_heads_on_the_finished_trajectory_equal_a_per_step_rollout(setup):
+    """Reward, continue and value are read once on the stacked [H+1, B] states after the scan;
+    a plain Python loop reading them at every step gives the same trajectory and the same actor
+    gradient (values and pathwise gradients through the heads)."""
+    agent, state, batch, _, _ = setup
+    nets, wm = agent.nets, agent.nets.world_model
+    starts = observe_batch(agent, state.wm_params, batch).states
+    key, horizon = jax.random.PRNGKey(7), 4
+
+    def per_step(actor_params):
+        states, rewards, conts, values, log_probs = [starts], [], [], [], []
+        values.append(nets.critic.apply(state.critic_params, starts))
+        for step_key in jax.random.split(key, horizon):
+            policy_key, dynamics_key = jax.random.split(step_key)
+            action, log_prob, _ = policy_step(nets, actor_params, states[-1], policy_key, False)
+            dist = wm.apply(state.wm_params, states[-1], action, method=wm.predict_next)
+            nxt = next_state(dist, dynamics_key, False)
+            rewards.append(wm.apply(state.wm_params, nxt, method=wm.reward).mean())
+            conts.append(wm.apply(state.wm_params, nxt, method=wm.cont).probs)
+            values.append(nets.critic.apply(state.critic_params, nxt))
+            states.append(nxt)
+            log_probs.append(log_prob)
+        return tuple(jnp.stack(x) for x in (states, rewards, conts, values, log_probs))
+
+    def scanned(actor_params):
+        out = imagine(
+            nets, state.wm_params, actor_params, state.critic_params, starts, key, horizon, False
+        )
+        return out.states, out.rewards, out.continues, out.values, out.log_probs
+
+    def scalar(fn, actor_params):
+        states, rewards, conts, values, log_probs = fn(actor_params)
+        return jnp.sum(rewards) + jnp.sum(conts * values[1:]) + 0.1 * jnp.sum(log_probs)
+
+    _close(jax.jit(scanned)(state.actor_params), jax.jit(per_step)(state.actor_params))
+    grads = [
+        jax.jit(jax.grad(functools.partial(scalar, f)))(state.actor_params)
+        for f in (scanned, per_step)
+    ]
+    _close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0])) > 0

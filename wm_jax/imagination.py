@@ -117,7 +117,7 @@ def imagine(
     wm = nets.world_model
 
     def landing(nxt):
-        """Reward, continue and value read from the state a transition lands in."""
+        """Reward and continue read from the states transitions land in (any leading axes)."""
         reward = wm.apply(wm_params, nxt, method=wm.reward).mean()
         cont_dist = wm.apply(wm_params, nxt, method=wm.cont)
         # "mode" thresholds at 0.5: a confidently safe state keeps the full γ instead of the
@@ -125,8 +125,7 @@ def imagine(
         cont = (
             (cont_dist.logits > 0).astype(nxt.dtype) if continue_mode == "mode" else cont_dist.probs
         )
-        value = nets.critic.apply(critic_params, nxt)
-        return reward, cont, value
+        return reward, cont
 
     def act(state, policy_key):
         action, log_prob, entropy = policy_step(nets, actor_params, state, policy_key, discrete)
@@ -139,8 +138,7 @@ def imagine(
         action, log_prob, entropy = act(state, policy_key)
         dist = wm.apply(wm_params, state, action, method=wm.predict_next)
         nxt = next_state(dist, dynamics_key, sample_dynamics)
-        reward, cont, value = landing(nxt)
-        return nxt, (nxt, action, log_prob, entropy, reward, cont, value)
+        return nxt, (nxt, action, log_prob, entropy)
 
     def window_step(carry, step_key):
         state, window = carry
@@ -148,8 +146,7 @@ def imagine(
         action, log_prob, entropy = act(state, policy_key)
         dist, window = dynamics_step(wm, wm_params, window, state, action)
         nxt = next_state(dist, dynamics_key, sample_dynamics)
-        reward, cont, value = landing(nxt)
-        return (nxt, window), (nxt, action, log_prob, entropy, reward, cont, value)
+        return (nxt, window), (nxt, action, log_prob, entropy)
 
     keys = jax.random.split(key, horizon)
     if context_length(wm.dynamics):
@@ -159,14 +156,18 @@ def imagine(
         _, outputs = jax.lax.scan(window_step, (start_states, start_window), keys, unroll=unroll)
     else:
         _, outputs = jax.lax.scan(step, start_states, keys, unroll=unroll)
-    states, actions, log_probs, entropies, rewards, conts, values = outputs
-    first_value = nets.critic.apply(critic_params, start_states)
+    states, actions, log_probs, entropies = outputs
+    # Only the policy and the dynamics feed the recurrence; the heads read the finished
+    # trajectory in one [H·B]-row pass (bigger matmuls, a smaller scan body and its backward).
+    states = jnp.concatenate([start_states[None], states], 0)
+    rewards, conts = landing(states[1:])
+    values = nets.critic.apply(critic_params, states)
     return Imagined(
-        states=jnp.concatenate([start_states[None], states], 0),
+        states=states,
         actions=actions,
         log_probs=log_probs,
         entropies=entropies,
         rewards=rewards,
         continues=conts,
-        values=jnp.concatenate([first_value[None], values], 0),
+        values=values,
     )
