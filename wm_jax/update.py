@@ -532,15 +532,17 @@ def real_value_targets(
     return observed.states, sg(targets), batch.mask
 
 
-def _critic_fit(critic, params, states, targets, weights) -> tuple[chex.Array, Metrics]:
-    """:func:`wm_jax.losses.critic_loss` of ``V(states)`` against ``targets``, scalar or
+def _critic_fit(
+    critic, params, states, targets, weights, rows=slice(None)
+) -> tuple[chex.Array, Metrics]:
+    """:func:`wm_jax.losses.critic_loss` of ``V(states)[rows]`` against ``targets``, scalar or
     distributional (``config.critic.bins``), plus the TD-error monitor."""
     if critic.bins > 0:
-        logits = critic.apply(params, states, method=critic.logits)
+        logits = critic.apply(params, states, method=critic.logits)[rows]
         values = critic.readout(logits)
         loss, metrics = losses.critic_loss(values, targets, weights, logits, critic.bin_centers)
     else:
-        values = critic.apply(params, states)
+        values = critic.apply(params, states)[rows]
         loss, metrics = losses.critic_loss(values, targets, weights)
     metrics.update(losses.td_error_monitor(values, targets, weights))
     return loss, metrics
@@ -577,13 +579,17 @@ def critic_loss_fn(
     critic = agent.nets.critic
     if reuse_values:
         bootstrap = imagined.values[1:]
+        # V over all H + 1 states, the last row dropped: the very forward pass imagination ran
+        # (same parameters, same states), which XLA then computes once for both steps.
+        fit_states, rows = imagined.states, slice(None, -1)
     else:
         bootstrap = critic.apply(state.critic_target_params, imagined.states[1:])
+        fit_states, rows = imagined.states[:-1], slice(None)
     returns = sg(
         lambda_returns(imagined.rewards, imagined.continues, bootstrap, cfg.gamma, cfg.lambda_)
     )
     w = jnp.broadcast_to(weights[None], returns.shape)
-    imag_loss, metrics = _critic_fit(critic, critic_params, imagined.states[:-1], returns, w)
+    imag_loss, metrics = _critic_fit(critic, critic_params, fit_states, returns, w, rows)
 
     def real_term(params):
         return _critic_fit(critic, params, *real())[0]
