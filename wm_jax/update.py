@@ -579,17 +579,18 @@ def critic_loss_fn(
     critic = agent.nets.critic
     if reuse_values:
         bootstrap = imagined.values[1:]
-        # V over all H + 1 states, the last row dropped: the very forward pass imagination ran
-        # (same parameters, same states), which XLA then computes once for both steps.
-        fit_states, rows = imagined.states, slice(None, -1)
     else:
         bootstrap = critic.apply(state.critic_target_params, imagined.states[1:])
-        fit_states, rows = imagined.states[:-1], slice(None)
     returns = sg(
         lambda_returns(imagined.rewards, imagined.continues, bootstrap, cfg.gamma, cfg.lambda_)
     )
     w = jnp.broadcast_to(weights[None], returns.shape)
-    imag_loss, metrics = _critic_fit(critic, critic_params, fit_states, returns, w, rows)
+    # V over all H + 1 states, the last row dropped: for the first critic update after
+    # imagination this is the very forward pass imagination ran (same parameters, same states),
+    # which XLA then computes once for both steps; later updates pay 1/H more rows.
+    imag_loss, metrics = _critic_fit(
+        critic, critic_params, imagined.states, returns, w, slice(None, -1)
+    )
 
     def real_term(params):
         return _critic_fit(critic, params, *real())[0]
