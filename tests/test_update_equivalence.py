@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from conftest import make_spec, random_transitions, small_config
 
+from wm_jax import losses
 from wm_jax.imagination import imagine, next_state, policy_step
+from wm_jax.returns import lambda_returns
 from wm_jax.schedule import UpdateCounts
 from wm_jax.update import (
     actor_update,
@@ -99,6 +101,17 @@ def test_reused_imagined_values_equal_the_target_critic_at_tau_one(setup):
     reused = _loss_and_grad(agent, state, batch, imagined, weights, None, 0.0, reuse=True)
     _close(reused[0], full[0])
     _close(reused[2], full[2])
+    # Both equal the loss written out: V on the first H states against λ-returns bootstrapped
+    # from the target critic's values of the last H (the update reads V on all H + 1 and drops
+    # the last row to share imagination's forward pass).
+    cfg = agent.config.imagination
+    values = agent.nets.critic.apply(state.critic_params, imagined.states[:-1])
+    bootstrap = agent.nets.critic.apply(state.critic_target_params, imagined.states[1:])
+    targets = lambda_returns(
+        imagined.rewards, imagined.continues, bootstrap, cfg.gamma, cfg.lambda_
+    )
+    w = jnp.broadcast_to(weights[None], targets.shape)
+    _close(full[0], losses.critic_loss(values, targets, w)[0])
     # ... and the check can fail: with a different target critic the two disagree.
     other = state.replace(
         critic_target_params=jax.tree.map(lambda p: p * 1.5 + 0.01, state.critic_target_params)
