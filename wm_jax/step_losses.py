@@ -166,8 +166,9 @@ class BatchStates(NamedTuple):
 
 def observe_batch(agent: Agent, wm_params: Params, batch: Batch) -> BatchStates:
     """Reads ``batch`` into states with the world model's current parameters (posterior modes /
-    means).  :func:`wm_jax.update.train_step` does it once, after the world-model updates, for both the
-    actor's start states and the critic's real-data targets (for an RSSM it is a T-step scan)."""
+    means).  :func:`wm_jax.update.train_step` does it once, after the world-model updates, for
+    both the actor's start states and the critic's real-data targets (for an RSSM it is a T-step
+    scan)."""
     wm = agent.nets.world_model
     wm_params = sg(wm_params)
     if isinstance(batch, Sequence):
