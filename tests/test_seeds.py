@@ -101,4 +101,14 @@ def test_seeds_train_one_workdir_each_like_single_runs_and_a_rerun_skips_them(tm
     assert again.returncode == 0, again.stderr[-3000:]
     assert {s: (parent / f"seed_{s}" / "metrics.jsonl").read_text() for s in (0, 1)} == metrics
     assert "trained 320 env steps" in again.stdout
+    # ... and without rebuilding them: each finished seed is read from its finished.json.
+    for seed in (0, 1):
+        assert f"seed {seed}: finished earlier (320 env steps), skipped" in again.stdout
+    assert again.stdout.count("final eval return") == result.stdout.count("final eval return")
     print(f"--seeds=0,1: first run {first:.0f}s, finished rerun {rerun:.0f}s")
+    # A longer run is no finished run: the seeds resume and train on.
+    longer = run_cli(
+        str(parent), "--seeds=0", "--config.total_env_steps=480", env=DETERMINISTIC_ENV
+    )
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "skipped" not in longer.stdout and "trained 480 env steps" in longer.stdout

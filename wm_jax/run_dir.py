@@ -73,6 +73,38 @@ class ResumeRefusedError(ConfigError):
     """The workdir holds a run whose config or environment differs from the new one."""
 
 
+FINISHED_NAME = "finished.json"
+
+
+def write_finished(workdir: str, config, env_steps: int, eval_returns) -> None:
+    """Marks ``workdir`` as a run of ``config`` that trained all its env steps (``--seeds``
+    writes it after a seed ends), so that rerunning the command skips the seed in a moment
+    instead of rebuilding, recompiling and reloading it to find nothing left to train."""
+    record = {
+        "config": _config_dict(config),
+        "env_steps": int(env_steps),
+        "eval_returns": [list(map(float, e)) for e in eval_returns],
+    }
+    atomic_write(os.path.join(workdir, FINISHED_NAME), json.dumps(record))
+
+
+def read_finished(workdir: str, config) -> dict[str, Any] | None:
+    """The :func:`write_finished` record of ``workdir`` if it finished a run of exactly
+    ``config`` and its final checkpoint is still there; None otherwise (no record, an
+    unreadable one, any config difference: a longer ``total_env_steps`` resumes the run)."""
+    try:
+        with open(os.path.join(workdir, FINISHED_NAME)) as f:
+            record = json.load(f)
+        steps = int(record["env_steps"])
+        same = record["config"] == json.loads(json.dumps(_config_dict(config)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    final = os.path.join(workdir, "checkpoints", str(steps))
+    if not same or steps < int(config.total_env_steps) or not os.path.isdir(final):
+        return None
+    return record
+
+
 def has_checkpoint(workdir: str) -> bool:
     directory = os.path.join(workdir, "checkpoints")
     return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))

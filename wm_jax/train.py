@@ -242,16 +242,26 @@ def _train_seeds(config, workdir: str, seeds: list[int]) -> list:
     another; each resumes (or, finished, only reloads) like a single run.  Stops at the first
     interrupted seed (its result last)."""
     from wm_jax.loops import train
+    from wm_jax.run_dir import read_finished, write_finished
+    from wm_jax.shell import RunResult
 
     results = []
     for seed in seeds:
         seed_config = config.copy_and_resolve_references()
         seed_config.seed = seed
         seed_dir = os.path.join(workdir, f"seed_{seed}")
+        done = read_finished(seed_dir, seed_config)
+        if done is not None:  # finished with this very config: nothing to build or reload
+            print(f"seed {seed}: finished earlier ({done['env_steps']} env steps), skipped")
+            evals = [(int(e[0]), e[1], e[2]) for e in done["eval_returns"]]
+            results.append(RunResult(seed_dir, done["env_steps"], evals, done["env_steps"]))
+            continue
         result = cli.run_with_exit_statuses(lambda c=seed_config, d=seed_dir: train(c, d), seed_dir)
         results.append(result)
         if result.interrupted_by is not None:
             break
+        if result.env_steps >= seed_config.total_env_steps:
+            write_finished(seed_dir, seed_config, result.env_steps, result.eval_returns)
     return results
 
 
