@@ -9,9 +9,11 @@ import os
 import time
 
 import pytest
+from conftest import small_config
 from test_train import DETERMINISTIC_ENV, run_cli
 
 from wm_jax.report import combine_curves, eval_curve, write_seeds_report
+from wm_jax.run_dir import read_finished, write_finished
 
 
 def _evals(workdir) -> list[tuple[int, float]]:
@@ -106,9 +108,20 @@ def test_seeds_train_one_workdir_each_like_single_runs_and_a_rerun_skips_them(tm
         assert f"seed {seed}: finished earlier (320 env steps), skipped" in again.stdout
     assert again.stdout.count("final eval return") == result.stdout.count("final eval return")
     print(f"--seeds=0,1: first run {first:.0f}s, finished rerun {rerun:.0f}s")
-    # A longer run is no finished run: the seeds resume and train on.
-    longer = run_cli(
-        str(parent), "--seeds=0", "--config.total_env_steps=480", env=DETERMINISTIC_ENV
-    )
-    assert longer.returncode == 0, longer.stderr[-3000:]
-    assert "skipped" not in longer.stdout and "trained 480 env steps" in longer.stdout
+
+
+def test_a_finished_record_counts_only_for_the_same_config_and_an_existing_final_checkpoint(
+    tmp_path,
+):
+    config = small_config(total_env_steps=320)
+    write_finished(str(tmp_path), config, 320, [(160, 9.5, 1.0), (320, 20.0, 2.0)])
+    assert read_finished(str(tmp_path), config) is None  # its final checkpoint is missing
+    (tmp_path / "checkpoints" / "320").mkdir(parents=True)
+    record = read_finished(str(tmp_path), config)
+    assert record["env_steps"] == 320 and record["eval_returns"][1] == [320, 20.0, 2.0]
+    # A longer run resumes (and any other change goes through the resume check): no skip.
+    longer = small_config(total_env_steps=480)
+    assert read_finished(str(tmp_path), longer) is None
+    assert read_finished(str(tmp_path), small_config(total_env_steps=320, seed=7)) is None
+    (tmp_path / "finished.json").write_text("{not json")
+    assert read_finished(str(tmp_path), config) is None
