@@ -13,7 +13,7 @@ from conftest import small_config
 from test_train import DETERMINISTIC_ENV, run_cli
 
 from wm_jax.report import combine_curves, eval_curve, write_seeds_report
-from wm_jax.run_dir import read_finished, write_finished
+from wm_jax.run_dir import RunDir, read_finished, write_finished
 
 
 def _evals(workdir) -> list[tuple[int, float]]:
@@ -114,7 +114,8 @@ def test_a_finished_record_counts_only_for_the_same_config_and_an_existing_final
     tmp_path,
 ):
     config = small_config(total_env_steps=320)
-    write_finished(str(tmp_path), config, 320, [(160, 9.5, 1.0), (320, 20.0, 2.0)])
+    RunDir(str(tmp_path)).write_run_files(config, None)  # the run's config.json
+    write_finished(str(tmp_path), 320, [(160, 9.5, 1.0), (320, 20.0, 2.0)])
     assert read_finished(str(tmp_path), config) is None  # its final checkpoint is missing
     (tmp_path / "checkpoints" / "320").mkdir(parents=True)
     record = read_finished(str(tmp_path), config)
@@ -123,5 +124,9 @@ def test_a_finished_record_counts_only_for_the_same_config_and_an_existing_final
     longer = small_config(total_env_steps=480)
     assert read_finished(str(tmp_path), longer) is None
     assert read_finished(str(tmp_path), small_config(total_env_steps=320, seed=7)) is None
+    # A later run that got further (a newer checkpoint) is no longer the finished one.
+    (tmp_path / "checkpoints" / "400").mkdir()
+    assert read_finished(str(tmp_path), config) is None
+    (tmp_path / "checkpoints" / "400").rmdir()
     (tmp_path / "finished.json").write_text("{not json")
     assert read_finished(str(tmp_path), config) is None

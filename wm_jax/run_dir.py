@@ -76,12 +76,12 @@ class ResumeRefusedError(ConfigError):
 FINISHED_NAME = "finished.json"
 
 
-def write_finished(workdir: str, config, env_steps: int, eval_returns) -> None:
-    """Marks ``workdir`` as a run of ``config`` that trained all its env steps (``--seeds``
-    writes it after a seed ends), so that rerunning the command skips the seed in a moment
-    instead of rebuilding, recompiling and reloading it to find nothing left to train."""
+def write_finished(workdir: str, env_steps: int, eval_returns) -> None:
+    """Marks ``workdir`` as a run that trained all its env steps (``--seeds`` writes it after a
+    seed ends), so that rerunning the command skips the seed in a moment instead of
+    rebuilding, recompiling and reloading it to find nothing left to train.  The run's config
+    is its ``config.json``."""
     record = {
-        "config": _config_dict(config),
         "env_steps": int(env_steps),
         "eval_returns": [list(map(float, e)) for e in eval_returns],
     }
@@ -89,25 +89,35 @@ def write_finished(workdir: str, config, env_steps: int, eval_returns) -> None:
 
 
 def read_finished(workdir: str, config) -> dict[str, Any] | None:
-    """The :func:`write_finished` record of ``workdir`` if it finished a run of exactly
-    ``config`` and its final checkpoint is still there; None otherwise (no record, an
-    unreadable one, any config difference: a longer ``total_env_steps`` resumes the run)."""
+    """The :func:`write_finished` record of ``workdir`` if the run there finished with exactly
+    ``config`` (its ``config.json``, compared as a resume compares it) and its final checkpoint
+    is still the newest; None otherwise (no record, an unreadable one, any config difference:
+    a longer ``total_env_steps`` resumes the run; a later run's newer checkpoint)."""
     try:
         with open(os.path.join(workdir, FINISHED_NAME)) as f:
             record = json.load(f)
+        with open(os.path.join(workdir, "config.json")) as f:
+            stored = json.load(f)
         steps = int(record["env_steps"])
-        same = record["config"] == json.loads(json.dumps(_config_dict(config)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    final = os.path.join(workdir, "checkpoints", str(steps))
-    if not same or steps < int(config.total_env_steps) or not os.path.isdir(final):
+    if any(config_differences(stored, _config_dict(config))):
+        return None
+    if steps < int(config.total_env_steps) or newest_checkpoint(workdir) != steps:
         return None
     return record
 
 
-def has_checkpoint(workdir: str) -> bool:
+def newest_checkpoint(workdir: str) -> int | None:
+    """The step of the newest checkpoint directory in ``workdir`` (None: there is none)."""
     directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+    if not os.path.isdir(directory):
+        return None
+    return max((int(name) for name in os.listdir(directory) if name.isdigit()), default=None)
+
+
+def has_checkpoint(workdir: str) -> bool:
+    return newest_checkpoint(workdir) is not None
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

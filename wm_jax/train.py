@@ -261,7 +261,7 @@ def _train_seeds(config, workdir: str, seeds: list[int]) -> list:
         if result.interrupted_by is not None:
             break
         if result.env_steps >= seed_config.total_env_steps:
-            write_finished(seed_dir, seed_config, result.env_steps, result.eval_returns)
+            write_finished(seed_dir, result.env_steps, result.eval_returns)
     return results
 
 
