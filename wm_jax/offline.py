@@ -90,7 +90,7 @@ from wm_jax.offline_data import (
 )
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import make_act_fn
-from wm_jax.run_dir import RunDir, atomic_write
+from wm_jax.run_dir import RunDir, atomic_write, has_checkpoint
 from wm_jax.safe_load import UntrustedImportError, check_env_id
 from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
 from wm_jax.shell import (
@@ -142,11 +142,6 @@ class OfflineResult:
     resumed_from: int | None
     state: TrainState
     interrupted_by: int | None = None  # the signal (SIGTERM/SIGINT) that stopped the run early
-
-
-def _has_checkpoints(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 # -- schedule ----------------------------------------------------------------------------------
@@ -307,7 +302,7 @@ class OfflineTrainer:
                     f"--workdir: {self.workdir} holds an offline run of {previous}, not "
                     f"{self.data.source}; use a new --workdir or the same dataset to resume"
                 )
-        elif _has_checkpoints(self.workdir):
+        elif has_checkpoint(self.workdir):
             raise ConfigError(
                 f"--workdir: {self.workdir} holds checkpoints of an online run; write the offline "
                 "run to a new --workdir"
