@@ -58,7 +58,8 @@ def test_seeds_with_seed_is_refused_in_one_line(tmp_path):
     result = run_cli(str(tmp_path / "w"), "--seeds=0,1", "--seed=3")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "FATAL Flags parsing error: --seeds and --seed together: give one of them"
+        "FATAL Flags parsing error: --seeds and --seed together: give one of them "
+        "(--helpshort lists the flags)"
     )
     assert not (tmp_path / "w").exists()
 

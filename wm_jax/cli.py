@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from wm_jax.compilation_cache import enable_compilation_cache
 
@@ -59,6 +59,18 @@ def start(lead: bool = True) -> None:
     configure_logging(lead)
 
 
+FLAGS_HINT = "--helpshort lists the flags"
+CONFIG_HINT = "docs/config.md explains every field"
+
+
+def usage_exit(message: str, hint: str = FLAGS_HINT) -> None:
+    """A usage error as one line on stderr and status 1: the message and where to look, never
+    the flags' help (which ``app.UsageError`` prints before it) nor a traceback."""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"FATAL Flags parsing error: {text} ({hint})\n")
+    sys.exit(1)
+
+
 def _config_error_exit(err: BaseException) -> None:
     text = str(err).replace("\\n", " ").replace("\n", " ")
     missing_part, _, _ = text.partition("Did you mean")
@@ -95,9 +107,11 @@ def define_config_flag(default: str, lock_config: bool = True):
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing with :func:`define_config_flag`'s one-line errors."""
+    """absl's flag parsing with one-line errors (:func:`usage_exit`, :func:`define_config_flag`)."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as err:  # absl's own parser would add a second line pointing to --help
+        usage_exit(str(err))
     except (AttributeError, KeyError) as err:
         _config_error_exit(err)
 
@@ -142,7 +156,7 @@ def run_with_exit_statuses(fn, workdir: str):
             if isinstance(err, kinds):
                 stop_with(err, status)
         if isinstance(err, ConfigError):
-            raise app.UsageError(str(err)) from None
+            usage_exit(str(err), CONFIG_HINT)
         if is_storage_error(err):
             error = workdir_error(os.path.abspath(workdir), err, "write the run")
             stop_with(error, EXIT_WORKDIR)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from wm_jax import cli
 from wm_jax.env_ids import GYMNAX_PREFIX
 from wm_jax.env_make import make_env
 from wm_jax.inference import Policy, load_policy
@@ -101,16 +102,16 @@ _GIF = flags.DEFINE_string(
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.usage_exit(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
+        cli.usage_exit("--workdir is required")
     try:
         policy = load_policy(_WORKDIR.value, _STEP.value, _ALLOW_IMPORTS.value, _WHICH.value)
         mean, std, returns = evaluate_policy(
             policy, _EPISODES.value, _SEED.value, _ENV_ID.value, not _STOCHASTIC.value
         )
     except (FileNotFoundError, ValueError) as err:  # UntrustedImportError is a ValueError
-        raise app.UsageError(str(err)) from None
+        cli.usage_exit(str(err))
     print(
         f"{_ENV_ID.value or policy.config.env_id}, checkpoint {policy.step}: return "
         f"{mean:.1f} ± {std:.1f} over {len(returns)} episodes"
@@ -122,7 +123,7 @@ def main(argv):
         try:
             total, frames = record_episode(policy, path, _SEED.value, _ENV_ID.value)
         except ValueError as err:
-            raise app.UsageError(str(err)) from None
+            cli.usage_exit(str(err))
         print(f"wrote {path} ({frames} frames, return {total:.1f})")
 
 

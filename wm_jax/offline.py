@@ -547,15 +547,16 @@ def _define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from wm_jax import cli
+
+    if len(argv) > 1:
+        cli.usage_exit(f"unexpected arguments: {argv[1:]}")
 
     cli.start()
     FLAGS = flags.FLAGS
     for flag in ("workdir", "dataset"):
         if not FLAGS[flag].value:
-            raise app.UsageError(f"--{flag} is required")
+            cli.usage_exit(f"--{flag} is required")
     config = FLAGS.config
     with config.unlocked():
         if FLAGS.seed is not None:
@@ -570,9 +571,9 @@ def main(argv):
             FLAGS.workdir,
         )
     except (DatasetError, UntrustedImportError) as err:
-        raise app.UsageError(f"--dataset: {err}") from None
+        cli.usage_exit(f"--dataset: {err}")
     except ImportError as err:
-        raise app.UsageError(str(err)) from None
+        cli.usage_exit(str(err))
     workdir = os.path.abspath(FLAGS.workdir)
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name

@@ -675,11 +675,13 @@ def write_seeds_report(workdir: str, seed_workdirs: dict) -> str:
 
 
 def main(argv):
+    from wm_jax import cli
+
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.usage_exit(f"unexpected arguments: {argv[1:]}")
     workdir = flags.FLAGS.workdir
     if not workdir or not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        raise app.UsageError("--workdir must be a run directory containing metrics.jsonl")
+        cli.usage_exit("--workdir must be a run directory containing metrics.jsonl")
     print(f"report written to {write_report(workdir)}")
 
 

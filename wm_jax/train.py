@@ -85,25 +85,19 @@ def _env_kwargs(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise app.UsageError(f"--env_kwargs is not valid JSON ({err}): {text!r}") from None
+        cli.usage_exit(f"--env_kwargs is not valid JSON ({err}): {text!r}")
     if not isinstance(value, dict):
-        raise app.UsageError(f"--env_kwargs must be a JSON object, got {text!r}")
+        cli.usage_exit(f"--env_kwargs must be a JSON object, got {text!r}")
     return value
-
-
-def _usage_exit(message: str) -> None:
-    """A one-line usage error (status 1), before JAX is imported."""
-    print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        _usage_exit(f"--seeds takes comma-separated integers, e.g. --seeds=0,1,2; got {text!r}")
+        cli.usage_exit(f"--seeds takes comma-separated integers, e.g. --seeds=0,1,2; got {text!r}")
     if not seeds or len(set(seeds)) != len(seeds):
-        _usage_exit(f"--seeds needs distinct integers, e.g. --seeds=0,1,2; got {text!r}")
+        cli.usage_exit(f"--seeds needs distinct integers, e.g. --seeds=0,1,2; got {text!r}")
     return seeds
 
 
@@ -120,15 +114,15 @@ def _join_processes() -> None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.usage_exit(f"unexpected arguments: {argv[1:]}")
     cli.exit_on_termination()
     seeds = None
     if _SEEDS.value is not None:
         if _SEED.value is not None:
-            _usage_exit("--seeds and --seed together: give one of them")
+            cli.usage_exit("--seeds and --seed together: give one of them")
         seeds = _seeds(_SEEDS.value)
         if _COORDINATOR.value or _NUM_PROCESSES.value or _DISTRIBUTED.value:
-            _usage_exit("--seeds runs in one process; a multi-process run trains one seed")
+            cli.usage_exit("--seeds runs in one process; a multi-process run trains one seed")
     host_seeds = seeds is not None and _CONFIG.value.get("loop", "host") != "device"
     probed = [os.path.join(_WORKDIR.value, f"seed_{s}") for s in seeds or []]
     probed = probed if host_seeds and _WORKDIR.value else []
@@ -154,7 +148,7 @@ def main(argv):
             config.seed = _SEED.value
         if seeds is not None and not host_seeds:
             if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-                _usage_exit(
+                cli.usage_exit(
                     f"--seeds={_SEEDS.value} with config.loop=device: the device loop trains "
                     "consecutive seeds S,S+1,..,S+n-1 (config.seed, config.num_seeds); give "
                     "such a list or use the host loop"
@@ -169,7 +163,7 @@ def main(argv):
         validate(config)
         check_wandb_installed(config)
     except ConfigError as err:
-        raise app.UsageError(str(err)) from None
+        cli.usage_exit(str(err), cli.CONFIG_HINT)
     if _PRINT_CONFIG.value:
         print(config.to_json_best_effort(indent=1, sort_keys=True))
         return
@@ -182,7 +176,7 @@ def main(argv):
 
     lead = jax.process_index() == 0  # process 0 prints the summary
     if jax.process_count() > 1 and not _WORKDIR.value:
-        raise app.UsageError(
+        cli.usage_exit(
             "--workdir is required with several processes: every process must name the same "
             "directory (on a filesystem all of them see)"
         )

@@ -25,6 +25,7 @@ import collections
 import json
 import logging as py_logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -67,13 +68,22 @@ class Timers:
 
 
 class _CompileCounter(py_logging.Handler):
+    """Counts compiled programs and keeps each one's name and XLA compile seconds."""
+
+    _FINISHED = re.compile(r"Finished XLA compilation of (.+?) in ([0-9.eE+-]+) sec")
+
     def __init__(self):
         super().__init__()
         self.count = 0
+        self.programs = []  # (name, seconds)
 
     def emit(self, record):
-        if "Compiling" in record.getMessage() or "compiling" in record.getMessage():
+        message = record.getMessage()
+        if "Compiling" in message or "compiling" in message:
             self.count += 1
+        finished = self._FINISHED.search(message)
+        if finished:
+            self.programs.append((finished.group(1), float(finished.group(2))))
 
 
 def main(argv):
@@ -162,8 +172,11 @@ def main(argv):
         "phases_s": {name: seconds for name, seconds, _ in rows},
         "final_eval": result.eval_returns[-1] if result.eval_returns else None,
         "jax_compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+        "compiled_programs_s": sorted(counter.programs, key=lambda p: -p[1]),
     }
     print(f"programs compiled: {counter.count} ({compile_seconds[0]:.1f} s of XLA compilation)")
+    for name, seconds in summary["compiled_programs_s"]:
+        print(f"  {seconds:7.2f} s  {name}")
     save_result("loop_profile", summary)
     print(json.dumps(summary))
 
