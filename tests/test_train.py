@@ -211,3 +211,60 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path):
     printed = json.loads(result.stdout)
     assert printed["seed"] == 7 and printed["total_env_steps"] == 320  # TINY's override
     assert not (tmp_path / "p").exists()
+
+
+def _terminal_lines(raw: str) -> list[str]:
+    """What a terminal shows for ``raw``: each line as its carriage returns overwrite it."""
+    shown = []
+    for line in raw.replace("\r\n", "\n").split("\n"):
+        cells: list[str] = []
+        col = 0
+        for char in line:
+            if char == "\r":
+                col = 0
+                continue
+            if col < len(cells):
+                cells[col] = char
+            else:
+                cells.append(char)
+            col += 1
+        shown.append("".join(cells).rstrip())
+    return [line for line in shown if line]
+
+
+@pytest.mark.slow
+def test_in_a_terminal_log_lines_print_above_the_one_line_progress_bar(tmp_path):
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    cmd = [sys.executable, "-m", "wm_jax.train", f"--workdir={tmp_path / 'run'}", *TINY]
+    cmd += ["--config.report=False"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the pty as its terminal
+        os.chdir(REPO)
+        os.execv(sys.executable, cmd)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    raw = b"".join(chunks).decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 0, raw[-3000:]
+    lines = _terminal_lines(raw)
+    log = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d")
+    bars = [line for line in lines if "env step" in line and "%|" in line]
+    # The bar was drawn and redrawn many times, yet the terminal shows it on one line only.
+    assert raw.count("%|") > 3 and len(bars) == 1, "\n".join(lines)
+    for line in lines:
+        found = log.search(line)
+        if found:  # a log line starts its own line and holds no piece of the bar
+            assert found.start() == 0 and "%|" not in line, line

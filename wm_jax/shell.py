@@ -347,10 +347,53 @@ class NoBar:
         pass
 
 
+class _AboveTheBar:
+    """A stream for the log handler while a bar is drawn: each line goes out through
+    ``tqdm.write``, which clears the bar, prints the line and redraws the bar below it, so log
+    lines never land on the bar's line (and the bar never lands in the middle of one)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self._partial = ""
+
+    def write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            tqdm.write(line, file=self.stream)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
+class Bar:
+    """A tqdm bar with env steps/s on stderr; absl's log lines are printed above it."""
+
+    def __init__(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)
+        self._handler = logging.get_absl_handler().python_handler
+        self._stream = self._handler.stream
+        self._handler.stream = _AboveTheBar(self._stream)
+
+    def update(self, n):
+        self._tqdm.update(n)
+
+    def set_postfix(self, **kw):
+        self._tqdm.set_postfix(**kw)
+
+    def close(self):
+        self._handler.stream = self._stream
+        self._tqdm.close()
+
+
 def progress_bar(total: int, initial: int):
     """A tqdm bar with env steps/s when attached to a terminal; silent otherwise."""
     if not sys.stderr.isatty():
         return NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)
+    return Bar(total, initial)
