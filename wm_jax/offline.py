@@ -22,21 +22,16 @@ or from the shell::
     python -m wm_jax.offline --workdir=runs/offline_minari --dataset=minari:cartpole/random-v0
 
 A dataset (:mod:`wm_jax.offline_data`, which reads them) fills a
-:class:`~wm_jax.replay.ReplayBuffer`, so batches are sampled exactly as in the online loop (flat or
-sequence mode, windows stop at episode ends).  ``run:<workdir>`` restores only the replay of that
-run's newest checkpoint (a partial orbax restore, never pickle); ``minari:<id>`` converts a local
-minari dataset's episodes (termination -> ``cont = 0``, truncation keeps ``cont = 1``; every
-episode's last step ends sequence windows).  The spaces come from the dataset (the run's
-``env_spec.json``, the minari dataset's spaces): training creates no env.  Every
-``offline.eval_every`` updates the agent is evaluated in the env the dataset names (the host
-loop's ``eval_return`` rows, at the update count; now and then an episode video), when that env
-can be made with the dataset's spaces; otherwise evaluation is off (one warning).  This module is
-the loop: schedule, :class:`OfflineTrainer`, :func:`train_offline` and the command line.
+:class:`~wm_jax.replay.ReplayBuffer`, so batches are sampled exactly as in the online loop; the
+spaces come from the dataset: training creates no env.  Every ``offline.eval_every`` updates the
+agent is evaluated in the env the dataset names (the host loop's ``eval_return`` rows, at the
+update count; now and then an episode video), when that env can be made with the dataset's
+spaces; otherwise evaluation is off (one warning).  This module is the loop:
+:class:`OfflineTrainer`, :func:`train_offline` and the command line; the schedule counted in
+updates and the config checks are :mod:`wm_jax.offline_config`.  The observation normaliser is
+fitted on the whole dataset once (with a frozen world model, the run's own normaliser is kept:
+the model was trained on it).
 
-The schedule is :mod:`wm_jax.schedule` counted in updates instead of env steps: its warmup is
-``offline.world_model_only_updates`` (world model only) and ``critic_real_mix`` anneals over the
-next ``offline.transition_updates``.  The observation normaliser is fitted on the whole dataset
-once (with a frozen world model, the run's own normaliser is kept: the model was trained on it).
 Metrics, checkpoints, ``config.json`` and ``env_spec.json`` are written as by the online trainer,
 so ``wm_jax.load_policy``, ``python -m wm_jax.evaluate`` and ``python -m wm_jax.report`` work on an
 offline workdir; the ``env_step`` column of its ``metrics.jsonl`` counts updates.  A rerun with
@@ -45,7 +40,6 @@ the same ``--workdir`` and dataset resumes from the newest checkpoint.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -55,7 +49,6 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
@@ -65,9 +58,7 @@ from wm_jax.config import (
     ConfigError,
     check_known_fields,
     check_wandb_installed,
-    get_config,
     validate,
-    validate_for_env,
 )
 from wm_jax.diagnostics import Detector, Thresholds
 from wm_jax.envs import (
@@ -76,6 +67,13 @@ from wm_jax.envs import (
 from wm_jax.episode_video import EpisodeRecorder
 from wm_jax.inference import spec_to_json
 from wm_jax.normalizer import RunningMeanStd
+from wm_jax.offline_config import (
+    check_workdir,
+    offline_agent_config,
+    offline_counts,
+    offline_schedule,
+    prepare_config,
+)
 from wm_jax.offline_data import (
     Dataset,
     DatasetError,
@@ -90,9 +88,9 @@ from wm_jax.offline_data import (
 )
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import make_act_fn
-from wm_jax.run_dir import RunDir, atomic_write, has_checkpoint
-from wm_jax.safe_load import UntrustedImportError, check_env_id
-from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
+from wm_jax.run_dir import RunDir, atomic_write
+from wm_jax.safe_load import UntrustedImportError
+from wm_jax.schedule import critic_real_mix, phase
 from wm_jax.shell import (
     Clock,
     NonFiniteError,
@@ -109,7 +107,8 @@ from wm_jax.training_eval import env_problem, eval_row, evaluate, video_due, wri
 from wm_jax.types import TrainState
 from wm_jax.update import make_agent, make_steps
 
-# The dataset names are re-exported from wm_jax.offline_data, where they now live.
+# The dataset and schedule names are re-exported from wm_jax.offline_data and
+# wm_jax.offline_config, where they now live.
 __all__ = [
     "Dataset",
     "DatasetError",
@@ -144,92 +143,7 @@ class OfflineResult:
     interrupted_by: int | None = None  # the signal (SIGTERM/SIGINT) that stopped the run early
 
 
-# -- schedule ----------------------------------------------------------------------------------
-
-
-def offline_schedule(config) -> ml_collections.ConfigDict:
-    """``config.schedule`` with its thresholds counted in updates: warmup (world model only) for
-    ``offline.world_model_only_updates`` (none with a frozen world model, which also gets no
-    world-model updates), then ``critic_real_mix`` anneals over ``offline.transition_updates``.
-    ``schedule.early_late_boundary`` (multi_update) is read as an update count as well."""
-    o = config.offline
-    s = ml_collections.ConfigDict(config.schedule.to_dict())
-    s.warmup_steps = 0 if o.freeze_world_model else o.world_model_only_updates
-    s.transition_steps = s.warmup_steps + o.transition_updates
-    if o.freeze_world_model:
-        s.wm_updates = s.early_wm_updates = 0
-    return s
-
-
-def offline_agent_config(config) -> ml_collections.ConfigDict:
-    """The config the update steps are built from: the offline schedule in place of the online
-    one and one "env step" per update, so what :func:`wm_jax.update.expected_updates` derives
-    from a run's length (the ``lr_final_scale`` anneal) spans the offline run's updates."""
-    a = copy.deepcopy(config)
-    with a.unlocked():
-        a.schedule = offline_schedule(config)
-        a.total_env_steps = config.offline.updates
-        a.prefill_steps = 0
-        a.train_ratio = 1.0
-    return a
-
-
-def offline_counts(update: int, config, schedule=None) -> UpdateCounts:
-    """Updates per batch at offline update ``update`` (:func:`wm_jax.schedule.update_counts`);
-    with ``offline.train_world_model=False`` the world model stops after its own phase."""
-    schedule = offline_schedule(config) if schedule is None else schedule
-    counts = update_counts(update, schedule)
-    if not config.offline.train_world_model and update >= schedule.warmup_steps:
-        counts = counts._replace(world_model=0)
-    return counts
-
-
 # -- the loop ----------------------------------------------------------------------------------
-
-
-def _prepare_config(
-    config, data: Dataset, allow_imports: str | list[str] | None = None
-) -> ml_collections.ConfigDict:
-    """A validated copy of ``config`` that records the dataset's env (for evaluation) and fits
-    the dataset; raises :class:`ConfigError` naming the field otherwise, and
-    :class:`UntrustedImportError` if the dataset's env id names a module not allowed."""
-    c = validate(copy.deepcopy(config))
-    # The dataset's file names the env: its module is never imported unless allowed.
-    check_env_id(data.env_id, allow_imports, f"dataset {data.source}: its env id")
-    with c.unlocked():
-        if "offline" not in c:  # e.g. a config.json written before the section existed
-            c.offline = get_config().offline
-        if data.env_id is not None:
-            c.env_id = data.env_id
-            c.env_kwargs = ml_collections.ConfigDict(data.env_kwargs)
-    o = c.offline
-    if o.freeze_world_model and data.run_dir is None:
-        raise ConfigError(
-            f"config.offline.freeze_world_model: fine-tuning needs a run's world model, but "
-            f"{data.source} is not a run; use --dataset=run:<workdir of that run>"
-        )
-    if not o.freeze_world_model and o.world_model_only_updates == 0 and not o.train_world_model:
-        raise ConfigError(
-            "config.offline.train_world_model: with offline.world_model_only_updates=0 the "
-            "world model would never be trained; raise world_model_only_updates, set "
-            "train_world_model=True, or fine-tune a run with freeze_world_model=True"
-        )
-    check = copy.deepcopy(c)
-    check.diagnostics.open_loop_every = 0  # offline.open_loop_every is checked below
-    validate_for_env(check, data.spec.max_episode_steps)
-    slots = data.replay.slots_per_env
-    if c.sequence_mode and c.sequence_length > slots:
-        raise ConfigError(
-            f"config.sequence_length: {c.sequence_length} is longer than the dataset's "
-            f"{slots} transitions per ring ({data.source}); use at most {slots}"
-        )
-    if o.open_loop_every and c.diagnostics.open_loop_horizon > slots:
-        raise ConfigError(
-            f"config.diagnostics.open_loop_horizon: {c.diagnostics.open_loop_horizon} is longer "
-            f"than the dataset's {slots} transitions per ring ({data.source}); lower it or set "
-            "config.offline.open_loop_every=0"
-        )
-    return c
 
 
 class OfflineTrainer:
@@ -253,14 +167,14 @@ class OfflineTrainer:
                 f"--workdir: {self.workdir} is the dataset's own run; write the offline run to "
                 "a new --workdir"
             )
-        self.config = c = _prepare_config(config, data, allow_imports)
+        self.config = c = prepare_config(config, data, allow_imports)
         self.data, self.spec, self.replay = data, data.spec, data.replay
         self.schedule = offline_schedule(c)
         # One run per workdir, and a resume checked before anything is written.
         self.run_dir = RunDir.open(self.workdir, c, spec_to_json(self.spec))
         self.checkpointer = None
         try:
-            self._check_workdir()
+            check_workdir(self.workdir, self.data)
             self._build()
         except BaseException:
             self.close()
@@ -290,23 +204,6 @@ class OfflineTrainer:
         self._write_metadata()
         self._purge_step = self.run_dir.continue_logs(self.resumed_from)
         self.clock = Clock.offline(c)
-
-    def _check_workdir(self) -> None:
-        """Refuses a workdir that holds an online run or an offline run of another dataset:
-        resuming there would mix two runs' checkpoints."""
-        meta = os.path.join(self.workdir, "offline.json")
-        if os.path.exists(meta):
-            previous = read_json(meta).get("dataset")
-            if previous != self.data.source:
-                raise ConfigError(
-                    f"--workdir: {self.workdir} holds an offline run of {previous}, not "
-                    f"{self.data.source}; use a new --workdir or the same dataset to resume"
-                )
-        elif has_checkpoint(self.workdir):
-            raise ConfigError(
-                f"--workdir: {self.workdir} holds checkpoints of an online run; write the offline "
-                "run to a new --workdir"
-            )
 
     def _start(self) -> None:
         """A fresh start: the normaliser from the dataset, or for fine-tuning the run's state

@@ -161,7 +161,7 @@ def record_open_loop(
         record["mask"] = windows.mask[:n].tolist()
 
         def trajectories(check=record):
-            from wm_jax.report import trajectory_image  # matplotlib only when drawn
+            from wm_jax.report_plots import trajectory_image  # matplotlib only when drawn
 
             return trajectory_image(check)
 

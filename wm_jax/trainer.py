@@ -15,7 +15,7 @@ step, as in one process) and is the same everywhere, as are the normaliser (fed 
 process's observations) and the decision to train, evaluate, checkpoint or stop: one small
 all-gather per vector step keeps them in step.  Process 0 alone evaluates (its result is
 broadcast), writes metrics, TensorBoard, the report and ``config.json``; every process saves
-checkpoints (:class:`wm_jax.checkpoint.ProcessExtras` holds each one's replay and envs).
+checkpoints (:mod:`wm_jax.trainer_checkpoint`: what a checkpoint holds, saving, resuming).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from wm_jax.episode_video import EpisodeRecorder
 from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.policy import ActCarry, carry_to_arrays, episode_starts, initial_carry, make_act_fn
+from wm_jax.policy import episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
-from wm_jax.run_dir import ResumeRefusedError, RunDir, tree_bytes
+from wm_jax.run_dir import RunDir, tree_bytes
 from wm_jax.schedule import critic_real_mix, phase, update_counts
 from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
 from wm_jax.shell import (
@@ -57,7 +57,6 @@ from wm_jax.shell import (
     NoWriter,
     RunResult,
     StopOnSignal,
-    all_finite,
     check_nonfinite,
     open_loop_check,
     prepare_batch_jit,
@@ -65,6 +64,7 @@ from wm_jax.shell import (
     sample_batch,
     write_config_text,
 )
+from wm_jax.trainer_checkpoint import TrainerCheckpoints
 from wm_jax.training_eval import eval_row, evaluate, make_envs, video_due, write_clip
 from wm_jax.update import make_agent, make_steps
 from wm_jax.vector_env import EnvStepError, EvaluationStopped
@@ -89,14 +89,7 @@ def process_seed(seed: int, process_index: int) -> int:
     return int(np.random.SeedSequence([seed, process_index]).generate_state(1, np.uint64)[0] >> 1)
 
 
-@jax.jit
-def _fingerprint(tree) -> jax.Array:
-    """Per-leaf sums and sums of squares: equal on every process while replicas agree."""
-    leaves = [x.astype(jax.numpy.float32) for x in jax.tree.leaves(tree)]
-    return jax.numpy.stack([f(x) for x in leaves for f in (jax.numpy.sum, lambda v: (v * v).sum())])
-
-
-class Trainer:
+class Trainer(TrainerCheckpoints):
     """Owns the envs, replay, normaliser, jitted steps and checkpointer of one run."""
 
     def __init__(self, config, workdir: str):
@@ -205,107 +198,6 @@ class Trainer:
 
     def _placed(self, state):
         return state if self.mesh is None else replicate(state, self.mesh)
-
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    _PROCESS_KEYS = ("replay", "envs", "act_carry")  # what each process owns alone
-
-    def _extras(self) -> dict[str, Any]:
-        extras = {
-            "replay": self.replay.state_dict(),
-            "normalizer": self.normalizer.state_dict(),
-            "envs": self.envs.state_dict(),
-            "loop": {
-                "env_step": np.asarray(self.env_step, np.int64),
-                "updates": np.asarray(self.updates, np.int64),
-                "update_budget": np.asarray(self.update_budget, np.float64),
-                "episodes": np.asarray(self.episodes, np.int64),
-                # A sentinel first row: orbax cannot save zero-size arrays.
-                "eval_returns": np.asarray([(-1.0, 0.0, 0.0), *self.eval_returns], np.float64),
-            },
-            "act_carry": carry_to_arrays(self.act_carry),
-        }
-        if self.multiprocess:
-            extras["loop"]["process_count"] = np.asarray(self.process_count, np.int64)
-        return extras
-
-    def save(self) -> None:
-        if self.checkpointer is None:
-            return
-        # The update guard skips non-finite updates, so this never fires unless something
-        # outside it went wrong; a NaN must still never reach a checkpoint.
-        if not bool(all_finite(self.state)):
-            raise NonFiniteError(
-                f"the train state at env step {self.env_step} holds non-finite values; not "
-                f"saving it.  The last good checkpoint is env step "
-                f"{self.checkpointer.latest_step()} in {self.checkpointer.directory}."
-            )
-        extras = self._extras()
-        if self.multiprocess:
-            # Replicas must agree before one of them (process 0's) is written for all.
-            multihost_utils.assert_equal(
-                _fingerprint(local_copy(self.state)),
-                f"the replicated train state differs between processes at env step {self.env_step}",
-            )
-            self.process_extras.save(self.env_step, {k: extras.pop(k) for k in self._PROCESS_KEYS})
-        self.checkpointer.save(self.env_step, self.state, extras)
-        self.clock.saved()
-
-    def _save_due(self) -> bool:
-        """Every ``checkpoint_every`` env steps, and (one process) once ``checkpoint_seconds``
-        passed since the last save: a crash loses at most about that much time.  With several
-        processes the decision must be the same everywhere: steps only."""
-        before = self.env_step - self.config.num_envs
-        return self.clock.checkpoint(before, self.env_step, by_time=not self.multiprocess)
-
-    def _restore(self) -> None:
-        load = self._load_everywhere if self.multiprocess else self._load
-        self.resumed_from = self.checkpointer.restore_newest_valid(self.state, load)
-        if self.resumed_from is None:
-            logging.info("no checkpoint in %s: starting from scratch", self.checkpointer.directory)
-
-    def _load_everywhere(self, step: int, state, extras: dict[str, Any]) -> None:
-        """:meth:`_load` with this process's own extras; raises on every process unless every
-        process loaded ``step`` (so all resume from the same step or all try an older one)."""
-        error = None
-        try:
-            self._check_process_count(step, extras)
-            self._load(step, state, {**extras, **self.process_extras.load(step)})
-        except Exception as err:  # reported below, after every process has answered
-            error = err
-        failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
-        if failed.any():
-            raise error or RuntimeError(
-                f"process(es) {np.flatnonzero(failed).tolist()} could not load their part of "
-                f"checkpoint {step}"
-            )
-
-    def _check_process_count(self, step: int, extras: dict[str, Any]) -> None:
-        saved = int(extras["loop"].get("process_count", 1))
-        if saved != self.process_count:  # refused like a changed config (CLI status 6)
-            raise ResumeRefusedError(
-                f"checkpoint {step} was written by {saved} process(es), this run has "
-                f"{self.process_count}: resume it with {saved} (each process's replay and envs "
-                "are its own, in checkpoints_process/)"
-            )
-
-    def _load(self, step: int, state, extras: dict[str, Any]) -> None:
-        """Applies a restored checkpoint; raises (leaving a later load to overwrite) if a part
-        does not fit this run."""
-        self._check_process_count(step, extras)
-        self.replay.load_state_dict(extras["replay"])
-        self.normalizer.load_state_dict(extras["normalizer"])
-        self.obs = self.envs.load_state_dict(extras["envs"])
-        self.envs.guard.take_counts()  # repairs made while replaying were counted before
-        loop = extras["loop"]
-        self.state = self._placed(state)
-        self.env_step = int(loop["env_step"])
-        self.updates = int(loop["updates"])
-        self.update_budget = float(loop["update_budget"])
-        self.episodes = int(loop["episodes"])
-        self.act_carry = ActCarry(**{k: np.asarray(v) for k, v in extras["act_carry"].items()})
-        self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"])[1:].tolist()]
-        logging.info("resumed from checkpoint at env step %d in %s", step, self.workdir)
 
     # -- the loop ------------------------------------------------------------------------------
 
