@@ -88,6 +88,25 @@ def test_cli_trains_logs_and_checkpoints(cli_run):
     assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [160, 320]
 
 
+@pytest.mark.slow
+def test_the_console_log_is_one_line_per_log_row_and_no_library_chatter(cli_run):
+    import re
+
+    workdir, result = cli_run
+    lines = result.stderr.splitlines()
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    wm_jax_files = {name for name in os.listdir(os.path.join(REPO, "wm_jax"))}
+    sources = [re.match(r"[IWEF]\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]", line) for line in lines]
+    # Every line is one of wm_jax's own log lines (no orbax/jax INFO, no SDL/ALSA noise)...
+    assert all(m and m.group(1) in wm_jax_files for m in sources), "\n".join(lines)
+    # ... one per metrics row, one per detector finding, and three more: the start (no
+    # checkpoint, precision) and the report. A 30k-step CartPole run (30 rows) stays well
+    # under 60 lines.
+    row_lines = [line for line in lines if "metrics.py" in line]
+    others = [line for line in lines if line not in row_lines and "failure signature" not in line]
+    assert 0 < len(row_lines) <= len(rows) and len(others) == 3, "\n".join(lines)
+
+
 def test_cli_rejects_a_bad_config_value_naming_the_field(tmp_path):
     result = run_cli(str(tmp_path / "bad"), "--config.imagination.horizon=0")
     assert result.returncode == 1

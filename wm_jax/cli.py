@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging as py_logging
+import os
 import re
 import signal
 import sys
@@ -52,11 +53,22 @@ def configure_logging(lead: bool = True) -> None:
         handler.addFilter(_LibraryInfoFilter())
 
 
+def offscreen_rendering() -> None:
+    """The command lines render frames (evaluation GIFs and videos) but never open a window:
+    SDL's dummy video and audio drivers keep pygame from probing displays and sound cards,
+    which prints ALSA / XDG_RUNTIME_DIR errors on headless machines.  A driver the user set is
+    kept."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+
 def start(lead: bool = True) -> None:
-    """The start of a command line's ``main``: signals, compilation cache, logging."""
+    """The start of a command line's ``main``: signals, compilation cache, logging, offscreen
+    rendering."""
     exit_on_termination()
     enable_compilation_cache()
     configure_logging(lead)
+    offscreen_rendering()
 
 
 FLAGS_HINT = "--helpshort lists the flags"

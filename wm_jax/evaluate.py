@@ -105,6 +105,7 @@ def main(argv):
         cli.usage_exit(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value:
         cli.usage_exit("--workdir is required")
+    cli.offscreen_rendering()
     try:
         policy = load_policy(_WORKDIR.value, _STEP.value, _ALLOW_IMPORTS.value, _WHICH.value)
         mean, std, returns = evaluate_policy(

@@ -304,7 +304,7 @@ class OfflineTrainer:
         if self._eval_problem:
             return
         recorder = self.video if video_due(o.eval_video_every, o.eval_every, self.updates) else None
-        logging.info("evaluating %d episodes at update %d", c.eval_episodes, self.updates)
+        logging.debug("evaluating %d episodes at update %d", c.eval_episodes, self.updates)
         mean, std, _ = evaluate(
             c,
             self.act_fn,

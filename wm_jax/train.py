@@ -168,6 +168,7 @@ def main(argv):
         print(config.to_json_best_effort(indent=1, sort_keys=True))
         return
     cli.configure_logging(lead=True)  # quiet from the start; other processes: below
+    cli.offscreen_rendering()
     _join_processes()
     cli.enable_compilation_cache()
     import jax

@@ -458,7 +458,8 @@ class Trainer(TrainerCheckpoints):
         (exactly: the float64 values travel as raw uint32 words)."""
         c = self.config
         mean_std = np.zeros(2, np.float64)
-        logging.info("evaluating %d episodes at env step %d", c.eval_episodes, self.env_step)
+        # DEBUG: the log row that follows shows the result (one line per evaluation, not two).
+        logging.debug("evaluating %d episodes at env step %d", c.eval_episodes, self.env_step)
         if self.lead:
             stop = getattr(self, "_stop", None)
             # One process may abandon an evaluation: the others wait for its broadcast.
