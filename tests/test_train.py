@@ -99,12 +99,12 @@ def test_the_console_log_is_one_line_per_log_row_and_no_library_chatter(cli_run)
     sources = [re.match(r"[IWEF]\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]", line) for line in lines]
     # Every line is one of wm_jax's own log lines (no orbax/jax INFO, no SDL/ALSA noise)...
     assert all(m and m.group(1) in wm_jax_files for m in sources), "\n".join(lines)
-    # ... one per metrics row, one per detector finding, and three more: the start (no
-    # checkpoint, precision) and the report. A 30k-step CartPole run (30 rows) stays well
-    # under 60 lines.
+    # ... one per metrics row, one per detector finding, and four more: the start (run
+    # directory, no checkpoint, precision) and the report. A 30k-step CartPole run (30 rows)
+    # stays well under 60 lines.
     row_lines = [line for line in lines if "metrics.py" in line]
     others = [line for line in lines if line not in row_lines and "failure signature" not in line]
-    assert 0 < len(row_lines) <= len(rows) and len(others) == 3, "\n".join(lines)
+    assert 0 < len(row_lines) <= len(rows) and len(others) == 4, "\n".join(lines)
 
 
 def test_cli_rejects_a_bad_config_value_naming_the_field(tmp_path):
@@ -287,3 +287,42 @@ def test_in_a_terminal_log_lines_print_above_the_one_line_progress_bar(tmp_path)
         found = log.search(line)
         if found:  # a log line starts its own line and holds no piece of the bar
             assert found.start() == 0 and "%|" not in line, line
+
+
+def test_the_default_workdir_is_the_same_for_the_same_command_and_new_for_changed_overrides():
+    from wm_jax.cli import default_workdir
+    from wm_jax.config import get_config
+
+    c = get_config()
+    argv = ["train.py", "--config=experiments/configs/cartpole.py"]
+    base = default_workdir("experiments/configs/cartpole.py", c, None, argv)
+    assert base == os.path.join("runs", f"cartpole-CartPole-v1-seed{c.seed}")
+    assert default_workdir("experiments/configs/cartpole.py", c, None, list(argv)) == base
+    a = default_workdir("x/cartpole.py", c, None, [*argv, "--config.actor.lr=1", "--seed=3"])
+    b = default_workdir("x/cartpole.py", c, None, [*argv, "--seed=3", "--config.actor.lr=1"])
+    assert a == b and a.startswith(base + "-")  # the overrides' order does not matter
+    assert default_workdir("x/cartpole.py", c, None, [*argv, "--config.actor.lr=2"]) != a
+    assert default_workdir("x/cartpole.py", c, "0,1,2", argv).endswith("-seeds0-1-2")
+    c.env_id = "gymnax:Catch-bsuite"
+    assert default_workdir(None, c, None, ["t"]).startswith("runs/config-gymnax_Catch-bsuite-")
+
+
+@pytest.mark.slow
+def test_without_workdir_rerunning_the_same_command_resumes_the_same_run(tmp_path):
+    cmd = [sys.executable, "-m", "wm_jax.train", *TINY, "--config.total_env_steps=128"]
+    cmd += ["--config.report=False", "--config.eval_every=0", "--config.checkpoint_every=64"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+
+    def run():
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr
+
+    first = run()
+    (workdir,) = os.listdir(tmp_path / "runs")
+    assert f"run directory runs/{workdir}: rerun the same command to resume" in first
+    second = run()
+    assert "resumed from checkpoint at env step 128" in second
+    assert os.listdir(tmp_path / "runs") == [workdir]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging as py_logging
 import os
 import re
@@ -51,6 +52,20 @@ def configure_logging(lead: bool = True) -> None:
     quiet = [f for f in handler.filters if isinstance(f, _LibraryInfoFilter)]
     if logging.get_verbosity() < logging.DEBUG and not quiet:  # absl: DEBUG is 1, INFO 0
         handler.addFilter(_LibraryInfoFilter())
+
+
+def default_workdir(config_file: str, config, seeds: str | None, argv: list[str]) -> str:
+    """``runs/<config file>-<env>-seed<S>``, plus a short hash of the command's ``--config.*``
+    and ``--env_kwargs`` overrides when there are any: the same command always names the same
+    directory, so rerunning it resumes the run, and a changed override starts another one."""
+    stem = os.path.splitext(os.path.basename(config_file or "config"))[0]
+    env = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.env_id)
+    seed = f"seeds{seeds.replace(',', '-')}" if seeds else f"seed{config.seed}"
+    name = f"{stem}-{env}-{seed}"
+    overrides = sorted(a for a in argv[1:] if a.startswith(("--config.", "--env_kwargs")))
+    if overrides:
+        name += "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+    return os.path.join("runs", name)
 
 
 def offscreen_rendering() -> None:

@@ -25,9 +25,9 @@ import json
 import os
 import signal
 import sys
-import time
 
-from absl import app, flags
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 from wm_jax import cli
 from wm_jax import config as config_module
@@ -36,7 +36,8 @@ _CONFIG = cli.define_config_flag(config_module.__file__)
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "Run directory (metrics, TensorBoard, checkpoints). Default: runs/<env>-<time>.",
+    "Run directory (metrics, TensorBoard, checkpoints). Default: runs/<config file>-<env>-"
+    "seed<S>[-<hash of the --config.* overrides>], so rerunning the same command resumes.",
 )
 _SEED = flags.DEFINE_integer("seed", None, "Overrides config.seed.")
 _SEEDS = flags.DEFINE_string(
@@ -124,24 +125,6 @@ def main(argv):
         if _COORDINATOR.value or _NUM_PROCESSES.value or _DISTRIBUTED.value:
             cli.usage_exit("--seeds runs in one process; a multi-process run trains one seed")
     host_seeds = seeds is not None and _CONFIG.value.get("loop", "host") != "device"
-    probed = [os.path.join(_WORKDIR.value, f"seed_{s}") for s in seeds or []]
-    probed = probed if host_seeds and _WORKDIR.value else []
-    for path in probed:
-        from wm_jax.errors import EXIT_LOCKED, stop_with
-        from wm_jax.run_dir import RunDir, WorkdirLockedError
-
-        try:  # before importing JAX: a seed another run is training is refused at once
-            RunDir.probe(path)
-        except WorkdirLockedError as err:
-            stop_with(err, EXIT_LOCKED)
-    if _WORKDIR.value and not probed and _COORDINATOR.value is None and not _DISTRIBUTED.value:
-        from wm_jax.errors import EXIT_LOCKED, stop_with
-        from wm_jax.run_dir import RunDir, WorkdirLockedError
-
-        try:  # before importing JAX: a second run on a busy workdir is refused at once
-            RunDir.probe(_WORKDIR.value)
-        except WorkdirLockedError as err:
-            stop_with(err, EXIT_LOCKED)
     config = _CONFIG.value
     with config.unlocked():
         if _SEED.value is not None:
@@ -167,6 +150,24 @@ def main(argv):
     if _PRINT_CONFIG.value:
         print(config.to_json_best_effort(indent=1, sort_keys=True))
         return
+    multiprocess = bool(_COORDINATOR.value or _NUM_PROCESSES.value or _DISTRIBUTED.value)
+    if multiprocess and not _WORKDIR.value:
+        cli.usage_exit(
+            "--workdir is required with several processes: every process must name the same "
+            "directory (on a filesystem all of them see)"
+        )
+    workdir = _WORKDIR.value or cli.default_workdir(
+        config_flags.get_config_filename(flags.FLAGS["config"]), config, _SEEDS.value, sys.argv
+    )
+    probed = [os.path.join(workdir, f"seed_{s}") for s in seeds] if host_seeds else [workdir]
+    for path in [] if multiprocess else probed:
+        from wm_jax.errors import EXIT_LOCKED, stop_with
+        from wm_jax.run_dir import RunDir, WorkdirLockedError
+
+        try:  # before importing JAX: a second run on a busy workdir (or seed) is refused at once
+            RunDir.probe(path)
+        except WorkdirLockedError as err:
+            stop_with(err, EXIT_LOCKED)
     cli.configure_logging(lead=True)  # quiet from the start; other processes: below
     cli.offscreen_rendering()
     _join_processes()
@@ -176,15 +177,9 @@ def main(argv):
     from wm_jax.loops import train_all
 
     lead = jax.process_index() == 0  # process 0 prints the summary
-    if jax.process_count() > 1 and not _WORKDIR.value:
-        cli.usage_exit(
-            "--workdir is required with several processes: every process must name the same "
-            "directory (on a filesystem all of them see)"
-        )
-    workdir = _WORKDIR.value or os.path.join(
-        "runs", f"{config.env_id.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
     cli.configure_logging(lead)  # one process reports
+    if lead:
+        logging.info("run directory %s: rerun the same command to resume", workdir)
     if host_seeds:
         results = _train_seeds(config, workdir, seeds)
     else:
@@ -194,15 +189,10 @@ def main(argv):
     if result.interrupted_by is not None:
         name = signal.Signals(result.interrupted_by).name
         if lead:
-            # Without --workdir the run got a fresh directory: the rerun must name it.
-            how = (
-                "rerun the same command to resume"
-                if _WORKDIR.value
-                else f"rerun the same command with --workdir={workdir} to resume"
-            )
             print(
                 f"interrupted by {name} at env step {result.env_steps}; a final checkpoint is "
-                f"in {os.path.abspath(result.workdir)}/checkpoints: {how}",
+                f"in {os.path.abspath(result.workdir)}/checkpoints: rerun the same command to "
+                "resume",
                 file=sys.stderr,
             )
         sys.exit(128 + result.interrupted_by)  # the shell's convention for "ended by a signal"
