@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wm_jax")
 
@@ -153,3 +154,21 @@ def test_docs_reading_a_run_explains_every_failure_signature():
         text = f.read()
     missing = [mode for mode in MODES if f"| `{mode}` |" not in text]
     assert not missing, f"docs/reading_a_run.md has no row for {missing}"
+
+
+def _github_anchor(heading: str) -> str:
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_link_of_the_user_guide_reaches_a_file_and_heading():
+    repo = os.path.dirname(PACKAGE)
+    guide = os.path.join(repo, "docs", "README.md")
+    links = re.findall(r"\]\(([^)#]+)(?:#([^)]+))?\)", open(guide).read())
+    assert len(links) >= 10
+    for path, anchor in links:
+        target = os.path.normpath(os.path.join(repo, "docs", path))
+        assert os.path.exists(target), path
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", open(target).read(), re.M)
+            assert anchor in {_github_anchor(h) for h in headings}, (path, anchor)
