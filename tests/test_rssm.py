@@ -297,6 +297,42 @@ def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path)
     _assert_stopped_mid_episode(loop_state[".act_carry.is_first"], loop_state[".act_carry.state"])
 
 
+def test_the_device_loop_resets_the_acting_state_where_an_episode_ends():
+    """The policy's recurrent state starts over in every env whose episode ended (terminated
+    or truncated): the state read from the next episode's first observation has h = 0, as at
+    the start of a training window, while the envs whose episode goes on keep their h."""
+    from wm_jax.device_loop import DeviceLoop
+
+    config = rssm_config(
+        env_id="gymnax:CartPole-v1",
+        loop="device",
+        num_envs=4,
+        train_ratio=0.25,  # one vector step per loop iteration
+        replay_capacity=256,
+        env_kwargs={"max_steps_in_episode": 12},  # truncations as well as terminations
+        **{"diagnostics.open_loop_every": 0},
+    )
+    loop = DeviceLoop(config)
+    act_and_step = loop.segment(1, None, False, 1)  # a policy step of every env, no training
+    ls = loop.init(0)
+    h = lambda ls: np.asarray(ls.act_carry.state)[:, :DETER]  # noqa: E731
+    ended = np.ones(4, bool)  # the initial carry: every env at an episode's start
+    terminated = truncated = continuing = 0
+    for _ in range(40):
+        episode = np.asarray(ls.episode)
+        ls, _ = act_and_step(ls)  # (donates ls)
+        # The state acting read this step's observation into: reset where the last step ended
+        # an episode, carried on elsewhere.
+        np.testing.assert_array_equal(h(ls)[ended], 0.0)
+        assert (np.abs(h(ls)[~ended]).max(-1) > 0).all()
+        continuing += int((~ended).sum())
+        ended = np.asarray(ls.episode) > episode
+        cont = np.asarray(ls.replay.cont)[(int(ls.replay.head) - 1) % ls.replay.capacity]
+        terminated += int((ended & (cont == 0)).sum())
+        truncated += int((ended & (cont == 1)).sum())
+    assert terminated > 0 and truncated > 0 and continuing > 0, (terminated, truncated)
+
+
 @pytest.mark.slow
 def test_reset_on_a_loaded_rssm_policy_forgets_the_steps_it_acted_on(tmp_path):
     """``Policy.reset()`` on a policy from ``load_policy`` clears the RSSM's acting state: after
