@@ -48,6 +48,31 @@ def small_config(**overrides):
     return override(c, **overrides)
 
 
+def checkpoint_arrays(workdir, step=None) -> dict[str, np.ndarray]:
+    """Everything checkpoint ``step`` (default: the newest) of the run in ``workdir`` holds, the
+    train state and every extra (replay, normaliser, envs or device-loop state, counters, acting
+    carry, evaluation history), as numpy arrays named by their path ("['state']['key']", ...),
+    read against the checkpoint's own metadata."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(
+        os.path.join(str(workdir), "checkpoints"),
+        item_handlers={k: ocp.PyTreeCheckpointHandler() for k in ("state", "extras")},
+    )
+    try:
+        step = manager.latest_step() if step is None else step
+        meta = manager.item_metadata(step)
+        args = {}
+        for item in ("state", "extras"):
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta[item])
+            args[item] = ocp.args.PyTreeRestore(item=meta[item], restore_args=as_numpy)
+        restored = manager.restore(step, args=ocp.args.Composite(**args))
+    finally:
+        manager.close()
+    leaves = jax.tree_util.tree_leaves_with_path({k: restored[k] for k in ("state", "extras")})
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
+
+
 def make_spec(obs_shape=(4,), action_dim=2, discrete=True, obs_dtype=np.float32):
     return types.SimpleNamespace(
         obs_shape=tuple(obs_shape), obs_dtype=obs_dtype, action_dim=action_dim, discrete=discrete

@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_spec, small_config
+from conftest import checkpoint_arrays, make_spec, small_config
 
 pytest.importorskip("gymnax")
 
@@ -193,12 +194,10 @@ def test_ids_and_train_ratios_the_device_loop_cannot_run_are_refused():
 # The runs below go through a subprocess with single-threaded XLA, the setting under which
 # CPU results are bit-reproducible (BUILD_NOTES, "Determinism guarantee").
 _SCRIPT = r"""
-import json, sys
-import jax, numpy as np
+import json, sys, time
 sys.path.insert(0, "tests")
 from conftest import small_config
 from wm_jax.device_loop import train_device
-from wm_jax import load_policy
 
 def config(**kw):
     c = small_config(env_id="gymnax:CartPole-v1", loop="device", total_env_steps=480,
@@ -210,23 +209,31 @@ def config(**kw):
     return c
 
 root = sys.argv[1]
-flat = lambda p: np.concatenate([np.ravel(x) for x in jax.tree.leaves(p)])
-out = {}
+out, seconds = {}, {}
 # Seeds 0 and 1 x actor lrs 3e-5 and 1e-4 (4 runs vmapped), interrupted at 240 and resumed;
-# the same uninterrupted; seed 1 with actor lr 1e-4 alone.
+# the same uninterrupted; then each of the four alone (the config's actor.lr set, no sweep).
 sweep = dict(num_seeds=2, lr_sweep="actor=3e-5,1e-4")
+start = time.time()
 train_device(config(**sweep), root + "/resumed", stop_at=240)
 resumed = train_device(config(**sweep), root + "/resumed")
 straight = train_device(config(**sweep), root + "/straight")
-alone_config = config(seed=1)
-alone_config.actor.lr = 1e-4
-alone = train_device(alone_config, root + "/alone")
+seconds["vmapped"] = time.time() - start
+alone = []
+# lr-major: the seed is not part of the compiled programs (one DeviceLoop serves both seeds),
+# the lr is a constant in them (a second DeviceLoop, compiled once, for the second lr).
+for lr in (3e-5, 1e-4):
+    start = time.time()
+    for seed in (0, 1):
+        alone_config = config(seed=seed)
+        alone_config.actor.lr = lr
+        alone += train_device(alone_config, f"{root}/alone/seed_{seed}-actor_lr_{lr:g}")
+    seconds[f"alone lr {lr:g}"] = time.time() - start
 for name, runs in (("resumed", resumed), ("straight", straight), ("alone", alone)):
     for r in runs:
-        p = load_policy(r.workdir)
-        out[f"{name}/{p.config.seed}/{p.config.actor.lr:g}"] = {
-            "actor": flat(p.actor_params).tolist(), "wm": flat(p.wm_params).tolist(),
-            "evals": r.eval_returns, "resumed_from": r.resumed_from, "steps": r.env_steps}
+        out[name + "/" + r.workdir.rsplit("/", 1)[-1]] = {
+            "workdir": r.workdir, "evals": r.eval_returns, "resumed_from": r.resumed_from,
+            "steps": r.env_steps}
+out["seconds"] = seconds
 json.dump(out, open(root + "/out.json", "w"))
 """
 
@@ -247,41 +254,94 @@ def device_runs(tmp_path_factory):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return root, json.loads((root / "out.json").read_text())
+    out = json.loads((root / "out.json").read_text())
+    print("device_runs seconds:", out.pop("seconds"))
+    return root, out
 
 
-RUNS = [(seed, lr) for seed in (0, 1) for lr in ("3e-05", "0.0001")]
+RUNS = [f"seed_{seed}-actor_lr_{lr}" for seed in (0, 1) for lr in ("3e-05", "0.0001")]
+
+
+def _rows(workdir):
+    """metrics.jsonl without the wall-clock fields (tests/test_crash_safety.py's reading)."""
+    from test_crash_safety import metric_records
+
+    return metric_records(Path(workdir))
 
 
 @pytest.mark.slow
 def test_device_loop_resumes_exactly_where_an_uninterrupted_run_would_be(device_runs):
+    """Each of the four vmapped runs, interrupted at 240 (mid-schedule) and resumed, ends with
+    the uninterrupted run's whole checkpoint bit for bit (train state, replay, normaliser, env
+    and acting state, counters, keys, evaluations) and the same metrics rows."""
     root, out = device_runs
-    for seed, lr in RUNS:
-        resumed, straight = out[f"resumed/{seed}/{lr}"], out[f"straight/{seed}/{lr}"]
+    for run in RUNS:
+        resumed, straight = out[f"resumed/{run}"], out[f"straight/{run}"]
         assert resumed["resumed_from"] == 240 and resumed["steps"] == straight["steps"] == 480
-        np.testing.assert_array_equal(resumed["actor"], straight["actor"])
-        np.testing.assert_array_equal(resumed["wm"], straight["wm"])
+        a, b = checkpoint_arrays(resumed["workdir"]), checkpoint_arrays(straight["workdir"])
+        assert sorted(a) == sorted(b) and len(a) > 100
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{run} {name}")
         assert resumed["evals"] == straight["evals"]
+        assert _rows(resumed["workdir"]) == _rows(straight["workdir"])
     # Each run has its own workdir with metrics and checkpoints.
-    for seed, lr in RUNS:
-        run_dir = root / "straight" / f"seed_{seed}-actor_lr_{lr}"
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        steps = [json.loads(line)["env_step"] for line in lines]
+    for run in RUNS:
+        run_dir = root / "straight" / run
+        steps = [r["env_step"] for r in read_metrics(str(run_dir))]
         assert max(steps) == 480 and 80 in steps
 
 
 @pytest.mark.slow
 def test_vmapped_seeds_and_learning_rates_equal_the_same_runs_one_at_a_time(device_runs):
+    """All four runs of the vmapped sweep (seeds 0, 1 x actor lr 3e-5, 1e-4) against the same
+    seed and actor.lr trained alone: every array of the final checkpoint (all parameter trees
+    with the target critic, optimiser states, counters, keys, replay, normaliser, env and
+    acting state), the evaluation returns and every metrics row.
+
+    Close, not bit-equal: vmapping batches the matmuls and reductions over the runs, which may
+    change XLA's float summation order, and the swept lr is the config's times a scale (3e-5 x
+    3.33 for 1e-4) where the lone run has 1e-4 itself.  Integers (counters, keys, episode ids)
+    and booleans must be equal."""
     _, out = device_runs
-    # Seed 1 with the swept actor lr 1e-4 (3.33 x the config's 3e-5) = seed 1 run alone with
-    # actor.lr = 1e-4.
-    vmapped, alone = out["straight/1/0.0001"], out["alone/1/0.0001"]
-    np.testing.assert_allclose(vmapped["wm"], alone["wm"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(vmapped["actor"], alone["actor"], rtol=1e-4, atol=1e-5)
-    assert [e[0] for e in vmapped["evals"]] == [240, 480]
+    close = dict(rtol=1e-4, atol=1e-5)
+    for run in RUNS:
+        vmapped, alone = out[f"straight/{run}"], out[f"alone/{run}"]
+        a, b = checkpoint_arrays(vmapped["workdir"]), checkpoint_arrays(alone["workdir"])
+        assert sorted(a) == sorted(b)
+        trees = {name.split("]")[1] + "]" for name in a if name.startswith("['state']")}
+        assert {"['wm_params']", "['actor_params']", "['critic_params']"} <= trees
+        assert "['critic_target_params']" in trees
+        # The sweep scales the actor's step, the lone run has the lr in its config.
+        lr = float(run.rsplit("_", 1)[1])
+        np.testing.assert_allclose(a["['state']['lr_scale']"], [1, lr / 3e-5, 1], rtol=1e-6)
+        np.testing.assert_array_equal(b["['state']['lr_scale']"], [1, 1, 1])
+        for name in a.keys() - {"['state']['lr_scale']"}:
+            if np.issubdtype(a[name].dtype, np.floating):
+                np.testing.assert_allclose(a[name], b[name], **close, err_msg=f"{run} {name}")
+            else:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"{run} {name}")
+        assert [e[0] for e in vmapped["evals"]] == [e[0] for e in alone["evals"]] == [240, 480]
+        np.testing.assert_allclose(vmapped["evals"], alone["evals"], **close, err_msg=run)
+        rows, alone_rows = _rows(vmapped["workdir"]), _rows(alone["workdir"])
+        assert [r["env_step"] for r in rows] == [r["env_step"] for r in alone_rows]
+        for x, y in zip(rows, alone_rows, strict=True):
+            assert x.keys() == y.keys()
+            for key in x:
+                if isinstance(x[key], str) or x[key] is None:  # phase; NaN is written as null
+                    assert x[key] == y[key], (run, key)
+                else:
+                    np.testing.assert_allclose(x[key], y[key], **close, err_msg=f"{run} {key}")
     # Different seeds, and different learning rates, really are different runs.
-    assert not np.allclose(out["straight/0/3e-05"]["wm"], out["straight/1/3e-05"]["wm"])
-    assert not np.allclose(out["straight/1/3e-05"]["actor"], out["straight/1/0.0001"]["actor"])
+    final = {run: checkpoint_arrays(out[f"straight/{run}"]["workdir"]) for run in RUNS}
+
+    def tree(run, name):
+        return np.concatenate([x.ravel() for k, x in sorted(final[run].items()) if name in k])
+
+    wm, actor = "['state']['wm_params']", "['state']['actor_params']"
+    assert not np.allclose(tree("seed_0-actor_lr_3e-05", wm), tree("seed_1-actor_lr_3e-05", wm))
+    assert not np.allclose(
+        tree("seed_1-actor_lr_3e-05", actor), tree("seed_1-actor_lr_0.0001", actor)
+    )
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_spec, random_sequence, small_config
+from conftest import checkpoint_arrays, make_spec, random_sequence, small_config
 
 from wm_jax import losses
 from wm_jax.config import ConfigError, validate
@@ -170,10 +170,72 @@ def test_rssm_config_errors_name_the_field():
         validate(rssm_config(sequence_mode=False))
 
 
+# A run straight to the end, then the same run stopped at argv[3] and resumed, in one process
+# (the second and third reuse the first's compiled programs) with the single-thread XLA flags
+# under which CPU runs are bit-reproducible (BUILD_NOTES, "Determinism guarantee").
+_RESUME_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, "tests")
+from test_rssm import rssm_config
+from wm_jax.loops import train
+
+root, overrides, stop_at = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+results = [train(rssm_config(**overrides), root + "/straight"),
+           train(rssm_config(**overrides), root + "/resumed", stop_at=stop_at),
+           train(rssm_config(**overrides), root + "/resumed")]
+json.dump([[r.env_steps, r.resumed_from, r.eval_returns] for r in results],
+          open(root + "/results.json", "w"))
+"""
+
+
+def _assert_resumed_run_equals_straight_run(tmp_path, overrides, stop_at):
+    """Runs ``_RESUME_SCRIPT`` and checks that the resumed run ends with the straight run's
+    whole final checkpoint, bit for bit (every parameter tree, optimiser state, key, counter,
+    the replay, normaliser, env state and the acting carry), the same evaluations and the same
+    metrics rows but for their wall-clock fields.  Returns both workdirs."""
+    import json
+    import subprocess
+    import sys
+
+    from test_crash_safety import metric_records
+    from test_train import DETERMINISTIC_ENV, REPO
+
+    cmd = [sys.executable, "-c", _RESUME_SCRIPT, str(tmp_path), json.dumps(overrides)]
+    proc = subprocess.run(
+        [*cmd, str(stop_at)],
+        capture_output=True, text=True, cwd=REPO, env=DETERMINISTIC_ENV, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    straight, stopped, resumed = json.loads((tmp_path / "results.json").read_text())
+    end = overrides["total_env_steps"]
+    assert straight[:2] == [end, None] and stopped[:2] == [stop_at, None]
+    assert resumed[:2] == [end, stop_at]
+    assert resumed[2] == straight[2]  # (env step, mean, std) of every evaluation
+    a = checkpoint_arrays(tmp_path / "straight")
+    b = checkpoint_arrays(tmp_path / "resumed")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    rows_a, rows_b = metric_records(tmp_path / "straight"), metric_records(tmp_path / "resumed")
+    assert [r["env_step"] for r in rows_b] == [r["env_step"] for r in rows_a]
+    for x, y in zip(rows_a, rows_b, strict=True):
+        assert x == y, {
+            k: (x.get(k), y.get(k)) for k in x.keys() | y.keys() if x.get(k) != y.get(k)
+        }
+    return checkpoint_arrays(tmp_path / "resumed", stop_at)
+
+
+def _assert_stopped_mid_episode(is_first, state):
+    """The stop fell inside an episode of some env after acting began: the acting carry
+    (``is_first [N]``, ``state [N, S]`` at the stop) holds a state that the resume must keep."""
+    continuing = ~np.asarray(is_first)
+    assert continuing.any() and (np.abs(state[continuing]).max(-1) > 0).all()
+
+
 @pytest.mark.slow
 def test_rssm_trainer_run_resumes_exactly(tmp_path):
-    """The policy's recurrent state is part of the checkpoint: a run stopped mid-episode and
-    resumed reaches the same parameters as one that never stopped."""
+    """The host loop's recurrent acting state is part of the checkpoint: a run stopped
+    mid-episode and resumed ends exactly as one that never stopped (whole state and metrics)."""
     overrides = {
         "total_env_steps": 192,
         "prefill_steps": 64,
@@ -188,30 +250,19 @@ def test_rssm_trainer_run_resumes_exactly(tmp_path):
         "num_envs": 2,
         "train_ratio": 0.125,
     }
-
-    def run(workdir, stop_at=None):
-        trainer = Trainer(rssm_config(**overrides), str(workdir))
-        trainer.run(stop_at=stop_at)
-        leaves = jax.tree.leaves((trainer.state, trainer.act_carry))
-        trainer.close()
-        return trainer, leaves
-
-    _, straight = run(tmp_path / "straight")
-    run(tmp_path / "resumed", stop_at=112)
-    trainer, resumed = run(tmp_path / "resumed")
-    assert trainer.resumed_from == 112
-    for a, b in zip(straight, resumed, strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Stopped on a log step: the host loop does not checkpoint the log window in progress, so
+    # after a stop between log steps the first row would cover only the steps since the stop.
+    stopped = _assert_resumed_run_equals_straight_run(tmp_path, overrides, stop_at=128)
+    carry = "['extras']['act_carry']"
+    _assert_stopped_mid_episode(stopped[carry + "['is_first']"], stopped[carry + "['state']"])
 
 
 @pytest.mark.slow
 def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path):
-    """In the on-device loop the acting carry is part of the loop state: it is reset where
-    episodes end, checkpointed, and a resumed run matches an uninterrupted one bit for bit."""
-    from wm_jax import load_policy
-    from wm_jax.device_loop import train_device
-
-    config = rssm_config(
+    """In the on-device loop the acting carry is part of the loop state and its checkpoint: a
+    run stopped mid-episode and resumed ends exactly as one that never stopped (whole state,
+    evaluations and metrics)."""
+    overrides = dict(
         env_id="gymnax:CartPole-v1",
         loop="device",
         total_env_steps=192,
@@ -230,14 +281,56 @@ def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path)
             "diagnostics.open_loop_every": 0,
         },
     )
-    straight = train_device(config, str(tmp_path / "straight"))[0]
-    train_device(config, str(tmp_path / "resumed"), stop_at=128)
-    resumed = train_device(config, str(tmp_path / "resumed"))[0]
-    assert resumed.resumed_from == 128 and resumed.env_steps == straight.env_steps == 192
-    assert resumed.eval_returns == straight.eval_returns
-    a, b = load_policy(straight.workdir), load_policy(resumed.workdir)
-    for x, y in zip(jax.tree.leaves(a.wm_params), jax.tree.leaves(b.wm_params), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    from wm_jax.device_loop import DeviceLoop
+
+    stopped = _assert_resumed_run_equals_straight_run(tmp_path, overrides, stop_at=128)
+    # The checkpoint keeps the LoopState but its train state as numbered arrays, in the order
+    # of the LoopState's leaves.
+    loop = DeviceLoop(rssm_config(**overrides))
+    shape = jax.eval_shape(lambda: loop.init(0))
+    leaves = jax.tree_util.tree_flatten_with_path(shape.replace(train=None))[0]
+    loop_state = {
+        jax.tree_util.keystr(path): stopped[f"['extras']['device_loop']['{i:04d}']"]
+        for i, (path, _) in enumerate(leaves)
+    }
+    assert loop_state[".env_step"] == 128
+    _assert_stopped_mid_episode(loop_state[".act_carry.is_first"], loop_state[".act_carry.state"])
+
+
+def test_the_device_loop_resets_the_acting_state_where_an_episode_ends():
+    """The policy's recurrent state starts over in every env whose episode ended (terminated
+    or truncated): the state read from the next episode's first observation has h = 0, as at
+    the start of a training window, while the envs whose episode goes on keep their h."""
+    from wm_jax.device_loop import DeviceLoop
+
+    config = rssm_config(
+        env_id="gymnax:CartPole-v1",
+        loop="device",
+        num_envs=4,
+        train_ratio=0.25,  # one vector step per loop iteration
+        replay_capacity=256,
+        env_kwargs={"max_steps_in_episode": 12},  # truncations as well as terminations
+        **{"diagnostics.open_loop_every": 0},
+    )
+    loop = DeviceLoop(config)
+    act_and_step = loop.segment(1, None, False, 1)  # a policy step of every env, no training
+    ls = loop.init(0)
+    h = lambda ls: np.asarray(ls.act_carry.state)[:, :DETER]  # noqa: E731
+    ended = np.ones(4, bool)  # the initial carry: every env at an episode's start
+    terminated = truncated = continuing = 0
+    for _ in range(40):
+        episode = np.asarray(ls.episode)
+        ls, _ = act_and_step(ls)  # (donates ls)
+        # The state acting read this step's observation into: reset where the last step ended
+        # an episode, carried on elsewhere.
+        np.testing.assert_array_equal(h(ls)[ended], 0.0)
+        assert (np.abs(h(ls)[~ended]).max(-1) > 0).all()
+        continuing += int((~ended).sum())
+        ended = np.asarray(ls.episode) > episode
+        cont = np.asarray(ls.replay.cont)[(int(ls.replay.head) - 1) % ls.replay.capacity]
+        terminated += int((ended & (cont == 0)).sum())
+        truncated += int((ended & (cont == 1)).sum())
+    assert terminated > 0 and truncated > 0 and continuing > 0, (terminated, truncated)
 
 
 @pytest.mark.slow

@@ -319,7 +319,9 @@ def _loop(c, loop, runs, states, resumed, num_seeds, stop_at) -> list:
             log = clock.log(previous, env_step)
             evals = None
             if clock.evaluate(previous, env_step):
-                evals = loop.evaluate(ls, c.seed + 100_000 + env_step, num_seeds)
+                # Each run's own seed, as the host loop and the same run alone use.
+                seeds = [run.seed + 100_000 + env_step for run in runs]
+                evals = loop.evaluate(ls, seeds, num_seeds)
                 evals = evals.reshape(num_seeds, -1)
             now = time.time()
             for i, run in enumerate(runs):

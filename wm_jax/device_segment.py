@@ -295,13 +295,17 @@ class DeviceLoop:
         windows, mean, std = jax.device_get((windows, mean, std))
         return record_open_loop(out, windows, mean, std, step, workdir, writer)
 
-    def evaluate(self, ls: LoopState, seed: int, num_seeds: int) -> np.ndarray:
-        """Returns ``[num_seeds, eval_episodes]`` (or ``[eval_episodes]`` for one seed)."""
+    def evaluate(self, ls: LoopState, seeds: list[int], num_seeds: int) -> np.ndarray:
+        """Returns ``[num_seeds, eval_episodes]`` (or ``[eval_episodes]`` for one seed).
+
+        ``seeds``: each run's evaluation seed, so a vmapped run evaluates on the episodes the
+        same run alone would (its own seed's, not the first run's)."""
         episodes = self.config.eval_episodes
-        key = jax.random.PRNGKey(seed)
+        keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
         if num_seeds > 1:
-            fn = jax.vmap(self._evaluate, in_axes=(0, 0, None, None))
-            return np.asarray(fn(ls.train, ls.norm, key, episodes))
+            fn = jax.vmap(self._evaluate, in_axes=(0, 0, 0, None))
+            return np.asarray(fn(ls.train, ls.norm, keys, episodes))
+        (key,) = keys
         return np.asarray(self._evaluate(ls.train, ls.norm, key, episodes))
 
 
