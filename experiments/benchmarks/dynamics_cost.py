@@ -6,7 +6,9 @@ For each config: a random CartPole-shaped sequence batch (``batch_size × sequen
 config's), one jit of ``train_step`` with ``UpdateCounts(1, 1, 1)`` (world model + actor +
 critic) and of the world-model and actor updates alone, called round-robin across configs (one
 call of each per round, so drifting load on a shared machine hits all alike), medians reported.
-Also the dynamics' parameter count and compile time.  The last line is one JSON object.
+Also the dynamics' parameter count (for the RSSM its core and its posterior, which fills the
+representation slot), every world-model module's count, and compile time.  The last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -79,13 +81,21 @@ def main(argv):
         compile_s = {name: _timed(fn) for name, fn in calls.items()}  # first call compiles
         for fn in calls.values():
             _timed(fn)
-        dyn = state.wm_params["params"]["dynamics"]
+        sizes = {
+            name: int(sum(x.size for x in jax.tree.leaves(module)))
+            for name, module in state.wm_params["params"].items()
+        }
+        # The RSSM is two modules: the prior/recurrent core ("dynamics") and its posterior,
+        # which sits in the representation slot; both are the dynamics model's parameters.
+        rssm = config.model.dynamics == "rssm"
+        dynamics_modules = ["dynamics", "representation"] if rssm else ["dynamics"]
         cases[path] = dict(
             dynamics=config.model.dynamics,
             calls=calls,
             compile_s=compile_s,
             times={name: [] for name in calls},
-            dynamics_params=int(sum(x.size for x in jax.tree.leaves(dyn))),
+            dynamics_params=sum(sizes[name] for name in dynamics_modules),
+            world_model_params=sizes,
         )
     for _ in range(_REPEATS.value):
         for case in cases.values():
@@ -103,6 +113,7 @@ def main(argv):
         result[path] = dict(
             dynamics=case["dynamics"],
             dynamics_params=case["dynamics_params"],
+            world_model_params=case["world_model_params"],
             seconds=med,
             compile_s=case["compile_s"],
         )
