@@ -1,4 +1,5 @@
-"""All defaults in one place, and validation whose messages name the field and the fix.
+"""All defaults in one place; the checks of a config are :mod:`wm_jax.config_rules` (re-exported
+here).
 
 Defaults follow the seeds: features 256, states 64, hidden 256, H = 15, γ = 0.99, λ = 0.95,
 Adam with lrs 1e-4 / 3e-5 / 3e-5 and ``clip_by_global_norm(1.0)``, entropy coefficient 0.01,
@@ -8,16 +9,17 @@ warmup 5k env steps, transition to 10k, early/late multi-update boundary at 50k.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import ml_collections
 
+from wm_jax.config_rules import (  # noqa: F401  (re-exported: the config's public interface)
+    ConfigError,
+    parse_lr_sweep,
+    validate,
+    validate_for_env,
+)
 from wm_jax.diagnostics import Thresholds
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the field and the fix."""
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -255,32 +257,6 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def parse_lr_sweep(c: ml_collections.ConfigDict) -> tuple[str, tuple[float, ...]] | None:
-    """``config.lr_sweep`` ("actor=1e-4,3e-4") as ``("actor", (1e-4, 3e-4))``; None if unset."""
-    text = c.get("lr_sweep", "")
-    if not text:
-        return None
-    group, _, values = text.partition("=")
-    group = group.strip()
-    _require(
-        group in ("world_model", "actor", "critic") and values,
-        "lr_sweep",
-        f"{text!r} is not '<world_model|actor|critic>=lr1,lr2,...', e.g. 'actor=1e-4,3e-4'",
-    )
-    try:
-        lrs = tuple(float(v) for v in values.split(","))
-    except ValueError:
-        _require(False, "lr_sweep", f"{values!r} is not a comma-separated list of numbers")
-    _require(all(lr > 0 for lr in lrs), "lr_sweep", f"learning rates must be > 0, got {lrs}")
-    _require(
-        c[group].lr > 0,
-        f"{group}.lr",
-        "must be > 0 for a sweep (each run's lr is a multiple of it)",
-    )
-    _require(c.loop == "device", "lr_sweep", "needs --config.loop=device (one vmapped program)")
-    return group, lrs
-
-
 def override(c: ml_collections.ConfigDict, **dotted) -> ml_collections.ConfigDict:
     """Sets fields by dotted path, ``override(c, **{"actor.lr": 1e-4})``, the Python twin of
     ``--config.actor.lr=1e-4``; returns ``c``."""
@@ -290,273 +266,6 @@ def override(c: ml_collections.ConfigDict, **dotted) -> ml_collections.ConfigDic
         for name in parents:
             node = node[name]
         node[leaf] = value
-    return c
-
-
-def _require(cond: bool, field: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(f"config.{field}: {message}")
-
-
-def _validate_transformer(c: ml_collections.ConfigDict) -> None:
-    m = c.model
-    for name in ("context_length", "transformer_layers", "transformer_heads"):
-        value = m.get(name)
-        _require(
-            isinstance(value, int) and value >= 1,
-            f"model.{name}",
-            f"must be a positive integer, got {value!r}",
-        )
-    _require(
-        m.hidden_dim % m.transformer_heads == 0,
-        "model.transformer_heads",
-        f"{m.transformer_heads} heads must divide the attention width model.hidden_dim="
-        f"{m.hidden_dim}",
-    )
-
-
-WANDB_MODES = ("offline", "online")
-
-
-def _validate_wandb(w) -> None:
-    """``config.wandb``; whether wandb is installed is checked where a run starts logging
-    (:mod:`wm_jax.metric_sinks`), so a saved run's config loads without it."""
-    if w is None:  # absent from older runs' config.json
-        return
-    _require(
-        isinstance(w.enabled, bool), "wandb.enabled", f"must be True or False, got {w.enabled!r}"
-    )
-    _require(
-        w.mode in WANDB_MODES,
-        "wandb.mode",
-        f"{w.mode!r} is not one of {WANDB_MODES} ('offline' never contacts a server)",
-    )
-    for name in ("project", "entity"):
-        _require(isinstance(w[name], str), f"wandb.{name}", f"must be a string, got {w[name]!r}")
-    _require(
-        bool(w.project.strip()) and "/" not in w.project,
-        "wandb.project",
-        f"must be a non-empty name without '/', got {w.project!r}",
-    )
-
-
-def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Raises :class:`ConfigError` naming the first impossible value; returns ``c``."""
-    # Component names (model.encoder, ...) are checked against the registries when the networks
-    # are built (after config.imports ran), so components registered by users are accepted.
-    imports = c.get("imports", "")  # absent from the config.json of runs made before it existed
-    _require(isinstance(imports, str), "imports", f"must be a string, got {imports!r}")
-    for name in (n.strip() for n in imports.split(",")):
-        _require(
-            not name or all(part.isidentifier() for part in name.split(".")),
-            "imports",
-            f"{name!r} is not a module name: give dotted module names separated by commas, e.g. "
-            "'experiments.custom_dynamics'",
-        )
-    choices = {
-        "model.state_norm": ("layernorm", "tanh", "none"),
-        "model.dynamics_std": ("learned", "fixed"),
-        "model.reward_std": ("learned", "fixed"),
-        "world_model.dynamics_loss": ("mse", "nll"),
-        "actor.gradient": ("dynamics", "reinforce"),
-        "imagination.continue_mode": ("probs", "mode"),
-    }
-    for field, allowed in choices.items():
-        value = c[field.split(".")[0]][field.split(".")[1]]
-        _require(value in allowed, field, f"{value!r} is not one of {allowed}")
-    for field in (
-        "model.feature_dim",
-        "model.state_dim",
-        "model.hidden_dim",
-        "model.cnn_depth",
-        "model.cnn_layers",
-        "model.ensemble_size",
-        "model.rssm_deter",
-        "model.rssm_stoch",
-        "model.rssm_classes",
-        "imagination.horizon",
-        "imagination.unroll",
-        "batch_size",
-        "num_envs",
-        "sequence_length",
-        "total_env_steps",
-        "replay_capacity",
-        "eval_episodes",
-        "keep_checkpoints",
-        "max_nonfinite_updates",
-        "diagnostics.open_loop_horizon",
-        "diagnostics.open_loop_batch",
-    ):
-        group, _, name = field.rpartition(".")
-        value = c[group][name] if group else c[name]
-        _require(
-            isinstance(value, int) and value >= 1,
-            field,
-            f"must be a positive integer, got {value!r}",
-        )
-    _require(c.model.hidden_layers >= 0, "model.hidden_layers", "must be >= 0")
-    _require(c.model.reward_fixed_std > 0, "model.reward_fixed_std", "must be > 0")
-    if c.model.dynamics == "transformer":
-        _validate_transformer(c)
-    rssm = (c.model.representation == "rssm", c.model.dynamics == "rssm")
-    _require(
-        rssm[0] == rssm[1],
-        "model.representation" if rssm[1] else "model.dynamics",
-        "the RSSM is a representation + dynamics pair: set both model.representation=rssm "
-        "and model.dynamics=rssm",
-    )
-    if all(rssm):
-        _require(
-            c.sequence_mode,
-            "sequence_mode",
-            "the RSSM learns from sequences (its state is recurrent): set sequence_mode=True",
-        )
-        _require(0.0 <= c.world_model.kl_balance <= 1.0, "world_model.kl_balance", "in [0, 1]")
-        _require(c.world_model.kl_free_bits >= 0, "world_model.kl_free_bits", "must be >= 0")
-        _require(0.0 <= c.model.rssm_unimix < 1.0, "model.rssm_unimix", "must be in [0, 1)")
-    precision = c.get("precision", "float32")  # absent from older runs' config.json
-    _require(
-        precision in ("float32", "bfloat16", "auto"),
-        "precision",
-        f"{precision!r} is not one of ('float32', 'bfloat16', 'auto')",
-    )
-    norm = c.model.get("norm", "layer")  # absent from older runs' config.json
-    _require(norm in ("layer", "rms"), "model.norm", f"{norm!r} is not one of ('layer', 'rms')")
-    _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
-    _require(c.loop in ("host", "device"), "loop", f"{c.loop!r} is not one of ('host', 'device')")
-    _require(
-        isinstance(c.num_seeds, int) and c.num_seeds >= 1,
-        "num_seeds",
-        f"must be a positive integer, got {c.num_seeds!r}",
-    )
-    parse_lr_sweep(c)
-    _require(
-        c.num_seeds == 1 or c.loop == "device",
-        "num_seeds",
-        "several seeds in one program need --config.loop=device (the host loop runs one seed)",
-    )
-    _require(
-        c.env_check in ("raise", "sanitize", "off"),
-        "env_check",
-        f"{c.env_check!r} is not one of ('raise', 'sanitize', 'off')",
-    )
-    _require(c.max_abs_reward > 0, "max_abs_reward", f"must be > 0, got {c.max_abs_reward}")
-    _require(c.train_ratio > 0, "train_ratio", f"must be > 0, got {c.train_ratio}")
-    for name in ("prefill_steps", "eval_every", "log_every", "checkpoint_every"):
-        _require(c[name] >= 0, name, f"must be >= 0, got {c[name]}")
-    video_every = c.get("eval_video_every", 0)  # absent from older runs' config.json
-    _require(
-        isinstance(video_every, int) and video_every >= 0,
-        "eval_video_every",
-        f"must be an integer >= 0 (0: no video), got {video_every!r}",
-    )
-    _validate_wandb(c.get("wandb"))
-    _require(
-        c.diagnostics.open_loop_every >= 0, "diagnostics.open_loop_every", "must be >= 0 (0: off)"
-    )
-    _require(
-        c.replay_capacity >= c.num_envs * max(c.sequence_length + 1, 2),
-        "replay_capacity",
-        f"must hold at least a sequence per env ({c.num_envs} envs × "
-        f"{c.sequence_length + 1} steps), got {c.replay_capacity}",
-    )
-    per_batch = c.batch_size * (c.sequence_length if c.sequence_mode else 1)
-    _require(
-        per_batch <= c.replay_capacity,
-        "batch_size",
-        f"a batch of {per_batch} transitions (batch_size={c.batch_size}"
-        + (f" × sequence_length={c.sequence_length}" if c.sequence_mode else "")
-        + f") does not fit in replay_capacity={c.replay_capacity}: lower batch_size or raise "
-        "replay_capacity",
-    )
-    _require(c.reward_scale > 0, "reward_scale", "must be > 0")
-    seconds = c.get("checkpoint_seconds", 0.0)
-    _require(
-        math.isfinite(seconds) and seconds >= 0,
-        "checkpoint_seconds",
-        f"must be a finite number of seconds >= 0 (0: checkpoint by steps only), got {seconds}",
-    )
-    _require(c.world_model.termination_weight > 0, "world_model.termination_weight", "must be > 0")
-    for group in ("world_model", "actor", "critic"):
-        _require(
-            math.isfinite(c[group].lr) and c[group].lr >= 0,
-            f"{group}.lr",
-            f"must be a finite number >= 0, got {c[group].lr}",
-        )
-        _require(
-            0.0 <= c[group].lr_final_scale <= 1.0,
-            f"{group}.lr_final_scale",
-            f"must lie in [0, 1] (1: constant lr), got {c[group].lr_final_scale}",
-        )
-        _require(
-            c[group].grad_clip > 0,
-            f"{group}.grad_clip",
-            f"must be > 0 (use a large value such as 1e6 to disable), got {c[group].grad_clip}",
-        )
-    _require(0.0 <= c.imagination.gamma <= 1.0, "imagination.gamma", "must lie in [0, 1]")
-    _require(0.0 <= c.imagination.lambda_ <= 1.0, "imagination.lambda_", "must lie in [0, 1]")
-    _require(
-        0.0 < c.critic.target_update_rate <= 1.0, "critic.target_update_rate", "must lie in (0, 1]"
-    )
-    _require(
-        c.critic.bins == 0 or c.critic.bins >= 2,
-        "critic.bins",
-        f"must be 0 (scalar critic) or >= 2 bins, got {c.critic.bins}",
-    )
-    _require(
-        0.0 <= c.schedule.final_real_mix <= 1.0, "schedule.final_real_mix", "must lie in [0, 1]"
-    )
-    _require(c.actor.entropy_coef >= 0, "actor.entropy_coef", "must be >= 0")
-    _require(
-        0.0 <= c.actor.return_norm_decay < 1.0, "actor.return_norm_decay", "must lie in [0, 1)"
-    )
-    _require(0.0 <= c.actor.unimix < 1.0, "actor.unimix", "must lie in [0, 1)")
-    _require(
-        0 < c.actor.min_std <= c.actor.max_std,
-        "actor.min_std",
-        "must satisfy 0 < actor.min_std <= actor.max_std",
-    )
-    _require(c.imagination.num_starts >= 0, "imagination.num_starts", "must be >= 0")
-    for name in ("dynamics", "reward", "continue", "decoder", "representation", "multi_step"):
-        _require(c.world_model[f"{name}_scale"] >= 0, f"world_model.{name}_scale", "must be >= 0")
-    s = c.schedule
-    _require(s.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
-    _require(
-        s.transition_steps >= s.warmup_steps,
-        "schedule.transition_steps",
-        f"must be >= schedule.warmup_steps ({s.warmup_steps}), got {s.transition_steps}",
-    )
-    for name in (
-        "wm_updates",
-        "actor_updates",
-        "critic_updates",
-        "early_wm_updates",
-        "late_actor_updates",
-        "late_critic_updates",
-    ):
-        _require(s[name] >= 0, f"schedule.{name}", "must be >= 0")
-    o = c.get("offline")  # absent from the config.json of runs made before it existed
-    if o is not None:
-        _require(
-            isinstance(o.updates, int) and o.updates >= 1,
-            "offline.updates",
-            f"must be a positive integer, got {o.updates!r}",
-        )
-        for name in (
-            "world_model_only_updates",
-            "transition_updates",
-            "log_every",
-            "checkpoint_every",
-            "open_loop_every",
-            "eval_every",
-            "eval_video_every",
-        ):
-            value = o.get(name, 0)
-            _require(
-                isinstance(value, int) and value >= 0,
-                f"offline.{name}",
-                f"must be an integer >= 0, got {value!r}",
-            )
     return c
 
 
@@ -601,24 +310,3 @@ def check_wandb_installed(c: ml_collections.ConfigDict) -> None:
             "config.wandb.enabled: wandb is not installed: pip install -e .[wandb] (or pip "
             "install wandb), or set config.wandb.enabled=False"
         )
-
-
-def validate_for_env(c: ml_collections.ConfigDict, max_episode_steps: int | None) -> None:
-    """The checks that need the environment: windows longer than any episode can be."""
-    if max_episode_steps is None:
-        return
-    _require(
-        not c.sequence_mode or c.sequence_length <= max_episode_steps,
-        "sequence_length",
-        f"{c.sequence_length} is longer than {c.env_id}'s episodes can be (max_episode_steps="
-        f"{max_episode_steps}), so no sampled sequence could be full: use at most "
-        f"{max_episode_steps}, or raise the limit with --env_kwargs='{{\"max_episode_steps\": N}}'",
-    )
-    d = c.diagnostics
-    _require(
-        not d.open_loop_every or d.open_loop_horizon <= max_episode_steps,
-        "diagnostics.open_loop_horizon",
-        f"{d.open_loop_horizon} is longer than {c.env_id}'s episodes can be (max_episode_steps="
-        f"{max_episode_steps}): use at most {max_episode_steps}, or "
-        "--config.diagnostics.open_loop_every=0 to turn the open-loop check off",
-    )
