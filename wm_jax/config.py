@@ -1,5 +1,5 @@
-"""All defaults in one place; the checks of a config are :mod:`wm_jax.config_rules` (re-exported
-here).
+"""All defaults in one place, grouped by the loops that read them; the checks of a config are
+:mod:`wm_jax.config_rules` (re-exported here).
 
 Defaults follow the seeds: features 256, states 64, hidden 256, H = 15, γ = 0.99, λ = 0.95,
 Adam with lrs 1e-4 / 3e-5 / 3e-5 and ``clip_by_global_norm(1.0)``, entropy coefficient 0.01,
@@ -24,56 +24,47 @@ from wm_jax.diagnostics import Thresholds
 
 def get_config() -> ml_collections.ConfigDict:
     """The default configuration (the seeds' values), as an ``ml_collections.ConfigDict``; the
-    ``--config.x=y`` flags and experiment files in ``experiments/configs/`` start from it."""
+    ``--config.x=y`` flags and experiment files in ``experiments/configs/`` start from it.
+    Each section's header says which loops read it (``config.loop``, and ``wm_jax.offline``)."""
     c = ml_collections.ConfigDict()
 
-    # --- experiment ----------------------------------------------------------------------
+    # --- every loop: the experiment ---
     # any gymnasium id, "module:EnvId" (imports module), or "gymnax:<name>"
     c.env_id = "CartPole-v1"
     # keyword arguments of gymnasium.make (or gymnax); "pixels": observe renders
     c.env_kwargs = ml_collections.ConfigDict()
     c.seed = 0  # seeds parameters, envs, replay sampling and acting
-    c.num_envs = 4  # envs stepped together (a vector step is num_envs env steps)
-    c.vector_mode = "sync"  # "sync" | "async" (exact resume needs "sync")
-    c.total_env_steps = 30_000  # length of the run in env steps (may grow on resume)
     # "host": gymnasium envs stepped by Python, replay in numpy (any env).  "device": the whole
     # loop compiled into one program (wm_jax.device_loop; gymnax envs only, "gymnax:<name>").
     c.loop = "host"
-    c.num_seeds = 1  # device loop: seeds seed, seed+1, ... trained at once with jax.vmap
-    # Split each batch (host loop) or the seeds (device loop) over all devices with
-    # jax.sharding; parameters are replicated and XLA inserts the gradient all-reduce.
-    c.data_parallel = False
-    # Device loop: "<group>=v1,v2,...", e.g. "actor=1e-4,3e-4": one vmapped run per seed and
-    # learning rate of that optimiser (world_model | actor | critic) in the same program.
-    c.lr_sweep = ""
+    # Comma-separated modules imported before the networks are built; importing them registers
+    # your own components (docs/custom_dynamics.md), e.g. "experiments.custom_dynamics".
+    c.imports = ""
+    # Matmuls of the update's MLPs: "float32" | "bfloat16" (bf16 inputs, f32 accumulation; params,
+    # losses, optimiser states and metrics stay f32) | "auto" (bfloat16 where the hardware
+    # multiplies bf16 natively: TPU, GPU from Ampere, CPU with AMX/AVX512-BF16).  Acting and
+    # evaluation always run f32.
+    c.precision = "auto"
 
-    # --- the training loop (wm_jax.trainer) ----------------------------------------------
-    c.replay_capacity = 100_000  # transitions kept (oldest overwritten), split evenly over the envs
-    c.prefill_steps = 1_000  # env steps of uniformly random actions before training starts
-    c.train_ratio = 0.25  # train steps per env step (0.25 with 4 envs: one per vector step)
+    # --- every loop: batches, observations, rewards ---
+    c.batch_size = 64  # transitions (flat) or sequences (sequence_mode) per train step
+    # train on replayed sequences (enables the multi-step loss) instead of flat transitions
+    c.sequence_mode = False
+    c.sequence_length = 16  # steps per replayed sequence
     c.obs_norm = True  # running mean/std normalisation of float observations
     c.reward_scale = 1.0  # rewards are multiplied by this before training
-    c.eval_every = 2_500  # env steps; 0 disables periodic evaluation
+
+    # --- every loop: evaluation, checkpoints, the non-finite stop, the report ---
     c.eval_episodes = 5  # deterministic-policy episodes per evaluation
-    # env steps between evaluation videos: the first evaluation after each multiple replays its
-    # first episode rendered (rgb_array envs; <= 100 frames) as eval/episode in TensorBoard and
-    # W&B; 0 disables
-    c.eval_video_every = 10_000
-    c.log_every = 1_000  # env steps
-    c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
     # Also checkpoint once this many seconds of training passed since the last save, so a crash
     # loses at most about this much time (0: steps only; one-process runs).
     c.checkpoint_seconds = 120.0
     c.keep_checkpoints = 3  # newest checkpoints kept on disk
     # Non-finite losses/gradients skip that optimiser's update; this many in a row stop the run.
     c.max_nonfinite_updates = 100
-    # NaN/Inf or out-of-range observations/rewards from the env: "raise" | "sanitize" | "off"
-    # (wm_jax.env_guard); |reward| above max_abs_reward counts as out of range.
-    c.env_check = "raise"
-    c.max_abs_reward = 1e6  # |reward| above this is invalid env data (see env_check)
     c.report = True  # write report plots at the end of a run
 
-    # --- Weights & Biases (optional: pip install -e .[wandb]) ----------------------------
+    # --- every loop: Weights & Biases (optional: pip install -e .[wandb]) ---
     # The same rows, images and videos as TensorBoard, the resolved config as the W&B config;
     # run name = the workdir's name, its W&B run id kept in <workdir>/wandb_run.json (resume).
     wb = c.wandb = ml_collections.ConfigDict()
@@ -83,16 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     # "offline": files in <workdir>/wandb/ only, never a network call (`wandb sync` uploads
     # them later) | "online": stream to the W&B server (needs `wandb login`)
     wb.mode = "offline"
-    # Matmuls of the update's MLPs: "float32" | "bfloat16" (bf16 inputs, f32 accumulation; params,
-    # losses, optimiser states and metrics stay f32) | "auto" (bfloat16 where the hardware
-    # multiplies bf16 natively: TPU, GPU from Ampere, CPU with AMX/AVX512-BF16).  Acting and
-    # evaluation always run f32.
-    c.precision = "auto"
 
-    # --- components (chosen by name: see wm_jax.networks registries) ---------------------
-    # Comma-separated modules imported before the networks are built; importing them registers
-    # your own components (docs/custom_dynamics.md), e.g. "experiments.custom_dynamics".
-    c.imports = ""
+    # --- every loop: components (chosen by name: see wm_jax.networks registries) ---
     m = c.model = ml_collections.ConfigDict()
     m.encoder = "auto"  # "mlp" | "cnn" | "auto" (cnn for rank-3 observations)
     m.representation = "autoencoder"  # "autoencoder" | "vae"
@@ -133,7 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.rssm_classes = 16  # classes per RSSM categorical
     m.rssm_unimix = 0.01  # uniform mixture in the RSSM categoricals (DreamerV3: 1%)
 
-    # --- world-model losses (seeds Losses 1-5) -------------------------------------------
+    # --- every loop: world-model losses (seeds Losses 1-5) ---
     wm = c.world_model = ml_collections.ConfigDict()
     wm.lr = 1e-4  # Adam learning rate of the world-model optimiser
     wm.eps = 1e-8  # Adam's ε
@@ -156,7 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
     wm.kl_balance = 0.8
     wm.kl_free_bits = 1.0  # nats below which each RSSM KL term is not penalised
 
-    # --- imagination and returns ---------------------------------------------------------
+    # --- every loop: imagination and returns ---
     im = c.imagination = ml_collections.ConfigDict()
     im.horizon = 15  # imagined steps per rollout (H)
     im.gamma = 0.99  # discount γ
@@ -166,7 +149,7 @@ def get_config() -> ml_collections.ConfigDict:
     im.continue_mode = "probs"  # imagined c_t: "probs" (seeds) | "mode" (1 if P(continue) > 0.5)
     im.unroll = 1  # lax.scan unroll of the rollout (a speed knob; the maths is the same)
 
-    # --- actor (policy head) -------------------------------------------------------------
+    # --- every loop: actor (policy head) ---
     a = c.actor = ml_collections.ConfigDict()
     a.lr = 3e-5  # Adam learning rate of the actor
     a.eps = 1e-8  # Adam's ε
@@ -181,7 +164,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.min_std = 0.1  # lower bound of a continuous policy's σ
     a.max_std = 1.0  # upper bound of a continuous policy's σ
 
-    # --- critic (value function) ---------------------------------------------------------
+    # --- every loop: critic (value function) ---
     cr = c.critic = ml_collections.ConfigDict()
     cr.lr = 3e-5  # Adam learning rate of the critic
     cr.eps = 1e-8  # Adam's ε
@@ -194,7 +177,7 @@ def get_config() -> ml_collections.ConfigDict:
     # softmax over this many symlog-spaced bins trained on two-hot targets (255 in DreamerV3).
     cr.bins = 0
 
-    # --- schedule (seeds Diagram 5) ------------------------------------------------------
+    # --- every loop: schedule (seeds Diagram 5; offline runs: warmup/transition from offline.*) ---
     s = c.schedule = ml_collections.ConfigDict()
     s.warmup_steps = 5_000  # world model only
     s.transition_steps = 10_000  # critic_real_mix anneals 1 -> final_real_mix by here
@@ -208,22 +191,47 @@ def get_config() -> ml_collections.ConfigDict:
     s.late_actor_updates = 2  # multi_update: actor updates per step later
     s.late_critic_updates = 2  # multi_update: critic updates per step later
 
-    # --- diagnostics (wm_jax.open_loop, wm_jax.diagnostics) ------------------------------
+    # --- every loop: diagnostics (wm_jax.open_loop, wm_jax.diagnostics) ---
     d = c.diagnostics = ml_collections.ConfigDict()
-    d.open_loop_every = 5_000  # env steps between open-loop prediction checks; 0 disables
+    # env steps between open-loop prediction checks (offline: offline.open_loop_every); 0 disables
+    d.open_loop_every = 5_000
     d.open_loop_horizon = 50  # steps each open-loop check predicts without observations
     d.open_loop_batch = 16  # replayed windows per check
     # Failure-mode detector thresholds (see wm_jax/diagnostics.py for what each one means).
     for name, value in dataclasses.asdict(Thresholds()).items():
         d[name] = value
 
-    # --- batches -------------------------------------------------------------------------
-    c.batch_size = 64  # transitions (flat) or sequences (sequence_mode) per train step
-    # train on replayed sequences (enables the multi-step loss) instead of flat transitions
-    c.sequence_mode = False
-    c.sequence_length = 16  # steps per replayed sequence
+    # --- host and device loops: the run counted in env steps ---
+    c.num_envs = 4  # envs stepped together (a vector step is num_envs env steps)
+    c.total_env_steps = 30_000  # length of the run in env steps (may grow on resume)
+    # Split each batch (host loop) or the seeds (device loop) over all devices with
+    # jax.sharding; parameters are replicated and XLA inserts the gradient all-reduce.
+    c.data_parallel = False
+    c.replay_capacity = 100_000  # transitions kept (oldest overwritten), split evenly over the envs
+    c.prefill_steps = 1_000  # env steps of uniformly random actions before training starts
+    c.train_ratio = 0.25  # train steps per env step (0.25 with 4 envs: one per vector step)
+    c.eval_every = 2_500  # env steps; 0 disables periodic evaluation
+    # env steps between evaluation videos: the first evaluation after each multiple replays its
+    # first episode rendered (rgb_array envs; <= 100 frames) as eval/episode in TensorBoard and
+    # W&B; 0 disables
+    c.eval_video_every = 10_000
+    c.log_every = 1_000  # env steps
+    c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
 
-    # --- offline training from a fixed dataset (wm_jax.offline), counted in updates ---------
+    # --- host loop (wm_jax.trainer) and offline evaluation: gymnasium envs ---
+    c.vector_mode = "sync"  # "sync" | "async" (exact resume needs "sync"; host loop only)
+    # NaN/Inf or out-of-range observations/rewards from the env: "raise" | "sanitize" | "off"
+    # (wm_jax.env_guard); |reward| above max_abs_reward counts as out of range.
+    c.env_check = "raise"
+    c.max_abs_reward = 1e6  # |reward| above this is invalid env data (see env_check)
+
+    # --- device loop only (wm_jax.device_loop) ---
+    c.num_seeds = 1  # device loop: seeds seed, seed+1, ... trained at once with jax.vmap
+    # Device loop: "<group>=v1,v2,...", e.g. "actor=1e-4,3e-4": one vmapped run per seed and
+    # learning rate of that optimiser (world_model | actor | critic) in the same program.
+    c.lr_sweep = ""
+
+    # --- offline loop only (wm_jax.offline): training from a fixed dataset, in updates ---
     o = c.offline = ml_collections.ConfigDict()
     o.updates = 10_000  # train steps (one batch each) of an offline run
     o.world_model_only_updates = 2_000  # the schedule's warmup: world model only
