@@ -147,3 +147,12 @@ def test_a_field_the_config_does_not_have_is_refused_with_the_closest_name():
                        r"'actor.lr'\?"):
         check_known_fields(c)
     check_known_fields(get_config())
+
+
+def test_every_rule_of_the_table_names_a_config_field():
+    # A misspelt field would pass unnoticed where its rule has a default or a condition.
+    from wm_jax.config import _field_paths
+    from wm_jax.config_rules import RULES, Rule
+
+    named = {rule.field for rule in RULES if isinstance(rule, Rule)}
+    assert named and named <= _field_paths(get_config()), named - _field_paths(get_config())

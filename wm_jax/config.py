@@ -1,4 +1,5 @@
-"""All defaults in one place, and validation whose messages name the field and the fix.
+"""All defaults in one place, grouped by the loops that read them; the checks of a config are
+:mod:`wm_jax.config_rules` (re-exported here).
 
 Defaults follow the seeds: features 256, states 64, hidden 256, H = 15, γ = 0.99, λ = 0.95,
 Adam with lrs 1e-4 / 3e-5 / 3e-5 and ``clip_by_global_norm(1.0)``, entropy coefficient 0.01,
@@ -8,70 +9,62 @@ warmup 5k env steps, transition to 10k, early/late multi-update boundary at 50k.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import ml_collections
 
+from wm_jax.config_rules import (  # noqa: F401  (re-exported: the config's public interface)
+    ConfigError,
+    parse_lr_sweep,
+    validate,
+    validate_for_env,
+)
 from wm_jax.diagnostics import Thresholds
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the field and the fix."""
 
 
 def get_config() -> ml_collections.ConfigDict:
     """The default configuration (the seeds' values), as an ``ml_collections.ConfigDict``; the
-    ``--config.x=y`` flags and experiment files in ``experiments/configs/`` start from it."""
+    ``--config.x=y`` flags and experiment files in ``experiments/configs/`` start from it.
+    Each section's header says which loops read it (``config.loop``, and ``wm_jax.offline``)."""
     c = ml_collections.ConfigDict()
 
-    # --- experiment ----------------------------------------------------------------------
+    # --- every loop: the experiment ---
     # any gymnasium id, "module:EnvId" (imports module), or "gymnax:<name>"
     c.env_id = "CartPole-v1"
     # keyword arguments of gymnasium.make (or gymnax); "pixels": observe renders
     c.env_kwargs = ml_collections.ConfigDict()
     c.seed = 0  # seeds parameters, envs, replay sampling and acting
-    c.num_envs = 4  # envs stepped together (a vector step is num_envs env steps)
-    c.vector_mode = "sync"  # "sync" | "async" (exact resume needs "sync")
-    c.total_env_steps = 30_000  # length of the run in env steps (may grow on resume)
     # "host": gymnasium envs stepped by Python, replay in numpy (any env).  "device": the whole
     # loop compiled into one program (wm_jax.device_loop; gymnax envs only, "gymnax:<name>").
     c.loop = "host"
-    c.num_seeds = 1  # device loop: seeds seed, seed+1, ... trained at once with jax.vmap
-    # Split each batch (host loop) or the seeds (device loop) over all devices with
-    # jax.sharding; parameters are replicated and XLA inserts the gradient all-reduce.
-    c.data_parallel = False
-    # Device loop: "<group>=v1,v2,...", e.g. "actor=1e-4,3e-4": one vmapped run per seed and
-    # learning rate of that optimiser (world_model | actor | critic) in the same program.
-    c.lr_sweep = ""
+    # Comma-separated modules imported before the networks are built; importing them registers
+    # your own components (docs/custom_dynamics.md), e.g. "experiments.custom_dynamics".
+    c.imports = ""
+    # Matmuls of the update's MLPs: "float32" | "bfloat16" (bf16 inputs, f32 accumulation; params,
+    # losses, optimiser states and metrics stay f32) | "auto" (bfloat16 where the hardware
+    # multiplies bf16 natively: TPU, GPU from Ampere, CPU with AMX/AVX512-BF16).  Acting and
+    # evaluation always run f32.
+    c.precision = "auto"
 
-    # --- the training loop (wm_jax.trainer) ----------------------------------------------
-    c.replay_capacity = 100_000  # transitions kept (oldest overwritten), split evenly over the envs
-    c.prefill_steps = 1_000  # env steps of uniformly random actions before training starts
-    c.train_ratio = 0.25  # train steps per env step (0.25 with 4 envs: one per vector step)
+    # --- every loop: batches, observations, rewards ---
+    c.batch_size = 64  # transitions (flat) or sequences (sequence_mode) per train step
+    # train on replayed sequences (enables the multi-step loss) instead of flat transitions
+    c.sequence_mode = False
+    c.sequence_length = 16  # steps per replayed sequence
     c.obs_norm = True  # running mean/std normalisation of float observations
     c.reward_scale = 1.0  # rewards are multiplied by this before training
-    c.eval_every = 2_500  # env steps; 0 disables periodic evaluation
+
+    # --- every loop: evaluation, checkpoints, the non-finite stop, the report ---
     c.eval_episodes = 5  # deterministic-policy episodes per evaluation
-    # env steps between evaluation videos: the first evaluation after each multiple replays its
-    # first episode rendered (rgb_array envs; <= 100 frames) as eval/episode in TensorBoard and
-    # W&B; 0 disables
-    c.eval_video_every = 10_000
-    c.log_every = 1_000  # env steps
-    c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
     # Also checkpoint once this many seconds of training passed since the last save, so a crash
     # loses at most about this much time (0: steps only; one-process runs).
     c.checkpoint_seconds = 120.0
     c.keep_checkpoints = 3  # newest checkpoints kept on disk
     # Non-finite losses/gradients skip that optimiser's update; this many in a row stop the run.
     c.max_nonfinite_updates = 100
-    # NaN/Inf or out-of-range observations/rewards from the env: "raise" | "sanitize" | "off"
-    # (wm_jax.env_guard); |reward| above max_abs_reward counts as out of range.
-    c.env_check = "raise"
-    c.max_abs_reward = 1e6  # |reward| above this is invalid env data (see env_check)
     c.report = True  # write report plots at the end of a run
 
-    # --- Weights & Biases (optional: pip install -e .[wandb]) ----------------------------
+    # --- every loop: Weights & Biases (optional: pip install -e .[wandb]) ---
     # The same rows, images and videos as TensorBoard, the resolved config as the W&B config;
     # run name = the workdir's name, its W&B run id kept in <workdir>/wandb_run.json (resume).
     wb = c.wandb = ml_collections.ConfigDict()
@@ -81,16 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     # "offline": files in <workdir>/wandb/ only, never a network call (`wandb sync` uploads
     # them later) | "online": stream to the W&B server (needs `wandb login`)
     wb.mode = "offline"
-    # Matmuls of the update's MLPs: "float32" | "bfloat16" (bf16 inputs, f32 accumulation; params,
-    # losses, optimiser states and metrics stay f32) | "auto" (bfloat16 where the hardware
-    # multiplies bf16 natively: TPU, GPU from Ampere, CPU with AMX/AVX512-BF16).  Acting and
-    # evaluation always run f32.
-    c.precision = "auto"
 
-    # --- components (chosen by name: see wm_jax.networks registries) ---------------------
-    # Comma-separated modules imported before the networks are built; importing them registers
-    # your own components (docs/custom_dynamics.md), e.g. "experiments.custom_dynamics".
-    c.imports = ""
+    # --- every loop: components (chosen by name: see wm_jax.networks registries) ---
     m = c.model = ml_collections.ConfigDict()
     m.encoder = "auto"  # "mlp" | "cnn" | "auto" (cnn for rank-3 observations)
     m.representation = "autoencoder"  # "autoencoder" | "vae"
@@ -131,7 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.rssm_classes = 16  # classes per RSSM categorical
     m.rssm_unimix = 0.01  # uniform mixture in the RSSM categoricals (DreamerV3: 1%)
 
-    # --- world-model losses (seeds Losses 1-5) -------------------------------------------
+    # --- every loop: world-model losses (seeds Losses 1-5) ---
     wm = c.world_model = ml_collections.ConfigDict()
     wm.lr = 1e-4  # Adam learning rate of the world-model optimiser
     wm.eps = 1e-8  # Adam's ε
@@ -154,7 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
     wm.kl_balance = 0.8
     wm.kl_free_bits = 1.0  # nats below which each RSSM KL term is not penalised
 
-    # --- imagination and returns ---------------------------------------------------------
+    # --- every loop: imagination and returns ---
     im = c.imagination = ml_collections.ConfigDict()
     im.horizon = 15  # imagined steps per rollout (H)
     im.gamma = 0.99  # discount γ
@@ -164,7 +149,7 @@ def get_config() -> ml_collections.ConfigDict:
     im.continue_mode = "probs"  # imagined c_t: "probs" (seeds) | "mode" (1 if P(continue) > 0.5)
     im.unroll = 1  # lax.scan unroll of the rollout (a speed knob; the maths is the same)
 
-    # --- actor (policy head) -------------------------------------------------------------
+    # --- every loop: actor (policy head) ---
     a = c.actor = ml_collections.ConfigDict()
     a.lr = 3e-5  # Adam learning rate of the actor
     a.eps = 1e-8  # Adam's ε
@@ -179,7 +164,7 @@ def get_config() -> ml_collections.ConfigDict:
     a.min_std = 0.1  # lower bound of a continuous policy's σ
     a.max_std = 1.0  # upper bound of a continuous policy's σ
 
-    # --- critic (value function) ---------------------------------------------------------
+    # --- every loop: critic (value function) ---
     cr = c.critic = ml_collections.ConfigDict()
     cr.lr = 3e-5  # Adam learning rate of the critic
     cr.eps = 1e-8  # Adam's ε
@@ -192,7 +177,7 @@ def get_config() -> ml_collections.ConfigDict:
     # softmax over this many symlog-spaced bins trained on two-hot targets (255 in DreamerV3).
     cr.bins = 0
 
-    # --- schedule (seeds Diagram 5) ------------------------------------------------------
+    # --- every loop: schedule (seeds Diagram 5; offline runs: warmup/transition from offline.*) ---
     s = c.schedule = ml_collections.ConfigDict()
     s.warmup_steps = 5_000  # world model only
     s.transition_steps = 10_000  # critic_real_mix anneals 1 -> final_real_mix by here
@@ -206,22 +191,47 @@ def get_config() -> ml_collections.ConfigDict:
     s.late_actor_updates = 2  # multi_update: actor updates per step later
     s.late_critic_updates = 2  # multi_update: critic updates per step later
 
-    # --- diagnostics (wm_jax.open_loop, wm_jax.diagnostics) ------------------------------
+    # --- every loop: diagnostics (wm_jax.open_loop, wm_jax.diagnostics) ---
     d = c.diagnostics = ml_collections.ConfigDict()
-    d.open_loop_every = 5_000  # env steps between open-loop prediction checks; 0 disables
+    # env steps between open-loop prediction checks (offline: offline.open_loop_every); 0 disables
+    d.open_loop_every = 5_000
     d.open_loop_horizon = 50  # steps each open-loop check predicts without observations
     d.open_loop_batch = 16  # replayed windows per check
     # Failure-mode detector thresholds (see wm_jax/diagnostics.py for what each one means).
     for name, value in dataclasses.asdict(Thresholds()).items():
         d[name] = value
 
-    # --- batches -------------------------------------------------------------------------
-    c.batch_size = 64  # transitions (flat) or sequences (sequence_mode) per train step
-    # train on replayed sequences (enables the multi-step loss) instead of flat transitions
-    c.sequence_mode = False
-    c.sequence_length = 16  # steps per replayed sequence
+    # --- host and device loops: the run counted in env steps ---
+    c.num_envs = 4  # envs stepped together (a vector step is num_envs env steps)
+    c.total_env_steps = 30_000  # length of the run in env steps (may grow on resume)
+    # Split each batch (host loop) or the seeds (device loop) over all devices with
+    # jax.sharding; parameters are replicated and XLA inserts the gradient all-reduce.
+    c.data_parallel = False
+    c.replay_capacity = 100_000  # transitions kept (oldest overwritten), split evenly over the envs
+    c.prefill_steps = 1_000  # env steps of uniformly random actions before training starts
+    c.train_ratio = 0.25  # train steps per env step (0.25 with 4 envs: one per vector step)
+    c.eval_every = 2_500  # env steps; 0 disables periodic evaluation
+    # env steps between evaluation videos: the first evaluation after each multiple replays its
+    # first episode rendered (rgb_array envs; <= 100 frames) as eval/episode in TensorBoard and
+    # W&B; 0 disables
+    c.eval_video_every = 10_000
+    c.log_every = 1_000  # env steps
+    c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
 
-    # --- offline training from a fixed dataset (wm_jax.offline), counted in updates ---------
+    # --- host loop (wm_jax.trainer) and offline evaluation: gymnasium envs ---
+    c.vector_mode = "sync"  # "sync" | "async" (exact resume needs "sync"; host loop only)
+    # NaN/Inf or out-of-range observations/rewards from the env: "raise" | "sanitize" | "off"
+    # (wm_jax.env_guard); |reward| above max_abs_reward counts as out of range.
+    c.env_check = "raise"
+    c.max_abs_reward = 1e6  # |reward| above this is invalid env data (see env_check)
+
+    # --- device loop only (wm_jax.device_loop) ---
+    c.num_seeds = 1  # device loop: seeds seed, seed+1, ... trained at once with jax.vmap
+    # Device loop: "<group>=v1,v2,...", e.g. "actor=1e-4,3e-4": one vmapped run per seed and
+    # learning rate of that optimiser (world_model | actor | critic) in the same program.
+    c.lr_sweep = ""
+
+    # --- offline loop only (wm_jax.offline): training from a fixed dataset, in updates ---
     o = c.offline = ml_collections.ConfigDict()
     o.updates = 10_000  # train steps (one batch each) of an offline run
     o.world_model_only_updates = 2_000  # the schedule's warmup: world model only
@@ -255,32 +265,6 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def parse_lr_sweep(c: ml_collections.ConfigDict) -> tuple[str, tuple[float, ...]] | None:
-    """``config.lr_sweep`` ("actor=1e-4,3e-4") as ``("actor", (1e-4, 3e-4))``; None if unset."""
-    text = c.get("lr_sweep", "")
-    if not text:
-        return None
-    group, _, values = text.partition("=")
-    group = group.strip()
-    _require(
-        group in ("world_model", "actor", "critic") and values,
-        "lr_sweep",
-        f"{text!r} is not '<world_model|actor|critic>=lr1,lr2,...', e.g. 'actor=1e-4,3e-4'",
-    )
-    try:
-        lrs = tuple(float(v) for v in values.split(","))
-    except ValueError:
-        _require(False, "lr_sweep", f"{values!r} is not a comma-separated list of numbers")
-    _require(all(lr > 0 for lr in lrs), "lr_sweep", f"learning rates must be > 0, got {lrs}")
-    _require(
-        c[group].lr > 0,
-        f"{group}.lr",
-        "must be > 0 for a sweep (each run's lr is a multiple of it)",
-    )
-    _require(c.loop == "device", "lr_sweep", "needs --config.loop=device (one vmapped program)")
-    return group, lrs
-
-
 def override(c: ml_collections.ConfigDict, **dotted) -> ml_collections.ConfigDict:
     """Sets fields by dotted path, ``override(c, **{"actor.lr": 1e-4})``, the Python twin of
     ``--config.actor.lr=1e-4``; returns ``c``."""
@@ -290,273 +274,6 @@ def override(c: ml_collections.ConfigDict, **dotted) -> ml_collections.ConfigDic
         for name in parents:
             node = node[name]
         node[leaf] = value
-    return c
-
-
-def _require(cond: bool, field: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(f"config.{field}: {message}")
-
-
-def _validate_transformer(c: ml_collections.ConfigDict) -> None:
-    m = c.model
-    for name in ("context_length", "transformer_layers", "transformer_heads"):
-        value = m.get(name)
-        _require(
-            isinstance(value, int) and value >= 1,
-            f"model.{name}",
-            f"must be a positive integer, got {value!r}",
-        )
-    _require(
-        m.hidden_dim % m.transformer_heads == 0,
-        "model.transformer_heads",
-        f"{m.transformer_heads} heads must divide the attention width model.hidden_dim="
-        f"{m.hidden_dim}",
-    )
-
-
-WANDB_MODES = ("offline", "online")
-
-
-def _validate_wandb(w) -> None:
-    """``config.wandb``; whether wandb is installed is checked where a run starts logging
-    (:mod:`wm_jax.metric_sinks`), so a saved run's config loads without it."""
-    if w is None:  # absent from older runs' config.json
-        return
-    _require(
-        isinstance(w.enabled, bool), "wandb.enabled", f"must be True or False, got {w.enabled!r}"
-    )
-    _require(
-        w.mode in WANDB_MODES,
-        "wandb.mode",
-        f"{w.mode!r} is not one of {WANDB_MODES} ('offline' never contacts a server)",
-    )
-    for name in ("project", "entity"):
-        _require(isinstance(w[name], str), f"wandb.{name}", f"must be a string, got {w[name]!r}")
-    _require(
-        bool(w.project.strip()) and "/" not in w.project,
-        "wandb.project",
-        f"must be a non-empty name without '/', got {w.project!r}",
-    )
-
-
-def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Raises :class:`ConfigError` naming the first impossible value; returns ``c``."""
-    # Component names (model.encoder, ...) are checked against the registries when the networks
-    # are built (after config.imports ran), so components registered by users are accepted.
-    imports = c.get("imports", "")  # absent from the config.json of runs made before it existed
-    _require(isinstance(imports, str), "imports", f"must be a string, got {imports!r}")
-    for name in (n.strip() for n in imports.split(",")):
-        _require(
-            not name or all(part.isidentifier() for part in name.split(".")),
-            "imports",
-            f"{name!r} is not a module name: give dotted module names separated by commas, e.g. "
-            "'experiments.custom_dynamics'",
-        )
-    choices = {
-        "model.state_norm": ("layernorm", "tanh", "none"),
-        "model.dynamics_std": ("learned", "fixed"),
-        "model.reward_std": ("learned", "fixed"),
-        "world_model.dynamics_loss": ("mse", "nll"),
-        "actor.gradient": ("dynamics", "reinforce"),
-        "imagination.continue_mode": ("probs", "mode"),
-    }
-    for field, allowed in choices.items():
-        value = c[field.split(".")[0]][field.split(".")[1]]
-        _require(value in allowed, field, f"{value!r} is not one of {allowed}")
-    for field in (
-        "model.feature_dim",
-        "model.state_dim",
-        "model.hidden_dim",
-        "model.cnn_depth",
-        "model.cnn_layers",
-        "model.ensemble_size",
-        "model.rssm_deter",
-        "model.rssm_stoch",
-        "model.rssm_classes",
-        "imagination.horizon",
-        "imagination.unroll",
-        "batch_size",
-        "num_envs",
-        "sequence_length",
-        "total_env_steps",
-        "replay_capacity",
-        "eval_episodes",
-        "keep_checkpoints",
-        "max_nonfinite_updates",
-        "diagnostics.open_loop_horizon",
-        "diagnostics.open_loop_batch",
-    ):
-        group, _, name = field.rpartition(".")
-        value = c[group][name] if group else c[name]
-        _require(
-            isinstance(value, int) and value >= 1,
-            field,
-            f"must be a positive integer, got {value!r}",
-        )
-    _require(c.model.hidden_layers >= 0, "model.hidden_layers", "must be >= 0")
-    _require(c.model.reward_fixed_std > 0, "model.reward_fixed_std", "must be > 0")
-    if c.model.dynamics == "transformer":
-        _validate_transformer(c)
-    rssm = (c.model.representation == "rssm", c.model.dynamics == "rssm")
-    _require(
-        rssm[0] == rssm[1],
-        "model.representation" if rssm[1] else "model.dynamics",
-        "the RSSM is a representation + dynamics pair: set both model.representation=rssm "
-        "and model.dynamics=rssm",
-    )
-    if all(rssm):
-        _require(
-            c.sequence_mode,
-            "sequence_mode",
-            "the RSSM learns from sequences (its state is recurrent): set sequence_mode=True",
-        )
-        _require(0.0 <= c.world_model.kl_balance <= 1.0, "world_model.kl_balance", "in [0, 1]")
-        _require(c.world_model.kl_free_bits >= 0, "world_model.kl_free_bits", "must be >= 0")
-        _require(0.0 <= c.model.rssm_unimix < 1.0, "model.rssm_unimix", "must be in [0, 1)")
-    precision = c.get("precision", "float32")  # absent from older runs' config.json
-    _require(
-        precision in ("float32", "bfloat16", "auto"),
-        "precision",
-        f"{precision!r} is not one of ('float32', 'bfloat16', 'auto')",
-    )
-    norm = c.model.get("norm", "layer")  # absent from older runs' config.json
-    _require(norm in ("layer", "rms"), "model.norm", f"{norm!r} is not one of ('layer', 'rms')")
-    _require(c.vector_mode in ("sync", "async"), "vector_mode", "must be 'sync' or 'async'")
-    _require(c.loop in ("host", "device"), "loop", f"{c.loop!r} is not one of ('host', 'device')")
-    _require(
-        isinstance(c.num_seeds, int) and c.num_seeds >= 1,
-        "num_seeds",
-        f"must be a positive integer, got {c.num_seeds!r}",
-    )
-    parse_lr_sweep(c)
-    _require(
-        c.num_seeds == 1 or c.loop == "device",
-        "num_seeds",
-        "several seeds in one program need --config.loop=device (the host loop runs one seed)",
-    )
-    _require(
-        c.env_check in ("raise", "sanitize", "off"),
-        "env_check",
-        f"{c.env_check!r} is not one of ('raise', 'sanitize', 'off')",
-    )
-    _require(c.max_abs_reward > 0, "max_abs_reward", f"must be > 0, got {c.max_abs_reward}")
-    _require(c.train_ratio > 0, "train_ratio", f"must be > 0, got {c.train_ratio}")
-    for name in ("prefill_steps", "eval_every", "log_every", "checkpoint_every"):
-        _require(c[name] >= 0, name, f"must be >= 0, got {c[name]}")
-    video_every = c.get("eval_video_every", 0)  # absent from older runs' config.json
-    _require(
-        isinstance(video_every, int) and video_every >= 0,
-        "eval_video_every",
-        f"must be an integer >= 0 (0: no video), got {video_every!r}",
-    )
-    _validate_wandb(c.get("wandb"))
-    _require(
-        c.diagnostics.open_loop_every >= 0, "diagnostics.open_loop_every", "must be >= 0 (0: off)"
-    )
-    _require(
-        c.replay_capacity >= c.num_envs * max(c.sequence_length + 1, 2),
-        "replay_capacity",
-        f"must hold at least a sequence per env ({c.num_envs} envs × "
-        f"{c.sequence_length + 1} steps), got {c.replay_capacity}",
-    )
-    per_batch = c.batch_size * (c.sequence_length if c.sequence_mode else 1)
-    _require(
-        per_batch <= c.replay_capacity,
-        "batch_size",
-        f"a batch of {per_batch} transitions (batch_size={c.batch_size}"
-        + (f" × sequence_length={c.sequence_length}" if c.sequence_mode else "")
-        + f") does not fit in replay_capacity={c.replay_capacity}: lower batch_size or raise "
-        "replay_capacity",
-    )
-    _require(c.reward_scale > 0, "reward_scale", "must be > 0")
-    seconds = c.get("checkpoint_seconds", 0.0)
-    _require(
-        math.isfinite(seconds) and seconds >= 0,
-        "checkpoint_seconds",
-        f"must be a finite number of seconds >= 0 (0: checkpoint by steps only), got {seconds}",
-    )
-    _require(c.world_model.termination_weight > 0, "world_model.termination_weight", "must be > 0")
-    for group in ("world_model", "actor", "critic"):
-        _require(
-            math.isfinite(c[group].lr) and c[group].lr >= 0,
-            f"{group}.lr",
-            f"must be a finite number >= 0, got {c[group].lr}",
-        )
-        _require(
-            0.0 <= c[group].lr_final_scale <= 1.0,
-            f"{group}.lr_final_scale",
-            f"must lie in [0, 1] (1: constant lr), got {c[group].lr_final_scale}",
-        )
-        _require(
-            c[group].grad_clip > 0,
-            f"{group}.grad_clip",
-            f"must be > 0 (use a large value such as 1e6 to disable), got {c[group].grad_clip}",
-        )
-    _require(0.0 <= c.imagination.gamma <= 1.0, "imagination.gamma", "must lie in [0, 1]")
-    _require(0.0 <= c.imagination.lambda_ <= 1.0, "imagination.lambda_", "must lie in [0, 1]")
-    _require(
-        0.0 < c.critic.target_update_rate <= 1.0, "critic.target_update_rate", "must lie in (0, 1]"
-    )
-    _require(
-        c.critic.bins == 0 or c.critic.bins >= 2,
-        "critic.bins",
-        f"must be 0 (scalar critic) or >= 2 bins, got {c.critic.bins}",
-    )
-    _require(
-        0.0 <= c.schedule.final_real_mix <= 1.0, "schedule.final_real_mix", "must lie in [0, 1]"
-    )
-    _require(c.actor.entropy_coef >= 0, "actor.entropy_coef", "must be >= 0")
-    _require(
-        0.0 <= c.actor.return_norm_decay < 1.0, "actor.return_norm_decay", "must lie in [0, 1)"
-    )
-    _require(0.0 <= c.actor.unimix < 1.0, "actor.unimix", "must lie in [0, 1)")
-    _require(
-        0 < c.actor.min_std <= c.actor.max_std,
-        "actor.min_std",
-        "must satisfy 0 < actor.min_std <= actor.max_std",
-    )
-    _require(c.imagination.num_starts >= 0, "imagination.num_starts", "must be >= 0")
-    for name in ("dynamics", "reward", "continue", "decoder", "representation", "multi_step"):
-        _require(c.world_model[f"{name}_scale"] >= 0, f"world_model.{name}_scale", "must be >= 0")
-    s = c.schedule
-    _require(s.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
-    _require(
-        s.transition_steps >= s.warmup_steps,
-        "schedule.transition_steps",
-        f"must be >= schedule.warmup_steps ({s.warmup_steps}), got {s.transition_steps}",
-    )
-    for name in (
-        "wm_updates",
-        "actor_updates",
-        "critic_updates",
-        "early_wm_updates",
-        "late_actor_updates",
-        "late_critic_updates",
-    ):
-        _require(s[name] >= 0, f"schedule.{name}", "must be >= 0")
-    o = c.get("offline")  # absent from the config.json of runs made before it existed
-    if o is not None:
-        _require(
-            isinstance(o.updates, int) and o.updates >= 1,
-            "offline.updates",
-            f"must be a positive integer, got {o.updates!r}",
-        )
-        for name in (
-            "world_model_only_updates",
-            "transition_updates",
-            "log_every",
-            "checkpoint_every",
-            "open_loop_every",
-            "eval_every",
-            "eval_video_every",
-        ):
-            value = o.get(name, 0)
-            _require(
-                isinstance(value, int) and value >= 0,
-                f"offline.{name}",
-                f"must be an integer >= 0, got {value!r}",
-            )
     return c
 
 
@@ -601,24 +318,3 @@ def check_wandb_installed(c: ml_collections.ConfigDict) -> None:
             "config.wandb.enabled: wandb is not installed: pip install -e .[wandb] (or pip "
             "install wandb), or set config.wandb.enabled=False"
         )
-
-
-def validate_for_env(c: ml_collections.ConfigDict, max_episode_steps: int | None) -> None:
-    """The checks that need the environment: windows longer than any episode can be."""
-    if max_episode_steps is None:
-        return
-    _require(
-        not c.sequence_mode or c.sequence_length <= max_episode_steps,
-        "sequence_length",
-        f"{c.sequence_length} is longer than {c.env_id}'s episodes can be (max_episode_steps="
-        f"{max_episode_steps}), so no sampled sequence could be full: use at most "
-        f"{max_episode_steps}, or raise the limit with --env_kwargs='{{\"max_episode_steps\": N}}'",
-    )
-    d = c.diagnostics
-    _require(
-        not d.open_loop_every or d.open_loop_horizon <= max_episode_steps,
-        "diagnostics.open_loop_horizon",
-        f"{d.open_loop_horizon} is longer than {c.env_id}'s episodes can be (max_episode_steps="
-        f"{max_episode_steps}): use at most {max_episode_steps}, or "
-        "--config.diagnostics.open_loop_every=0 to turn the open-loop check off",
-    )
