@@ -167,6 +167,8 @@ def test_the_sampled_windows_cover_every_boundary_case():
     assert not np.array_equal(np.asarray(batch.obs[b, n + 1]), np.asarray(batch.obs[b, n]))
 
 
+# Slow tier: the reference runs the world model eagerly on every window (~25-60 s each).
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "rssm"])
 @pytest.mark.parametrize("replay", ["host", "device"])
 def test_real_value_targets_equal_rlax_lambda_returns_on_the_unpadded_segment(model, replay):
@@ -208,6 +210,7 @@ def test_real_value_targets_equal_rlax_lambda_returns_on_the_unpadded_segment(mo
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # as above: an eager world model per window
 @pytest.mark.parametrize("model", ["mlp", "rssm", "transformer"])
 @pytest.mark.parametrize("replay", ["host", "device"])
 def test_world_model_losses_of_a_padded_window_equal_those_of_its_real_segment(model, replay):

@@ -23,6 +23,7 @@ def test_precision_is_validated():
         validate(small_config(precision="float16"))
 
 
+@pytest.mark.slow  # compiles the train step twice (bf16, f32)
 def test_bfloat16_train_step_matches_float32_on_a_fixed_batch():
     spec = make_spec(obs_shape=(3,), action_dim=1, discrete=False)
     agents = {p: make_agent(small_config(precision=p), spec) for p in ("float32", "bfloat16")}

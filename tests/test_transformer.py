@@ -81,6 +81,7 @@ def test_band_limits_one_layer_to_the_last_context_length_steps():
     np.testing.assert_array_equal(changed[:, 3:], before[:, 3:])  # distance >= K does not
 
 
+@pytest.mark.slow  # compile-heavy, like the other transformer checks in the slow tier
 def test_padded_keys_are_ignored_by_real_positions():
     model, params = _module(context_length=8)
     states, actions = _sequence()

@@ -54,6 +54,7 @@ def _loss_and_grad(agent, state, batch, imagined, weights, real, mix, reuse=Fals
     return loss, metrics, grads
 
 
+@pytest.mark.slow  # compiles two whole train steps
 def test_skipped_real_term_equals_the_weight_zero_term(setup):
     agent, state, batch, imagined, weights = setup
     real = functools.partial(real_value_targets, agent, state, batch)
@@ -120,6 +121,7 @@ def test_reused_imagined_values_equal_the_target_critic_at_tau_one(setup):
     assert not np.allclose(np.asarray(moved[0]), np.asarray(full[0]), rtol=1e-4)
 
 
+@pytest.mark.slow  # compiles the train step and its unshortened composition
 def test_train_step_equals_the_unshortened_composition(setup):
     """train_step (reused imagined values, skipped real term at mix 0) against world model,
     actor and critic updates run one by one with the target critic evaluated again."""
