@@ -261,11 +261,14 @@ def test_in_a_terminal_log_lines_print_above_the_one_line_progress_bar(tmp_path)
 
     cmd = [sys.executable, "-m", "wm_jax.train", f"--workdir={tmp_path / 'run'}", *TINY]
     cmd += ["--config.report=False"]
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the CLI with the pty as its terminal
-        os.chdir(REPO)
-        os.execv(sys.executable, cmd)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    # The CLI with a pty as its terminal, started by subprocess (fork + exec in C: no Python
+    # runs in a forked copy of this multithreaded process).
+    fd, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = subprocess.Popen(
+        cmd, stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO, start_new_session=True
+    )
+    os.close(terminal)
     chunks = []
     while True:
         try:
@@ -275,9 +278,9 @@ def test_in_a_terminal_log_lines_print_above_the_one_line_progress_bar(tmp_path)
         if not chunk:
             break
         chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
+    os.close(fd)
     raw = b"".join(chunks).decode("utf-8", "replace")
-    assert os.waitstatus_to_exitcode(status) == 0, raw[-3000:]
+    assert proc.wait(timeout=600) == 0, raw[-3000:]
     lines = _terminal_lines(raw)
     log = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d")
     bars = [line for line in lines if "env step" in line and "%|" in line]
