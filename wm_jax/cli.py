@@ -111,8 +111,7 @@ def _config_error_exit(err: BaseException) -> None:
     message = f"unknown config field {field}"
     if hint:
         message += f": did you mean {hint.group(1)!r}?"
-    sys.stderr.write(f"FATAL Flags parsing error: {message} (docs/config.md lists every field)\n")
-    sys.exit(1)
+    usage_exit(message, "docs/config.md lists every field")
 
 
 def define_config_flag(default: str, lock_config: bool = True):
