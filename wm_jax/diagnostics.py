@@ -143,7 +143,11 @@ class Thresholds:
     # Of the larger of the first logged entropy and the largest in the first window rows.
     entropy_min_fraction: float = 0.25
     entropy_max_drop: float = 3.0  # nats, for continuous (possibly negative) entropies
-    entropy_patience: int = 4  # log rows the collapse must last with no real improvement
+    # Log rows the collapse must last with no real improvement.  2, not 4: on CartPole runs
+    # stuck at the one-action policy (eval ~9) 4 rows fired only after the run's end (BUILD_NOTES,
+    # "Detector, 2026-12-05 night"); 2 flags them 2-3k env steps after the fall, and no run
+    # that went on to learn.
+    entropy_patience: int = 2
     entropy_min_real_rise: float = 0.5  # real return up by half = "not premature"
     takeover_share: float = 0.95  # a component's / the world model's gradient norm
     takeover_rows: int = 3  # log rows in a row
