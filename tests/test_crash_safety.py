@@ -40,7 +40,7 @@ RESUME_SCRIPT = textwrap.dedent(
         pickle.Unpickler = refuse
     trainer = Trainer(config(), workdir)
     print("resumed_from", trainer.resumed_from, flush=True)
-    trainer.run(stop_at=192 if mode == "stop" else None)
+    trainer.run(stop_at=176 if mode == "stop" else None)
     flat = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(
         (trainer.state.wm_params, trainer.state.actor_params, trainer.state.critic_params,
          trainer.state.wm_opt_state, trainer.state.key))])
@@ -112,14 +112,15 @@ def assert_same_params(straight, workdir):
 def test_interrupted_and_resumed_run_matches_uninterrupted_run_metric_for_metric(
     tmp_path, straight_run
 ):
-    """Stopping at 192 env steps (mid-episode, mid-schedule) and resuming from the checkpoint
-    reaches bit-identical parameters at 320 env steps, and every logged metric of the two
-    processes together equals the uninterrupted run's, step for step (determinism)."""
+    """Stopping at 176 env steps (mid-episode, mid-schedule, between two log steps) and resuming
+    from the checkpoint reaches bit-identical parameters at 320 env steps, and every logged
+    metric of the two processes together equals the uninterrupted run's, step for step
+    (determinism; the log row in progress at the stop is part of the checkpoint)."""
     straight_params, straight_dir = straight_run
     run = tmp_path / "interrupted"
-    assert "env_step 192" in run_script(tmp_path, run, "stop")
+    assert "env_step 176" in run_script(tmp_path, run, "stop")
     out = run_script(tmp_path, run, "full")
-    assert "resumed_from 192" in out and "env_step 320" in out
+    assert "resumed_from 176" in out and "env_step 320" in out
     assert_same_params(straight_params, run)
     resumed, straight = metric_records(run), metric_records(straight_dir)
     assert [r["env_step"] for r in resumed] == [r["env_step"] for r in straight]

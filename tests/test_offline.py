@@ -216,7 +216,7 @@ _OFFLINE_RESUME_SCRIPT = textwrap.dedent(
 
     out, mode, dataset, overrides = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     config = small_config(**json.loads(overrides))
-    runs = {"first": [("straight", None), ("resumed", 10)], "second": [("resumed", None)]}
+    runs = {"first": [("straight", None), ("resumed", 12)], "second": [("resumed", None)]}
     for name, stop_at in runs[mode]:
         result = train_offline(config, f"{out}/{name}", dataset, stop_at=stop_at)
         print(name, "updates", result.updates, "resumed_from", result.resumed_from, flush=True)
@@ -231,10 +231,11 @@ _OFFLINE_RESUME_SCRIPT = textwrap.dedent(
 def test_offline_training_stopped_mid_run_and_resumed_equals_the_uninterrupted_run(
     online_run, tmp_path
 ):
-    """20 offline updates straight vs stopped at update 10 (mid-schedule, not a checkpoint step)
-    and resumed in a fresh process: the whole final train state (parameters, optimiser states,
-    counters, key) is bit-identical and so is every metrics and open-loop row but the
-    wall-clock rate (single-thread XLA flags, BUILD_NOTES "Determinism guarantee")."""
+    """20 offline updates straight vs stopped at update 12 (mid-schedule, between two log rows,
+    not a checkpoint step) and resumed in a fresh process: the whole final train state
+    (parameters, optimiser states, counters, key) is bit-identical and so is every metrics and
+    open-loop row but the wall-clock rate (single-thread XLA flags, BUILD_NOTES "Determinism
+    guarantee"): the row in progress at the stop is saved and finished by the resumed run."""
     from test_train import DETERMINISTIC_ENV
 
     workdir, _ = online_run
@@ -262,16 +263,16 @@ def test_offline_training_stopped_mid_run_and_resumed_equals_the_uninterrupted_r
         assert out.returncode == 0, out.stderr[-3000:]
         outputs.append(out.stdout)
     assert "straight updates 20 resumed_from None" in outputs[0]
-    assert "resumed updates 10 resumed_from None" in outputs[0]
-    assert "resumed updates 20 resumed_from 10" in outputs[1]
+    assert "resumed updates 12 resumed_from None" in outputs[0]
+    assert "resumed updates 20 resumed_from 12" in outputs[1]
 
     straight = np.load(tmp_path / "straight_20.npz")
     resumed = np.load(tmp_path / "resumed_20.npz")
     assert sorted(straight.files) == sorted(resumed.files) and len(straight.files) > 20
     for name in straight.files:
         np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
-    stopped = np.load(tmp_path / "resumed_10.npz")
-    assert int(stopped[".wm_updates"]) == 10 and int(straight[".wm_updates"]) == 20
+    stopped = np.load(tmp_path / "resumed_12.npz")
+    assert int(stopped[".wm_updates"]) == 12 and int(straight[".wm_updates"]) == 20
 
     def rows(run, name):
         records = [json.loads(line) for line in (tmp_path / run / name).read_text().splitlines()]

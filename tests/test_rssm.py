@@ -250,9 +250,8 @@ def test_rssm_trainer_run_resumes_exactly(tmp_path):
         "num_envs": 2,
         "train_ratio": 0.125,
     }
-    # Stopped on a log step: the host loop does not checkpoint the log window in progress, so
-    # after a stop between log steps the first row would cover only the steps since the stop.
-    stopped = _assert_resumed_run_equals_straight_run(tmp_path, overrides, stop_at=128)
+    # Stopped between two log steps (64, 192): the row in progress is part of the checkpoint.
+    stopped = _assert_resumed_run_equals_straight_run(tmp_path, overrides, stop_at=160)
     carry = "['extras']['act_carry']"
     _assert_stopped_mid_episode(stopped[carry + "['is_first']"], stopped[carry + "['state']"])
 

@@ -22,21 +22,82 @@ from wm_jax.metric_sinks import JsonlSink, make_sinks, tensorboard_tag  # noqa: 
 def aggregate(history: list[dict[str, Any]]) -> dict[str, float]:
     """Means over a window of per-update metric dicts (keys may differ between updates), with the
     continue predictor's termination-class precision and recall computed from summed counts."""
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    for metrics in jax.device_get(history):
-        for name, value in metrics.items():
-            sums[name] += float(value)
-            counts[name] += 1
-    out = {name: sums[name] / counts[name] for name in sums}
-    if "continue_true_terminations" in sums:
-        predicted = sums["continue_predicted_terminations"]
-        true = sums["continue_true_terminations"]
-        correct = sums["continue_correct_terminations"]
-        # Undefined (no terminations seen / predicted) is reported as NaN, never as a perfect 1.
-        out["continue_termination_precision"] = correct / predicted if predicted else math.nan
-        out["continue_termination_recall"] = correct / true if true else math.nan
-    return out
+    window = LogWindow()
+    for metrics in history:
+        window.add(metrics)
+    return window.means()
+
+
+class LogWindow:
+    """The log row in progress: per-update metric dicts and episode returns since the last row.
+
+    Updates' metrics stay on the device until the row (or a checkpoint) needs them, so training
+    never waits on a host copy; they are then folded, in arrival order, into float64 sums and
+    counts.  A checkpoint keeps the sums (:meth:`state_dict`), so a run stopped between two log
+    steps and resumed writes the same next row as the run that never stopped: the additions
+    happen in the same order either way.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.return_sum, self.episodes = 0.0, 0
+
+    def __bool__(self) -> bool:
+        return bool(self.pending or self.counts)
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        self.pending.append(metrics)
+
+    def add_returns(self, total: float, episodes: int) -> None:
+        self.return_sum += total
+        self.episodes += episodes
+
+    def _fold(self) -> None:
+        for metrics in jax.device_get(self.pending):
+            for name, value in metrics.items():
+                self.sums[name] += float(value)
+                self.counts[name] += 1
+        self.pending = []
+
+    def means(self) -> dict[str, float]:
+        """The update metrics' means, and termination precision/recall from the summed counts."""
+        self._fold()
+        sums = self.sums
+        out = {name: sums[name] / self.counts[name] for name in sums}
+        if "continue_true_terminations" in sums:
+            predicted = sums["continue_predicted_terminations"]
+            true = sums["continue_true_terminations"]
+            correct = sums["continue_correct_terminations"]
+            # Undefined (no terminations seen / predicted) is NaN, never a perfect 1.
+            out["continue_termination_precision"] = correct / predicted if predicted else math.nan
+            out["continue_termination_recall"] = correct / true if true else math.nan
+        return out
+
+    def state_dict(self) -> np.ndarray:
+        """The window as UTF-8 JSON bytes (a uint8 array, never empty: orbax saves no zero-size
+        arrays); ``repr``-exact floats, so a restored window sums on bit for bit."""
+        self._fold()
+        state = {
+            "sums": dict(self.sums),
+            "counts": dict(self.counts),
+            "returns": [self.return_sum, self.episodes],
+        }
+        return np.frombuffer(json.dumps(state).encode(), np.uint8).copy()
+
+    @classmethod
+    def from_state_dict(cls, data: Any) -> LogWindow:
+        """The window :meth:`state_dict` saved; an empty one for ``None`` (a checkpoint written
+        before windows were saved)."""
+        window = cls()
+        if data is None:
+            return window
+        state = json.loads(np.asarray(data, np.uint8).tobytes().decode())
+        window.sums.update(state["sums"])
+        window.counts.update(state["counts"])
+        window.return_sum, window.episodes = float(state["returns"][0]), int(state["returns"][1])
+        return window
 
 
 def jsonable(metrics: dict[str, Any]) -> dict[str, Any]:

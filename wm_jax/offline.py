@@ -21,21 +21,17 @@ or from the shell::
         --dataset=run:runs/cartpole [--freeze_world_model]
     python -m wm_jax.offline --workdir=runs/offline_minari --dataset=minari:cartpole/random-v0
 
-A dataset (:mod:`wm_jax.offline_data`, which reads them) fills a
-:class:`~wm_jax.replay.ReplayBuffer`, so batches are sampled exactly as in the online loop; the
-spaces come from the dataset: training creates no env.  Every ``offline.eval_every`` updates the
-agent is evaluated in the env the dataset names (the host loop's ``eval_return`` rows, at the
-update count; now and then an episode video), when that env can be made with the dataset's
-spaces; otherwise evaluation is off (one warning).  This module is the loop:
-:class:`OfflineTrainer`, :func:`train_offline` and the command line; the schedule counted in
-updates and the config checks are :mod:`wm_jax.offline_config`.  The observation normaliser is
-fitted on the whole dataset once (with a frozen world model, the run's own normaliser is kept:
-the model was trained on it).
+A dataset (:mod:`wm_jax.offline_data`) fills a :class:`~wm_jax.replay.ReplayBuffer`, so
+batches are sampled as in the online loop; training creates no env.  Every
+``offline.eval_every`` updates the agent is evaluated in the env the dataset names, when that env
+fits the dataset's spaces (else one warning).  This module is the loop and the command line; the
+schedule in updates and the config checks are :mod:`wm_jax.offline_config`.  The observation
+normaliser is fitted on the whole dataset once (a frozen world model keeps the run's own).
 
-Metrics, checkpoints, ``config.json`` and ``env_spec.json`` are written as by the online trainer,
-so ``wm_jax.load_policy``, ``python -m wm_jax.evaluate`` and ``python -m wm_jax.report`` work on an
-offline workdir; the ``env_step`` column of its ``metrics.jsonl`` counts updates.  A rerun with
-the same ``--workdir`` and dataset resumes from the newest checkpoint.
+Metrics, checkpoints, ``config.json`` and ``env_spec.json`` are written as by the online trainer
+(``load_policy``, ``wm_jax.evaluate`` and ``wm_jax.report`` work on an offline workdir; the
+``env_step`` of its ``metrics.jsonl`` counts updates).  A rerun with the same ``--workdir`` and
+dataset resumes from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -194,6 +190,7 @@ class OfflineTrainer:
         )
         self.state = self.steps.init(jax.random.fold_in(jax.random.PRNGKey(c.seed), 1))
         self.updates = 0
+        self.window = metrics_lib.LogWindow()  # the log row in progress (checkpointed)
         self.detector = Detector(Thresholds.from_config(c))
         self.checkpointer = Checkpointer(
             os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints
@@ -241,6 +238,7 @@ class OfflineTrainer:
         self.normalizer.load_state_dict(extras["normalizer"])
         self.state = state
         self.updates = int(extras["loop"]["updates"])
+        self.window = metrics_lib.LogWindow.from_state_dict(extras["loop"].get("log_window"))
         logging.info("resumed from checkpoint at update %d in %s", step, self.workdir)
 
     def _write_metadata(self) -> None:
@@ -265,31 +263,24 @@ class OfflineTrainer:
         extras = {
             "replay": self.replay.state_dict(),
             "normalizer": self.normalizer.state_dict(),
-            "loop": {"updates": np.asarray(self.updates, np.int64)},
+            # The log row in progress: a stop between log steps resumes into the same row.
+            "loop": {
+                "updates": np.asarray(self.updates, np.int64),
+                "log_window": self.window.state_dict(),
+            },
         }
         self.checkpointer.save(self.updates, self.state, extras)
         self.clock.saved()
 
-    def _log(self, writer, history: list, elapsed: float, done: int) -> None:
+    def _log(self, writer, elapsed: float, done: int) -> None:
         c = self.config
-        record: dict[str, Any] = metrics_lib.aggregate(history)
+        record: dict[str, Any] = self.window.means()
         record["updates_per_s"] = done / max(elapsed, 1e-9)
         record["updates"] = self.updates
         record["phase"] = phase(self.updates, self.schedule)
         if self.clock.open_loop(self.updates):
-            record.update(
-                open_loop_check(
-                    self.open_loop_fn,
-                    self.state.wm_params,
-                    self.replay,
-                    self.normalizer,
-                    c,
-                    self.updates,
-                    self.workdir,
-                    writer,
-                )
-                or {}
-            )
+            args = (self.state.wm_params, self.replay, self.normalizer, c, self.updates)
+            record.update(open_loop_check(self.open_loop_fn, *args, self.workdir, writer) or {})
         self.detector.update(writer.write(self.updates, record))
         metrics_lib.log_line(self.updates, record, LOG_KEYS)
 
@@ -329,7 +320,6 @@ class OfflineTrainer:
         if self._purge_step is not None and self.resumed_from is None:
             write_config_text(writer, c)
         self._purge_step = None  # a later run() call continues this process's own events
-        history: list[dict[str, Any]] = []
         last_time, last_updates = time.time(), self.updates
         stop = StopOnSignal()
         try:
@@ -341,7 +331,7 @@ class OfflineTrainer:
                 batch = prepare_batch_jit(batch, mean, std, reward_scale)
                 self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
                 self.updates += 1
-                history.append(metrics)
+                self.window.add(metrics)
                 # Every update, as the host loop does: the limit holds between log rows too.
                 check_nonfinite(self.state, c, self.updates, self.checkpointer, "update")
                 before = self.updates - 1
@@ -350,17 +340,18 @@ class OfflineTrainer:
                         self._evaluate(writer, lambda: bool(stop.signum))
                     except EvaluationStopped:  # a signal: abandon it, save and stop
                         break
-                if self.clock.log(before, self.updates) or self.updates == end:
+                if self.clock.log(before, self.updates) or self.updates == o.updates:
                     now = time.time()
-                    self._log(writer, history, now - last_time, self.updates - last_updates)
-                    history, last_time, last_updates = [], now, self.updates
+                    self._log(writer, now - last_time, self.updates - last_updates)
+                    self.window = metrics_lib.LogWindow()
+                    last_time, last_updates = now, self.updates
                 if self.clock.checkpoint(before, self.updates):
                     self.save()
-            if history:  # stopped by a signal between log rows
-                self._log(writer, history, time.time() - last_time, self.updates - last_updates)
+            # Stopped by a signal between log rows: the row in progress goes into the final
+            # checkpoint and is written, whole, by the resumed run at its log step.
         except NonFiniteError:
-            if history:  # leave the skipped updates on record before stopping
-                writer.write(self.updates, metrics_lib.aggregate(history))
+            if self.window:  # leave the skipped updates on record before stopping
+                writer.write(self.updates, self.window.means())
             raise
         finally:
             stop.__exit__()

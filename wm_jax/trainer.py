@@ -162,6 +162,7 @@ class Trainer(TrainerCheckpoints):
         self.update_budget = 0.0
         self.episodes = 0
         self.eval_returns: list[tuple[int, float, float]] = []
+        self.window = metrics_lib.LogWindow()  # the log row in progress (checkpointed)
         self.checkpointer = (
             Checkpointer(os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints)
             if c.checkpoint_every
@@ -274,7 +275,7 @@ class Trainer(TrainerCheckpoints):
         agreed = int(signals.max()) or None
         return all_obs, int(episodes.sum()), float(returns.sum()), agreed
 
-    def _train(self, history: list) -> None:
+    def _train(self) -> None:
         c = self.config
         counts = update_counts(self.env_step, c.schedule)
         mix = np.float32(critic_real_mix(self.env_step, c.schedule))
@@ -285,7 +286,7 @@ class Trainer(TrainerCheckpoints):
         batch = prepare_batch_jit(batch, mean, std, np.float32(c.reward_scale))
         self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
         self.updates += 1
-        history.append(metrics)
+        self.window.add(metrics)
 
     def open_loop_check(self, writer=None) -> dict[str, Any] | None:
         """The open-loop prediction check at the current env step (see :func:`open_loop_check`);
@@ -317,8 +318,6 @@ class Trainer(TrainerCheckpoints):
         if self._purge_step is not None and self.resumed_from is None:
             write_config_text(writer, c)
         self._purge_step = None  # a later run() call continues this process's own events
-        history: list[dict[str, Any]] = []
-        train_returns = [0.0, 0]  # sum and count of the episode returns since the last log
         bar = progress_bar(end, self.env_step) if self.lead else NoBar()
         last_time, last_step = time.time(), self.env_step
         stop = self._stop = StopOnSignal()
@@ -340,13 +339,14 @@ class Trainer(TrainerCheckpoints):
                 self.act_carry = episode_starts(self.act_carry, done)
                 self.env_step += c.num_envs
                 self.episodes += episodes
-                train_returns[0] += sum(out.episode_returns) if returns is None else returns
-                train_returns[1] += episodes
+                self.window.add_returns(
+                    sum(out.episode_returns) if returns is None else returns, episodes
+                )
                 if self._ready_to_train():
                     self.update_budget += c.num_envs * c.train_ratio
                     trained = self.update_budget >= 1.0
                     while self.update_budget >= 1.0:
-                        self._train(history)
+                        self._train()
                         self.update_budget -= 1.0
                     if trained:
                         self._check_nonfinite()
@@ -368,8 +368,8 @@ class Trainer(TrainerCheckpoints):
                     now = time.time()
                     if self.lead:  # process 0 alone logs
                         rate = (self.env_step - last_step) / max(now - last_time, 1e-9)
-                        self._log(writer, history, train_returns, rate)
-                    history, train_returns = [], [0.0, 0]
+                        self._log(writer, rate)
+                    self.window = metrics_lib.LogWindow()
                     last_time, last_step = now, self.env_step
                 if self._save_due():
                     self.save()
@@ -378,8 +378,8 @@ class Trainer(TrainerCheckpoints):
                 bar.update(c.num_envs)
         except NonFiniteError:
             # Leave the skipped updates on record before stopping (the detector reads them).
-            if history:
-                writer.write(self.env_step, metrics_lib.aggregate(history))
+            if self.window:
+                writer.write(self.env_step, self.window.means())
             raise
         finally:
             stop.__exit__()
@@ -404,10 +404,10 @@ class Trainer(TrainerCheckpoints):
             self.workdir, self.env_step, list(self.eval_returns), self.resumed_from, signum
         )
 
-    def _log(self, writer, history: list, train_returns: list, env_steps_per_s: float) -> None:
+    def _log(self, writer, env_steps_per_s: float) -> None:
         """Writes one log record: the window's update metrics and episode returns."""
         c = self.config
-        record = metrics_lib.aggregate(history)
+        record = self.window.means()
         record["env_steps_per_s"] = env_steps_per_s
         record["updates"] = self.updates
         record["episodes"] = self.episodes
@@ -421,8 +421,8 @@ class Trainer(TrainerCheckpoints):
                     repaired,
                 )
             record.update(repaired)
-        if train_returns[1]:
-            record["train_return"] = train_returns[0] / train_returns[1]
+        if self.window.episodes:
+            record["train_return"] = self.window.return_sum / self.window.episodes
         # The console line shows an evaluation once, in the log row after it (not stale copies).
         if self.eval_returns and self.eval_returns[-1][0] > self.env_step - c.log_every:
             record["eval_return"] = self.eval_returns[-1][1]

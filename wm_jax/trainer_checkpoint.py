@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from wm_jax.metrics import LogWindow
 from wm_jax.policy import ActCarry, carry_to_arrays
 from wm_jax.run_dir import ResumeRefusedError
 from wm_jax.sharding import local_copy
@@ -30,8 +31,8 @@ def _fingerprint(tree) -> jax.Array:
 
 class TrainerCheckpoints:
     """Saving and restoring a :class:`~wm_jax.trainer.Trainer`; reads and writes its fields
-    (state, replay, normalizer, envs, act_carry, obs, counters, checkpointer, process_extras,
-    clock) and places a restored state with its ``_placed``."""
+    (state, replay, normalizer, envs, act_carry, obs, counters, the log window, checkpointer,
+    process_extras, clock) and places a restored state with its ``_placed``."""
 
     _PROCESS_KEYS = ("replay", "envs", "act_carry")  # what each process owns alone
 
@@ -47,6 +48,8 @@ class TrainerCheckpoints:
                 "episodes": np.asarray(self.episodes, np.int64),
                 # A sentinel first row: orbax cannot save zero-size arrays.
                 "eval_returns": np.asarray([(-1.0, 0.0, 0.0), *self.eval_returns], np.float64),
+                # The log row in progress: a stop between log steps resumes into the same row.
+                "log_window": self.window.state_dict(),
             },
             "act_carry": carry_to_arrays(self.act_carry),
         }
@@ -130,4 +133,5 @@ class TrainerCheckpoints:
         self.episodes = int(loop["episodes"])
         self.act_carry = ActCarry(**{k: np.asarray(v) for k, v in extras["act_carry"].items()})
         self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"])[1:].tolist()]
+        self.window = LogWindow.from_state_dict(loop.get("log_window"))
         logging.info("resumed from checkpoint at env step %d in %s", step, self.workdir)
