@@ -1,9 +1,11 @@
+import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import make_spec, small_config
 
+from wm_jax import losses
 from wm_jax.imagination import imagine, next_state
 from wm_jax.losses import reward_loss
 from wm_jax.networks import (
@@ -142,3 +144,47 @@ def test_mlp_encoder_and_decoder_handle_matrix_observations():
     assert recon.shape == (2, 3, 10, 5)
     nets = build_networks(small_config(), make_spec(obs_shape=(10, 5)))
     assert nets.world_model.encoder.obs_rank == 2
+
+
+def test_weighted_continue_loss_shifts_the_logit_and_calibrated_imagination_undoes_it():
+    """The continue loss weighs terminations by w: its optimum is P(term) inflated w-fold in odds
+    (logit − log w).  "calibrated" imagination reads sigmoid(logit + log w), the true P(continue);
+    "probs" reads the shifted one and "mode" its threshold."""
+    w, p_continue = 10.0, 0.98
+    continues = jnp.asarray([1.0] * 49 + [0.0])  # P(continue) = 0.98 in the data
+    mask = jnp.ones(50)
+
+    def loss(logit):
+        return losses.continue_loss(
+            distrax.Bernoulli(logits=jnp.full(50, logit)), continues, mask, w
+        )[0]
+
+    logit = jnp.float32(0.0)
+    for _ in range(200):  # Newton's method on a convex scalar loss
+        logit = logit - jax.grad(loss)(logit) / jax.grad(jax.grad(loss))(logit)
+    assert float(jax.nn.sigmoid(logit)) == pytest.approx(49 / (49 + w), rel=1e-4)  # shifted
+    assert float(jax.nn.sigmoid(logit + jnp.log(w))) == pytest.approx(p_continue, rel=1e-4)
+
+    spec = make_spec(discrete=True)
+    nets = build_networks(small_config(), spec)
+    obs = jnp.zeros((2, 4))
+    wm_params = nets.world_model.init(
+        {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, obs, jnp.zeros((2, 2))
+    )
+    actor_params = nets.actor.init(jax.random.PRNGKey(2), jnp.zeros((1, 8)))
+    critic_params = nets.critic.init(jax.random.PRNGKey(3), jnp.zeros((1, 8)))
+    starts = nets.world_model.apply(wm_params, obs, method=nets.world_model.encode)
+    out = {
+        mode: imagine(
+            nets, wm_params, actor_params, critic_params, starts, jax.random.PRNGKey(4),
+            horizon=3, discrete=True, continue_mode=mode, termination_weight=w,
+        )  # fmt: skip
+        for mode in ("probs", "calibrated", "mode")
+    }
+    logits = jnp.log(out["probs"].continues) - jnp.log1p(-out["probs"].continues)
+    np.testing.assert_allclose(
+        out["calibrated"].continues, jax.nn.sigmoid(logits + jnp.log(w)), rtol=1e-5
+    )
+    assert bool(jnp.all(out["calibrated"].continues > out["probs"].continues))
+    np.testing.assert_array_equal(out["mode"].continues, (logits > 0).astype(jnp.float32))
+    np.testing.assert_array_equal(out["calibrated"].states, out["probs"].states)

@@ -146,7 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
     im.lambda_ = 0.95  # λ of the λ-returns
     im.sample_dynamics = False  # imagine with the next-state mean (False) or a sample (True)
     im.num_starts = 0  # start states per batch; 0 uses every real state in the batch
-    im.continue_mode = "probs"  # imagined c_t: "probs" (seeds) | "mode" (1 if P(continue) > 0.5)
+    # Imagined c_t: "probs" (seeds) | "mode" (1 if P(continue) > 0.5) | "calibrated" (P(continue)
+    # with world_model.termination_weight's shift of the logit undone).
+    im.continue_mode = "probs"
     im.unroll = 1  # lax.scan unroll of the rollout (a speed knob; the maths is the same)
 
     # --- every loop: actor (policy head) ---

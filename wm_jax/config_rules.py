@@ -221,7 +221,7 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
     one_of("model.reward_std", ("learned", "fixed")),
     one_of("world_model.dynamics_loss", ("mse", "nll")),
     one_of("actor.gradient", ("dynamics", "reinforce")),
-    one_of("imagination.continue_mode", ("probs", "mode")),
+    one_of("imagination.continue_mode", ("probs", "mode", "calibrated")),
     *(
         Rule(field, _positive_int, POSITIVE_INT)
         for field in (

@@ -103,12 +103,15 @@ def imagine(
     unroll: int = 1,
     continue_mode: str = "probs",
     start_window: ContextWindow | None = None,
+    termination_weight: float = 1.0,
 ) -> Imagined:
     """Imagines ``horizon`` steps from ``start_states`` ``[B, S]``; returns a time-major
     :class:`Imagined`.  ``detach_actions=True`` blocks the pathwise gradient (REINFORCE);
     ``unroll`` is passed to ``lax.scan`` (same maths; ``unroll=horizon`` lets XLA's cost analysis
     count every step, which it does not do for a loop body).  ``continue_mode`` is "probs" (the
-    seeds: c_t = P(continue)) or "mode" (c_t = 1[P(continue) > 0.5]).
+    seeds: c_t = P(continue)), "mode" (c_t = 1[P(continue) > 0.5]) or "calibrated"
+    (c_t = sigmoid(logit + log termination_weight): the continue loss weighs terminations by
+    ``termination_weight``, which moves its optimal logit by −log of it; this undoes the shift).
 
     For a dynamics model with ``uses_context``, ``start_window`` (``[B, K, ...]``) holds the real
     steps before each start state; ``None`` starts from an empty window of the model's
@@ -122,9 +125,12 @@ def imagine(
         cont_dist = wm.apply(wm_params, nxt, method=wm.cont)
         # "mode" thresholds at 0.5: a confidently safe state keeps the full γ instead of the
         # slight γ·0.97-style shrinkage a never-quite-1 probability applies at every step.
-        cont = (
-            (cont_dist.logits > 0).astype(nxt.dtype) if continue_mode == "mode" else cont_dist.probs
-        )
+        if continue_mode == "mode":
+            cont = (cont_dist.logits > 0).astype(nxt.dtype)
+        elif continue_mode == "calibrated":
+            cont = jax.nn.sigmoid(cont_dist.logits + jnp.log(termination_weight))
+        else:
+            cont = cont_dist.probs
         return reward, cont
 
     def act(state, policy_key):

@@ -239,6 +239,7 @@ def imagine_from_batch(
         unroll=cfg.imagination.unroll,
         continue_mode=cfg.imagination.continue_mode,
         start_window=window,
+        termination_weight=cfg.world_model.termination_weight,
     )
     return imagined, weights
 
