@@ -79,7 +79,10 @@ print(json.dumps({"single": single, "sharded": sharded, "odd": odd, "loops": loo
 
 @pytest.mark.slow
 def test_sharded_training_matches_single_device_training_and_both_loops_run_data_parallel():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    # The 4 CPU "devices" meet in each all-reduce as threads; on a loaded machine (two test
+    # workers on 2 cores) one can arrive after XLA's default 40 s, which aborts the process.
+    flags = "--xla_cpu_collective_call_terminate_timeout_seconds=900"
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {flags}")
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT],
         capture_output=True,
