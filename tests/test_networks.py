@@ -83,6 +83,20 @@ def test_policy_heads_produce_valid_actions():
     assert a.shape == (5, 2) and bool(jnp.all(jnp.abs(a) < 1))
 
 
+def _imagination_inputs(config):
+    """``imagine``'s first six arguments for a fresh agent of ``config`` on 4-D observations and
+    two discrete actions: networks, world-model/actor/critic parameters, 2 start states, a key."""
+    nets = build_networks(config, make_spec(discrete=True))
+    obs = jnp.zeros((2, 4))
+    wm_params = nets.world_model.init(
+        {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, obs, jnp.zeros((2, 2))
+    )
+    actor_params = nets.actor.init(jax.random.PRNGKey(2), jnp.zeros((1, 8)))
+    critic_params = nets.critic.init(jax.random.PRNGKey(3), jnp.zeros((1, 8)))
+    starts = nets.world_model.apply(wm_params, obs, method=nets.world_model.encode)
+    return nets, wm_params, actor_params, critic_params, starts, jax.random.PRNGKey(4)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -93,25 +107,7 @@ def test_policy_heads_produce_valid_actions():
     ],
 )
 def test_alternative_components_build_and_imagine(overrides):
-    spec = make_spec(discrete=True)
-    nets = build_networks(small_config(**overrides), spec)
-    obs = jnp.zeros((2, 4))
-    wm_params = nets.world_model.init(
-        {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, obs, jnp.zeros((2, 2))
-    )
-    actor_params = nets.actor.init(jax.random.PRNGKey(2), jnp.zeros((1, 8)))
-    critic_params = nets.critic.init(jax.random.PRNGKey(3), jnp.zeros((1, 8)))
-    starts = nets.world_model.apply(wm_params, obs, method=nets.world_model.encode)
-    imagined = imagine(
-        nets,
-        wm_params,
-        actor_params,
-        critic_params,
-        starts,
-        jax.random.PRNGKey(4),
-        horizon=4,
-        discrete=True,
-    )
+    imagined = imagine(*_imagination_inputs(small_config(**overrides)), horizon=4, discrete=True)
     assert imagined.states.shape == (5, 2, 8)
     assert imagined.values.shape == (5, 2)
     assert imagined.rewards.shape == imagined.continues.shape == (4, 2)
@@ -166,20 +162,11 @@ def test_weighted_continue_loss_shifts_the_logit_and_calibrated_imagination_undo
     assert float(jax.nn.sigmoid(logit)) == pytest.approx(49 / (49 + w), rel=1e-4)  # shifted
     assert float(jax.nn.sigmoid(logit + jnp.log(w))) == pytest.approx(p_continue, rel=1e-4)
 
-    spec = make_spec(discrete=True)
-    nets = build_networks(small_config(), spec)
-    obs = jnp.zeros((2, 4))
-    wm_params = nets.world_model.init(
-        {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, obs, jnp.zeros((2, 2))
-    )
-    actor_params = nets.actor.init(jax.random.PRNGKey(2), jnp.zeros((1, 8)))
-    critic_params = nets.critic.init(jax.random.PRNGKey(3), jnp.zeros((1, 8)))
-    starts = nets.world_model.apply(wm_params, obs, method=nets.world_model.encode)
+    inputs = _imagination_inputs(small_config())
     out = {
         mode: imagine(
-            nets, wm_params, actor_params, critic_params, starts, jax.random.PRNGKey(4),
-            horizon=1, discrete=True, continue_mode=mode, termination_weight=w,
-        )  # fmt: skip
+            *inputs, horizon=1, discrete=True, continue_mode=mode, termination_weight=w
+        )
         for mode in ("probs", "calibrated", "mode")
     }
     logits = jnp.log(out["probs"].continues) - jnp.log1p(-out["probs"].continues)

@@ -279,8 +279,11 @@ class OfflineTrainer:
         record["updates"] = self.updates
         record["phase"] = phase(self.updates, self.schedule)
         if self.clock.open_loop(self.updates):
-            args = (self.state.wm_params, self.replay, self.normalizer, c, self.updates)
-            record.update(open_loop_check(self.open_loop_fn, *args, self.workdir, writer) or {})
+            check = open_loop_check(
+                self.open_loop_fn, self.state.wm_params, self.replay, self.normalizer, c,
+                self.updates, self.workdir, writer,
+            )  # fmt: skip
+            record.update(check or {})
         self.detector.update(writer.write(self.updates, record))
         metrics_lib.log_line(self.updates, record, LOG_KEYS)
 
