@@ -99,6 +99,19 @@ def segment(batch: Sequence, b: int) -> Sequence:
     )
 
 
+def segments_by_length(batch: Sequence) -> dict[int, list[int]]:
+    """Window indices grouped by their number of real steps."""
+    groups: dict[int, list[int]] = {}
+    for b in range(batch.reward.shape[0]):
+        groups.setdefault(int(batch.mask[b].sum()), []).append(b)
+    return groups
+
+
+def stack_segments(batch: Sequence, rows: list[int]) -> Sequence:
+    """The unpadded segments of windows ``rows`` (all with the same number of real steps)."""
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *(segment(batch, b) for b in rows))
+
+
 def window(batch: Sequence, b: int) -> Sequence:
     return jax.tree.map(lambda x: x[b : b + 1], batch)
 
@@ -184,23 +197,30 @@ def test_real_value_targets_equal_rlax_lambda_returns_on_the_unpadded_segment(mo
     critic = agent.nets.critic
     values = critic.apply(state.critic_params, states)
     monitor = losses.td_error_monitor(values, targets, weights)
+    observe = jax.jit(functools.partial(observe_batch, agent))
+    critic_value = jax.jit(critic.apply)
     flat_v, flat_r = [], []
-    for b in range(batch.reward.shape[0]):
-        seg = segment(batch, b)
-        n = seg.reward.shape[1]
-        observed = observe_batch(agent, state.wm_params, seg)
-        v_next = critic.apply(state.critic_target_params, observed.next_states)[0]
-        expected = rlax.lambda_returns(seg.reward[0], cfg.gamma * seg.cont[0], v_next, cfg.lambda_)
-        np.testing.assert_allclose(targets[b, :n], expected, rtol=1e-4, atol=1e-4)
-        # The last real step: r + γ·c·V'(s'), never the padding's repeated reward.
-        np.testing.assert_allclose(
-            targets[b, n - 1],
-            seg.reward[0, -1] + cfg.gamma * seg.cont[0, -1] * v_next[-1],
-            rtol=1e-4,
-            atol=1e-4,
-        )
-        flat_v.append(critic.apply(state.critic_params, observed.states)[0])
-        flat_r.append(expected)
+    # Windows with the same number of real steps share one jitted reference (a batch of their
+    # unpadded segments); each segment is still a window of its real steps alone.
+    for n, rows in segments_by_length(batch).items():
+        seg = stack_segments(batch, rows)
+        observed = observe(state.wm_params, seg)
+        v_next = critic_value(state.critic_target_params, observed.next_states)
+        v = critic_value(state.critic_params, observed.states)
+        for i, b in enumerate(rows):
+            expected = rlax.lambda_returns(
+                seg.reward[i], cfg.gamma * seg.cont[i], v_next[i], cfg.lambda_
+            )
+            np.testing.assert_allclose(targets[b, :n], expected, rtol=1e-4, atol=1e-4)
+            # The last real step: r + γ·c·V'(s'), never the padding's repeated reward.
+            np.testing.assert_allclose(
+                targets[b, n - 1],
+                seg.reward[i, -1] + cfg.gamma * seg.cont[i, -1] * v_next[i, -1],
+                rtol=1e-4,
+                atol=1e-4,
+            )
+            flat_v.append(v[i])
+            flat_r.append(expected)
     flat_v, flat_r = jnp.concatenate(flat_v), jnp.concatenate(flat_r)
     reference = losses.td_error_monitor(flat_v, flat_r, jnp.ones_like(flat_r))
     for key, value in reference.items():

@@ -161,6 +161,7 @@ TINY = [
     "--config.model.feature_dim=16",
     "--config.model.state_dim=8",
     "--config.model.hidden_dim=16",
+    "--config.model.hidden_layers=1",
     "--config.batch_size=4",
     "--config.sequence_length=8",
     "--config.imagination.num_starts=16",

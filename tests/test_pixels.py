@@ -285,6 +285,7 @@ def test_catch_from_pixels_trains_from_the_cli_with_video_in_the_report(tmp_path
         "--config.model.feature_dim=8",
         "--config.model.state_dim=8",
         "--config.model.hidden_dim=8",
+        "--config.model.hidden_layers=1",
         "--config.batch_size=2",
         "--config.sequence_length=4",
         "--config.imagination.horizon=2",

@@ -26,6 +26,7 @@ TINY = [
     "--config.model.feature_dim=16",
     "--config.model.state_dim=8",
     "--config.model.hidden_dim=16",
+    "--config.model.hidden_layers=1",
     "--config.imagination.horizon=4",
     "--config.diagnostics.open_loop_every=128",
     "--config.diagnostics.open_loop_horizon=8",

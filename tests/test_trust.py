@@ -475,7 +475,8 @@ def test_after_kill_9_the_run_resumes_from_a_checkpoint_no_older_than_the_time_i
         "--config.checkpoint_seconds=3", "--config.eval_every=0", "--config.log_every=32",
         "--config.prefill_steps=64", "--config.batch_size=16", "--config.report=False",
         "--config.model.feature_dim=16", "--config.model.state_dim=8",
-        "--config.model.hidden_dim=16", "--config.imagination.horizon=4",
+        "--config.model.hidden_dim=16", "--config.model.hidden_layers=1",
+        "--config.imagination.horizon=4",
         "--config.diagnostics.open_loop_every=0",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
