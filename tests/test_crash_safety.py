@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from test_train import DETERMINISTIC_ENV, REPO, TINY, run_cli
+from conftest import DETERMINISTIC_ENV, REPO, TINY, run_cli
 
 RESUME_SCRIPT = textwrap.dedent(
     """

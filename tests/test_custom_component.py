@@ -17,14 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import REPO, small_config
 
 from wm_jax.config import ConfigError, validate
 from wm_jax.metrics import read_metrics
 from wm_jax.networks import DYNAMICS, register_dynamics
 from wm_jax.trainer import Trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "custom_dynamics.md")
 EXAMPLE = os.path.join(REPO, "experiments", "custom_dynamics.py")
 

@@ -4,14 +4,13 @@ through the Trainer."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import gymnasium
 import jax
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import REPO, small_config
 from gymnasium import spaces
 
 from wm_jax.config import ConfigError
@@ -26,7 +25,6 @@ from wm_jax.envs import (
 from wm_jax.replay import ReplayBuffer
 from wm_jax.trainer import Trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # 'experiments.envs.custom:PointMass-v0' imports from the repo root
     sys.path.insert(0, REPO)
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import checkpoint_arrays, make_spec, small_config
+from conftest import REPO, SINGLE_THREAD_XLA, checkpoint_arrays, make_spec, small_config
 
 pytest.importorskip("gymnax")
 
@@ -31,8 +31,6 @@ from wm_jax.device_loop import (  # noqa: E402
 )
 from wm_jax.metrics import read_metrics  # noqa: E402
 from wm_jax.normalizer import RunningMeanStd  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _filled_replay(capacity=12, num_envs=2, steps=20, episode_len=(3, 5)):
@@ -243,7 +241,7 @@ def device_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("device_loop")
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        XLA_FLAGS=SINGLE_THREAD_XLA,
     )
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(root)],

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import sys
 
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import REPO, small_config
 
 from wm_jax.episode_video import MAX_FRAMES, MAX_SIDE, EpisodeRecorder
 from wm_jax.metrics import read_metrics
 from wm_jax.trainer import Trainer
 from wm_jax.training_eval import evaluate, video_due
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # 'experiments.envs.custom:PointMass-v0' imports from the repo root
     sys.path.insert(0, REPO)
 

@@ -13,8 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, SINGLE_THREAD_XLA
 
 FLAGS = [
     "--config.model.feature_dim=32",
@@ -128,9 +127,7 @@ def two_process_run(tmp_path_factory):
     """The two-process CLI run (and the checks its processes made afterwards): (dir, outputs)."""
     tmp_path = tmp_path_factory.mktemp("multihost")
     # One thread per process (two processes share the 2-core CI machine; deterministic CPU maths).
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    )
+    env = dict(os.environ, XLA_FLAGS=SINGLE_THREAD_XLA)
     port = _free_port()
     procs = [
         subprocess.Popen(

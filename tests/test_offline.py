@@ -15,7 +15,7 @@ import gymnasium
 import jax
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import REPO, small_config
 
 import wm_jax
 from wm_jax import envs, training_eval
@@ -33,7 +33,6 @@ from wm_jax.offline import (
 )
 from wm_jax.update import expected_updates
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINARI_ID = "cartpole/random-v0"
 
 
@@ -236,7 +235,7 @@ def test_offline_training_stopped_mid_run_and_resumed_equals_the_uninterrupted_r
     (parameters, optimiser states, counters, key) is bit-identical and so is every metrics and
     open-loop row but the wall-clock rate (single-thread XLA flags, BUILD_NOTES "Determinism
     guarantee"): the row in progress at the stop is saved and finished by the resumed run."""
-    from test_train import DETERMINISTIC_ENV
+    from conftest import DETERMINISTIC_ENV
 
     workdir, _ = online_run
     overrides = {

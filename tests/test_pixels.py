@@ -4,7 +4,6 @@ pixel wrappers, a CLI run on gymnax Catch from pixels, and the open-loop video s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_spec, small_config
+from conftest import REPO, make_spec, small_config
 from PIL import Image
 
 from wm_jax.device_loop import (
@@ -31,7 +30,6 @@ from wm_jax.open_loop_video import strip_image, to_rgb
 from wm_jax.replay import ReplayBuffer
 from wm_jax.trainer import Trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATCH = "gymnax:Catch-bsuite"
 
 

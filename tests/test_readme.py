@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, TINY
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SEPARATORS = ("&", "&&", ";", "|", "||")
 
 
@@ -104,8 +104,6 @@ def _workdir_of(args: list[str], flag: str) -> str | None:
 
 @pytest.mark.slow
 def test_readme_evaluate_report_and_offline_commands_run_as_written_on_a_small_run(tmp_path):
-    from test_train import TINY
-
     os.symlink(os.path.join(REPO, "experiments"), tmp_path / "experiments")
     env = {**os.environ, "PYTHONPATH": REPO}
 

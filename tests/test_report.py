@@ -9,13 +9,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 from matplotlib.figure import Figure
 
 from wm_jax.report import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def make_run(workdir, with_open_loop=True, nan_at=None, wall_time=True, offline=False):
     """A run's files written by hand: ten log rows, each with an evaluation (none offline),

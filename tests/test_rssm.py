@@ -197,8 +197,8 @@ def _assert_resumed_run_equals_straight_run(tmp_path, overrides, stop_at):
     import subprocess
     import sys
 
+    from conftest import DETERMINISTIC_ENV, REPO
     from test_crash_safety import metric_records
-    from test_train import DETERMINISTIC_ENV, REPO
 
     cmd = [sys.executable, "-c", _RESUME_SCRIPT, str(tmp_path), json.dumps(overrides)]
     proc = subprocess.run(

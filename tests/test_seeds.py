@@ -9,8 +9,7 @@ import os
 import time
 
 import pytest
-from conftest import small_config
-from test_train import DETERMINISTIC_ENV, run_cli
+from conftest import DETERMINISTIC_ENV, run_cli, small_config
 
 from wm_jax.report import combine_curves, eval_curve, write_seeds_report
 from wm_jax.run_dir import RunDir, read_finished, write_finished

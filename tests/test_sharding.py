@@ -10,8 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 # Runs in its own process: the device count is fixed when JAX starts.
 _SCRIPT = r"""

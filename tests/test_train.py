@@ -9,42 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Small, fast settings that still pass through every phase (prefill, warmup, transition, full).
-TINY = [
-    "--config.total_env_steps=320",
-    "--config.prefill_steps=64",
-    "--config.schedule.warmup_steps=128",
-    "--config.schedule.transition_steps=192",
-    "--config.eval_every=160",
-    "--config.eval_episodes=2",
-    "--config.log_every=64",
-    "--config.checkpoint_every=160",
-    "--config.batch_size=16",
-    "--config.model.feature_dim=16",
-    "--config.model.state_dim=8",
-    "--config.model.hidden_dim=16",
-    "--config.model.hidden_layers=1",
-    "--config.imagination.horizon=4",
-    "--config.diagnostics.open_loop_every=128",
-    "--config.diagnostics.open_loop_horizon=8",
-]
-
-# Bit-exact CPU runs need one thread (jax issue #39741): see BUILD_NOTES.md.
-DETERMINISTIC_ENV = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "JAX_PLATFORMS": "cpu",
-}
-
-
-def run_cli(workdir, *extra, config_file=None, env=None):
-    # --config=FILE must precede the --config.x=y overrides.
-    config = [f"--config={config_file}"] if config_file else []
-    cmd = [sys.executable, "-m", "wm_jax.train", f"--workdir={workdir}", *config, *TINY, *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+from conftest import REPO, TINY, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import small_config
-from test_train import REPO, run_cli
+from conftest import REPO, run_cli, small_config
 
 from wm_jax.checkpoint import CheckpointSaveError
 from wm_jax.config import ConfigError, validate
