@@ -77,8 +77,8 @@ def small_config(**overrides):
     c.model.feature_dim = 32
     c.model.state_dim = 8
     c.model.hidden_dim = 32
-    # One hidden layer (LayerNorm and all) instead of two: every code path, ~25% less XLA
-    # compile time per program, which is most of the suite's time.
+    # One hidden layer (LayerNorm and all) instead of two: every code path, fewer kernels to
+    # trace and compile, which is most of the suite's time (BUILD_NOTES, 2026-12-06).
     c.model.hidden_layers = 1
     c.imagination.horizon = 5
     c.batch_size = 16

@@ -7,7 +7,9 @@ Each ``--variant=NAME:PATH=VALUE,...`` is the config with those overrides (an em
 config as it is).  Every variant's ``update.train_step`` with ``UpdateCounts(1, 1, 1)`` is
 compiled on the config's batch shape (random CartPole-shaped data, as ``metrics_overhead.py``)
 and fed its own returned state; one call of each per round, so load drift hits all alike, and
-medians are reported with the speed-up over the first variant.  This is how a speed knob
+medians are reported with the speed-up over the first variant, and each variant's trace and
+XLA compile seconds (compiled one after the other in this process: compare them on a cold
+cache, ``JAX_COMPILATION_CACHE_DIR`` unset).  This is how a speed knob
 (normalisation, precision, widths) is measured on the shape a real run trains on, where the
 update benchmark (``update_throughput.py``) uses the seeds' sizes.  Last output line: one JSON
 object.
@@ -86,12 +88,18 @@ def main(argv):
         batch = jax.tree.map(
             jax.numpy.asarray, random_batch(config, spec, np.random.default_rng(0))
         )
-        compiled = jax.jit(lambda s, b, step=step: step(s, b, real_mix=0.5)).lower(state, batch)
+        start = time.perf_counter()
+        lowered = jax.jit(lambda s, b, step=step: step(s, b, real_mix=0.5)).lower(state, batch)
+        traced = time.perf_counter()
+        fn = lowered.compile()
         variants[name] = {
-            "fn": compiled.compile(),
+            "fn": fn,
             "state": state,
             "batch": batch,
             "over": overrides,
+            # Tracing + lowering, then XLA's compile (the part the kernel count drives).
+            "trace_s": traced - start,
+            "compile_s": time.perf_counter() - traced,
         }
     times = {name: [] for name in variants}
     for i in range(_WARMUP.value + _REPEATS.value):
@@ -109,12 +117,15 @@ def main(argv):
             "overrides": variants[name]["over"],
             "ms_per_step": round(1e3 * m, 3),
             "speedup_vs_first": round(base / m, 3),
+            "trace_s": round(variants[name]["trace_s"], 2),
+            "compile_s": round(variants[name]["compile_s"], 2),
         }
         for name, m in med.items()
     ]
     for row in rows:
         print(
             f"{row['variant']:>16s}  {row['ms_per_step']:8.2f} ms  {row['speedup_vs_first']:.2f}x"
+            f"  trace {row['trace_s']:.1f} s  compile {row['compile_s']:.1f} s"
         )
     result = {"benchmark": "train_step_variants", "repeats": _REPEATS.value, "variants": rows}
     save_result("train_step_variants", result)
