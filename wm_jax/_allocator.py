@@ -7,12 +7,14 @@ arena), so every update page-faults its whole buffer in again: measured here ~14
 ~25 ms of system time per 64 ms update at batch 64, ~225k faults at 1024.
 
 :func:`tune` re-executes the process once with ``GLIBC_TUNABLES`` set so that malloc keeps the
-memory: one arena (``arena_max=1``: XLA's worker threads allocate from the main heap), no mmap for
-large blocks (``mmap_max=0``), a 4 GiB trim threshold (freed memory stays mapped) and transparent
-huge pages for the heap (``hugetlb=1``).  Measured (BUILD_NOTES, "Speed (issue 18)"): batch 64
-0 faults and ~1 ms system time per update, batch 1024 ~100 faults; ``hugetlb=1`` alone still left
-~540 faults and ~14 ms of system time at batch 64.  The cost: memory freed by XLA is kept by the
-process (its peak heap), not returned to the OS.
+memory: no mmap for large blocks (``mmap_max=0``), a 4 GiB trim threshold (freed memory stays
+mapped) and transparent huge pages for the heap (``hugetlb=1``, so the faults that remain are 2 MiB
+ones).  ``arena_max=1`` (every thread on the main heap) is *not* set: it removed the last faults of
+the largest programs (glibc still maps a worker thread's blocks over 64 MiB afresh) but made the
+CartPole train step ~1.3x and the seeds'-size step at batch 64 ~1.2x slower (XLA's threads then
+share one arena).  Measured with ``experiments/benchmarks/allocator.py`` (BUILD_NOTES, "Speed
+(issue 18): malloc settings").  The cost: memory freed by XLA is kept by the process (its peak
+heap), not returned to the OS.
 
 Only on Linux with glibc, only once (``WM_JAX_ALLOCATOR_TUNED`` marks the re-executed process),
 never when the user set any ``glibc.malloc.*`` tunable, and never with
@@ -26,10 +28,7 @@ import os
 import platform
 import sys
 
-TUNABLES = (
-    "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-    "glibc.malloc.trim_threshold=4294967296"
-)
+TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
 OPT_OUT = "WM_JAX_NO_ALLOCATOR_TUNING"
 MARKER = "WM_JAX_ALLOCATOR_TUNED"
 
