@@ -4,7 +4,9 @@
         --variant=layer-f32: --variant=rms-bf16:model.norm=rms,precision=bfloat16
 
 Each ``--variant=NAME:PATH=VALUE,...`` is the config with those overrides (an empty list is the
-config as it is).  Every variant's ``update.train_step`` with ``UpdateCounts(1, 1, 1)`` is
+config as it is); the pseudo-override ``counts=W/A/C`` sets the variant's update counts (default
+``--counts``: one update of each kind, as the figures in BUILD_NOTES were measured), so
+``counts=1/0/0`` times one world-model update alone.  Every variant's ``update.train_step`` is
 compiled on the config's batch shape (random CartPole-shaped data, as ``metrics_overhead.py``)
 and fed its own returned state; one call of each per round, so load drift hits all alike, and
 medians are reported with the speed-up over the first variant, and each variant's trace and
@@ -45,6 +47,9 @@ _VARIANTS = flags.DEFINE_multi_string(
 )
 _REPEATS = flags.DEFINE_integer("repeats", 30, "timed calls per variant")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed calls per variant after compilation")
+_COUNTS = flags.DEFINE_string(
+    "counts", "1/1/1", "W/A/C: world-model, actor and critic updates per train step"
+)
 
 
 def _parse(text: str) -> tuple[str, dict]:
@@ -57,6 +62,10 @@ def _parse(text: str) -> tuple[str, dict]:
         except (ValueError, SyntaxError):
             overrides[path] = value
     return name, overrides
+
+
+def _counts(text: str) -> UpdateCounts:
+    return UpdateCounts(*(int(n) for n in str(text).split("/")))
 
 
 def _apply(config, overrides: dict):
@@ -81,9 +90,10 @@ def main(argv):
     variants = {}
     for text in _VARIANTS.value:
         name, overrides = _parse(text)
+        counts = _counts(overrides.pop("counts", _COUNTS.value))
         config = _apply(_CONFIG.value, overrides)
         agent = update.make_agent(config, spec)
-        step = functools.partial(update.train_step, agent, counts=UpdateCounts(1, 1, 1))
+        step = functools.partial(update.train_step, agent, counts=counts)
         state = jax.jit(functools.partial(update.init_state, agent))(jax.random.PRNGKey(0))
         batch = jax.tree.map(
             jax.numpy.asarray, random_batch(config, spec, np.random.default_rng(0))
@@ -97,6 +107,7 @@ def main(argv):
             "state": state,
             "batch": batch,
             "over": overrides,
+            "counts": "/".join(map(str, counts)),
             # Tracing + lowering, then XLA's compile (the part the kernel count drives).
             "trace_s": traced - start,
             "compile_s": time.perf_counter() - traced,
@@ -115,6 +126,7 @@ def main(argv):
         {
             "variant": name,
             "overrides": variants[name]["over"],
+            "counts": variants[name]["counts"],
             "ms_per_step": round(1e3 * m, 3),
             "speedup_vs_first": round(base / m, 3),
             "trace_s": round(variants[name]["trace_s"], 2),
