@@ -12,8 +12,8 @@ mapped) and transparent huge pages for the heap (``hugetlb=1``, so the faults th
 ones).  ``arena_max=1`` (every thread on the main heap) is *not* set: it removed the last faults of
 the largest programs (glibc still maps a worker thread's blocks over 64 MiB afresh) but made the
 CartPole train step ~1.2x slower, the seeds'-size step at batch 64 too, and a README run from a
-cold compilation cache 1.1x slower (XLA's threads then share one arena).  Measured with ``experiments/benchmarks/allocator.py`` (BUILD_NOTES, "Speed
-(issue 18): malloc settings").  The cost: memory freed by XLA is kept by the process (its peak
+cold compilation cache 1.1x slower (XLA's threads then share one arena).  Measured with
+``experiments/benchmarks/allocator.py`` (BUILD_NOTES, "Speed (issue 18), 2026-12-06").  The cost: memory freed by XLA is kept by the process (its peak
 heap), not returned to the OS.
 
 Only on Linux with glibc, only once (``WM_JAX_ALLOCATOR_TUNED`` marks the re-executed process),
