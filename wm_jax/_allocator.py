@@ -8,13 +8,14 @@ arena), so every update page-faults its whole buffer in again: measured here ~14
 
 :func:`tune` re-executes the process once with ``GLIBC_TUNABLES`` set so that malloc keeps the
 memory: no mmap for large blocks (``mmap_max=0``), a 4 GiB trim threshold (freed memory stays
-mapped) and transparent huge pages for the heap (``hugetlb=1``, so the faults that remain are 2 MiB
-ones).  ``arena_max=1`` (every thread on the main heap) is *not* set: it removed the last faults of
-the largest programs (glibc still maps a worker thread's blocks over 64 MiB afresh) but made the
-CartPole train step ~1.2x slower, the seeds'-size step at batch 64 too, and a README run from a
-cold compilation cache 1.1x slower (XLA's threads then share one arena).  Measured with
-``experiments/benchmarks/allocator.py`` (BUILD_NOTES, "Speed (issue 18), 2026-12-06").  The cost: memory freed by XLA is kept by the process (its peak
-heap), not returned to the OS.
+mapped) and transparent huge pages for the heap (``hugetlb=1``, so the faults that remain are
+2 MiB ones).  ``arena_max=1`` (every thread on the main heap) is *not* set: it removed the last
+faults of the largest programs (glibc still maps a worker thread's blocks over 64 MiB afresh)
+but made the CartPole train step ~1.2x slower, the seeds'-size step at batch 64 too, and a
+README run from a cold compilation cache 1.1x slower (XLA's threads then share one arena).
+Measured with ``experiments/benchmarks/allocator.py`` (BUILD_NOTES, "Speed (issue 18),
+2026-12-06").  The cost: memory freed by XLA is kept by the process (its peak heap), not
+returned to the OS.
 
 Only on Linux with glibc, only once (``WM_JAX_ALLOCATOR_TUNED`` marks the re-executed process),
 never when the user set any ``glibc.malloc.*`` tunable, and never with
