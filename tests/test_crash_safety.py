@@ -244,7 +244,11 @@ _SLOW_STOP = textwrap.dedent(
     def handle_then_work(self, signum, frame):
         handle(self, signum, frame)
         open(marker, "w").close()
-        time.sleep(600)
+        # Ten minutes of "finishing the step", in short sleeps: a signal the kernel hands to
+        # another thread (XLA's, TensorBoard's) interrupts no sleep of the main thread, whose
+        # Python handler then runs at its next bytecode, not after one long sleep.
+        for _ in range(6000):
+            time.sleep(0.1)
 
     shell.StopOnSignal._handle = handle_then_work
     app.run(train.main, argv=["wm_jax.train", *argv], flags_parser=cli_lib.parse_flags)
