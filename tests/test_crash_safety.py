@@ -232,7 +232,7 @@ def test_sigint_saves_a_final_checkpoint_and_exits_130(tmp_path):
 # (a marker file) and sleeps, still inside the loop's signal handling.
 _SLOW_STOP = textwrap.dedent(
     """
-    import importlib, sys, time
+    import importlib, signal, sys, time
     from absl import app
     import wm_jax.shell as shell
     from wm_jax import cli as cli_lib
@@ -240,15 +240,14 @@ _SLOW_STOP = textwrap.dedent(
 
     marker, argv = sys.argv[1], sys.argv[2:]
     handle = shell.StopOnSignal._handle
+    # A terminal's Ctrl-C: a test run started in the background (a non-interactive shell's `&`)
+    # hands its children SIGINT ignored, and the handler restored after the first one would be that.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def handle_then_work(self, signum, frame):
         handle(self, signum, frame)
         open(marker, "w").close()
-        # Ten minutes of "finishing the step", in short sleeps: a signal the kernel hands to
-        # another thread (XLA's, TensorBoard's) interrupts no sleep of the main thread, whose
-        # Python handler then runs at its next bytecode, not after one long sleep.
-        for _ in range(6000):
-            time.sleep(0.1)
+        time.sleep(600)
 
     shell.StopOnSignal._handle = handle_then_work
     app.run(train.main, argv=["wm_jax.train", *argv], flags_parser=cli_lib.parse_flags)
