@@ -8,7 +8,8 @@ train step (``UpdateCounts(1, 1, 1)``, its returned state fed back) of the READM
 (``experiments/configs/cartpole.py`` on a CartPole-shaped batch) and of the seeds' sizes
 (features 256, states 64, hidden 256, 3-D observations, 1-D continuous action, flat batch) at
 ``--batch_sizes``, with the minor page faults and system CPU time per call.  Tunables are
-process-wide and fixed at start, hence a process per setting; the children skip
+process-wide and fixed at start, hence a process per setting (``launchers`` is
+:data:`wm_jax._allocator.TUNABLES`, what the CLI uses); the children skip
 :mod:`wm_jax._allocator`'s own re-execution (their ``GLIBC_TUNABLES`` is set, or the opt-out is).
 Prints per setting the medians over rounds and the speed-up over the first setting; last line:
 one JSON object.
@@ -25,15 +26,18 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import save_result  # noqa: E402
+from common import random_batch, save_result  # noqa: E402
 
-_KEEP = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
+from wm_jax import _allocator  # noqa: E402
+
 _SETTINGS = flags.DEFINE_multi_string(
     "setting",
     [
         "none=",
-        f"one_arena=glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:{_KEEP}",
-        f"thread_arenas=glibc.malloc.hugetlb=1:{_KEEP}",
+        # The launchers' settings until 2026-12-06: every thread on one arena.
+        "one_arena=glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+        "glibc.malloc.trim_threshold=4294967296",
+        f"launchers={_allocator.TUNABLES}",
     ],
     "NAME=GLIBC_TUNABLES (empty: glibc's defaults); the first is the baseline",
 )
@@ -81,11 +85,9 @@ def _child() -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from common import random_batch
 
     from wm_jax import update
     from wm_jax.config import get_config
-    from wm_jax.types import Transition
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path.insert(0, os.path.join(root, "experiments", "configs"))
@@ -101,15 +103,8 @@ def _child() -> dict:
     spec = types.SimpleNamespace(obs_shape=(3,), obs_dtype=np.float32, action_dim=1, discrete=False)
     agent = update.make_agent(config, spec)
     for size in map(int, _BATCH_SIZES.value):
-        rng = np.random.default_rng(0)
-        batch = Transition(
-            obs=jnp.asarray(rng.normal(size=(size, 3)), jnp.float32),
-            action=jnp.asarray(rng.uniform(-1, 1, (size, 1)), jnp.float32),
-            reward=jnp.asarray(rng.normal(size=size), jnp.float32),
-            next_obs=jnp.asarray(rng.normal(size=(size, 3)), jnp.float32),
-            cont=jnp.ones(size, jnp.float32),
-            mask=jnp.ones(size, jnp.float32),
-        )
+        config.batch_size = size  # a flat batch: the base config is not in sequence mode
+        batch = jax.tree.map(jnp.asarray, random_batch(config, spec, np.random.default_rng(0)))
         # ~1 s of calls at any size (at least 4).
         out[f"seeds_b{size}"] = _time_step(agent, batch, max(4, _REPEATS.value * 64 // size // 2))
     return out
