@@ -295,3 +295,19 @@ def test_without_workdir_rerunning_the_same_command_resumes_the_same_run(tmp_pat
     second = run()
     assert "resumed from checkpoint at env step 128" in second
     assert os.listdir(tmp_path / "runs") == [workdir]
+
+
+def test_the_jitted_acting_key_is_the_eager_fold_in_chain_it_replaces():
+    import jax
+
+    from wm_jax.policy import acting_key
+
+    seed_key = jax.random.PRNGKey(7)
+    keys = []
+    for step in (0, 1, 4096, 2**31 + 5):
+        eager = jax.random.fold_in(jax.random.fold_in(seed_key, 2), step)
+        assert (acting_key(seed_key, np.uint32(step)) == eager).all()
+        on_process_3 = acting_key(seed_key, np.uint32(step), 3)
+        assert (on_process_3 == jax.random.fold_in(eager, 3)).all()
+        keys += [tuple(np.asarray(eager)), tuple(np.asarray(on_process_3))]
+    assert len(set(keys)) == len(keys)  # every step and process acts with its own key

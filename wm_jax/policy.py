@@ -32,6 +32,15 @@ class ActCarry:
     is_first: chex.Array  # [N]   True where the next observation starts an episode
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def acting_key(seed_key: chex.PRNGKey, env_step, process_index: int | None = None) -> chex.Array:
+    """The key of the training run's acting call at ``env_step`` (a ``uint32`` count):
+    ``fold_in(fold_in(seed_key, 2), env_step)``, then ``process_index`` in multi-process runs.
+    One jitted call: as two eager ``fold_in``s it cost ~0.3 ms per vector step on a 2-core CPU."""
+    key = jax.random.fold_in(jax.random.fold_in(seed_key, 2), env_step)
+    return key if process_index is None else jax.random.fold_in(key, process_index)
+
+
 def initial_carry(agent, num_envs: int) -> ActCarry:
     """Every env at the start of an episode."""
     return ActCarry(

@@ -45,7 +45,7 @@ from wm_jax.episode_video import EpisodeRecorder
 from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.policy import episode_starts, initial_carry, make_act_fn
+from wm_jax.policy import acting_key, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import RunDir, tree_bytes
 from wm_jax.schedule import critic_real_mix, phase, update_counts
@@ -212,9 +212,11 @@ class Trainer(TrainerCheckpoints):
                 return np.eye(self.spec.action_dim, dtype=np.float32)[idx]
             return rng.uniform(-1, 1, (n, self.spec.action_dim)).astype(np.float32)
         mean, std = self.normalizer.stats()
-        key = jax.random.fold_in(jax.random.fold_in(self.seed_key, 2), self.env_step)
-        if self.multiprocess:
-            key = jax.random.fold_in(key, self.process_index)
+        key = acting_key(
+            self.seed_key,
+            np.uint32(self.env_step),
+            self.process_index if self.multiprocess else None,
+        )
         actions, self.act_carry = self.act_fn(
             local_copy(self.state.wm_params),
             local_copy(self.state.actor_params),
