@@ -77,7 +77,9 @@ def local_copy(tree: Any) -> Any:
     that one process runs alone (acting, evaluation, the open-loop check) must take these:
     a computation on global arrays is a multi-process program every process has to run.  Leaves
     that live on this process only are returned as they are (so in one process this is the
-    identity)."""
+    identity, returned without walking the tree: acting calls it twice per vector step)."""
+    if jax.process_count() == 1:
+        return tree
     return jax.tree.map(
         lambda x: (
             x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable else x
