@@ -59,3 +59,18 @@ def test_an_empty_window_saves_and_a_checkpoint_without_one_resumes_empty():
     assert not empty and empty.state_dict().size > 0  # orbax saves no zero-size arrays
     assert not LogWindow.from_state_dict(empty.state_dict())
     assert not LogWindow.from_state_dict(None) and LogWindow.from_state_dict(None).means() == {}
+
+
+def test_device_scalars_are_packed_one_array_per_update_and_sum_exactly_as_host_values():
+    updates = _updates(7)
+    packed = LogWindow()
+    for m in updates:
+        packed.add(m)
+    assert all(isinstance(p, tuple) and p[1].shape == (len(p[0]),) for p in packed.pending)
+    mixed = LogWindow()  # host values (as the device loop's summaries) take the per-value path
+    for i, m in enumerate(updates):
+        mixed.add({k: np.asarray(v) for k, v in m.items()} if i % 2 else m)
+    a, b = packed.means(), mixed.means()
+    assert a.keys() == b.keys() and math.isnan(a["loss"]) and math.isnan(b["loss"])
+    by_hand = sum(float(np.asarray(m["tiny"], np.float64)) for m in updates) / len(updates)
+    assert a["tiny"] == by_hand and all(a[k] == b[k] for k in a if k != "loss")

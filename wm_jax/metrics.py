@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -26,6 +27,26 @@ def aggregate(history: list[dict[str, Any]]) -> dict[str, float]:
     for metrics in history:
         window.add(metrics)
     return window.means()
+
+
+def _local_scalar(value: Any) -> bool:
+    """A 0-d JAX array this process holds whole, in a dtype float32 represents exactly."""
+    return (
+        isinstance(value, jax.Array)
+        and value.ndim == 0
+        and value.is_fully_addressable
+        and value.dtype in _EXACT_IN_F32
+    )
+
+
+_EXACT_IN_F32 = frozenset(
+    map(np.dtype, (jnp.float32, jnp.bfloat16, jnp.float16, jnp.bool_, jnp.int8, jnp.int16))
+)
+
+
+@jax.jit
+def _pack(values: tuple[jax.Array, ...]) -> jax.Array:
+    return jnp.stack([v.astype(jnp.float32) for v in values])
 
 
 class LogWindow:
@@ -48,15 +69,24 @@ class LogWindow:
         return bool(self.pending or self.counts)
 
     def add(self, metrics: dict[str, Any]) -> None:
-        self.pending.append(metrics)
+        values = tuple(metrics.values())
+        if values and all(_local_scalar(v) for v in values):
+            # One [M] array per update instead of M scalars: the fold then copies one array per
+            # update to the host (~10x less host time per log row); float32 holds every value
+            # exactly as it was, so the float64 sums are the same.
+            self.pending.append((tuple(metrics), _pack(values)))
+        else:
+            self.pending.append(metrics)
 
     def add_returns(self, total: float, episodes: int) -> None:
         self.return_sum += total
         self.episodes += episodes
 
     def _fold(self) -> None:
-        for metrics in jax.device_get(self.pending):
-            for name, value in metrics.items():
+        packed = [p[1] if isinstance(p, tuple) else p for p in self.pending]
+        for entry, host in zip(self.pending, jax.device_get(packed), strict=True):
+            pairs = zip(entry[0], host, strict=True) if isinstance(entry, tuple) else host.items()
+            for name, value in pairs:
                 self.sums[name] += float(value)
                 self.counts[name] += 1
         self.pending = []
