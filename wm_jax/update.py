@@ -82,9 +82,9 @@ def _in_precision(step):
 
 
 def _grad_norms(grads: Params, prefix: str, components: tuple[str, ...] = ()) -> Metrics:
-    metrics = {f"{prefix}_grad_norm": optax.global_norm(grads)}
+    metrics = {f"{prefix}_grad_norm": optax.tree.norm(grads)}
     for name in components:
-        metrics[f"{name}_grad_norm"] = optax.global_norm(grads["params"][name])
+        metrics[f"{name}_grad_norm"] = optax.tree.norm(grads["params"][name])
     return metrics
 
 
