@@ -129,11 +129,10 @@ def main(argv):
     def read(wm_params, actor_params, critic_params, obs):
         states = wm.apply(wm_params, normalize(obs, mean, std), method=wm.encode)
         dist = actor.apply(actor_params, states)
-        action = (
-            dist.mode()
-            if not spec.discrete
-            else jax.nn.one_hot(jnp.argmax(dist.logits, -1), spec.action_dim)
-        )
+        if spec.discrete:  # the deterministic action of wm_jax.policy.act
+            action = jax.nn.one_hot(jnp.argmax(dist.logits, -1), spec.action_dim)
+        else:
+            action = jnp.tanh(dist.distribution.loc)
         return action, critic.apply(critic_params, states).reshape(obs.shape[0])
 
     def episodes(st, n, with_values=False):
@@ -141,24 +140,30 @@ def main(argv):
         out = []
         for ep in range(n):
             obs, _ = env.reset(seed=10_000 + ep)
-            seen, total, terminated = [obs], 0.0, False
+            seen, rewards, terminated = [obs], [], False
             while True:
                 action, _ = read(st.wm_params, st.actor_params, st.critic_params, obs[None])
                 obs, reward, terminated, truncated, _ = env.step(
                     to_env_action(np.asarray(action), spec)[0]
                 )
                 seen.append(obs)
-                total += float(reward)
+                rewards.append(float(reward))
                 if terminated or truncated:
                     break
-            row = {"return": total, "length": len(seen) - 1, "terminated": bool(terminated)}
+            row = {
+                "return": float(np.sum(rewards)),
+                "length": len(seen) - 1,
+                "terminated": bool(terminated),
+            }
             row["final_obs"] = np.round(np.asarray(obs, np.float64), 3).tolist()
             if cartpole and terminated:
                 row["cause"] = _cartpole_cause(obs)
-            if with_values and terminated:  # CartPole-style: reward 1 per step until the end
+            if with_values and terminated:  # the true return-to-go is known only then
                 _, values = read(st.wm_params, st.actor_params, st.critic_params, np.stack(seen))
                 t = len(seen) - 1
-                togo = (1 - gamma ** (t - np.arange(t))) / (1 - gamma)
+                togo = np.zeros(t + 1)
+                for k in reversed(range(t)):  # discounted, in the critic's (scaled) units
+                    togo[k] = rewards[k] * config.reward_scale + gamma * togo[k + 1]
                 row["value_vs_return_to_go"] = [
                     [int(k), round(float(values[k]), 1), round(float(togo[k]), 1)]
                     for k in np.linspace(0, t - 1, 6).astype(int)
