@@ -29,6 +29,11 @@ def aggregate(history: list[dict[str, Any]]) -> dict[str, float]:
     return window.means()
 
 
+_EXACT_IN_F32 = frozenset(
+    map(np.dtype, (jnp.float32, jnp.bfloat16, jnp.float16, jnp.bool_, jnp.int8, jnp.int16))
+)
+
+
 def _local_scalar(value: Any) -> bool:
     """A 0-d JAX array this process holds whole, in a dtype float32 represents exactly."""
     return (
@@ -37,11 +42,6 @@ def _local_scalar(value: Any) -> bool:
         and value.is_fully_addressable
         and value.dtype in _EXACT_IN_F32
     )
-
-
-_EXACT_IN_F32 = frozenset(
-    map(np.dtype, (jnp.float32, jnp.bfloat16, jnp.float16, jnp.bool_, jnp.int8, jnp.int16))
-)
 
 
 @jax.jit

@@ -91,6 +91,21 @@ def _load(workdir: str, step: int | None):
     return config, spec, agent, step, state, normalizer.stats(), replay
 
 
+def _typed(config) -> dict:
+    """``--override`` items as ``wm_jax.config.override`` arguments, each value parsed as the
+    type of the field it replaces."""
+    typed = {}
+    for item in _OVERRIDES.value:
+        path, _, value = item.partition("=")
+        node = config
+        for name in path.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+                raise app.UsageError(f"--override={item}: {path!r} is not a config field")
+            node = node[name]
+        typed[path] = (value == "True") if isinstance(node, bool) else type(node)(value)
+    return typed
+
+
 def _cartpole_cause(obs) -> str:
     return "cart left the track" if abs(float(obs[0])) > 2.4 else "pole fell"
 
@@ -102,6 +117,7 @@ def main(argv):
     import jax.numpy as jnp
 
     from wm_jax.agent import init_state, make_agent
+    from wm_jax.config import override
     from wm_jax.env_spec import to_env_action
     from wm_jax.normalizer import normalize
     from wm_jax.open_loop import make_open_loop_fn
@@ -111,15 +127,7 @@ def main(argv):
 
     config, spec, agent, step, state, (mean, std), replay = _load(_WORKDIR.value, _STEP.value)
     if _OVERRIDES.value:  # the loaded parameters fix the shapes; step sizes, weights may change
-        tuned = ml_collections.ConfigDict(config.to_dict())
-        for item in _OVERRIDES.value:
-            key, value = item.split("=", 1)
-            *parents, leaf = key.split(".")
-            node = tuned
-            for name in parents:
-                node = node[name]
-            old = node[leaf]
-            node[leaf] = (value == "True") if isinstance(old, bool) else type(old)(value)
+        tuned = override(ml_collections.ConfigDict(config.to_dict()), **_typed(config))
         config, agent = tuned, make_agent(tuned, spec)
     wm, actor, critic = agent.nets.world_model, agent.nets.actor, agent.nets.critic
     cartpole = config.env_id == "CartPole-v1"
@@ -173,6 +181,7 @@ def main(argv):
         return out
 
     rng = np.random.default_rng(_SEED.value)
+    stored = replay.state_dict()  # the stored transitions, read by the continue head's recall
     scale = np.float32(config.reward_scale)
     open_loop = make_open_loop_fn(agent)
     windows = [
@@ -186,9 +195,9 @@ def main(argv):
         return [round(float(errs[k - 1]), 4) for k in (1, 5, 15)]
 
     def recall(wm_params) -> dict[str, float]:
-        rows = [(e, np.arange(int(c))) for e, c in enumerate(replay._count)]
-        nxt = np.concatenate([replay._next_obs[e, s] for e, s in rows])
-        ended = np.concatenate([replay._cont[e, s] == 0 for e, s in rows])
+        rows = [(e, np.arange(int(c))) for e, c in enumerate(stored["count"])]
+        nxt = np.concatenate([stored["next_obs"][e, s] for e, s in rows])
+        ended = np.concatenate([stored["cont"][e, s] == 0 for e, s in rows])
         states = wm.apply(wm_params, normalize(nxt[ended], mean, std), method=wm.encode)
         flagged = np.asarray(wm.apply(wm_params, states, method=wm.cont).logits).reshape(-1) < 0
         out = {"terminations": int(ended.sum()), "recall": round(float(flagged.mean()), 3)}
@@ -199,8 +208,8 @@ def main(argv):
         return out
 
     def batch():
-        windows = replay.sample_sequences(rng, config.batch_size, config.sequence_length)
-        return prepare_batch(windows, mean, std, scale)
+        sampled = replay.sample_sequences(rng, config.batch_size, config.sequence_length)
+        return prepare_batch(sampled, mean, std, scale)
 
     real = episodes(state, _EPISODES.value, with_values=True)
     result = {
@@ -240,8 +249,10 @@ def main(argv):
             f"{np.median(errors):.3f}, max {np.max(errors):.3f}"
         )
     if _WM_UPDATES.value:
-        retrain = ml_collections.ConfigDict(config.to_dict())
-        retrain.world_model.lr, retrain.world_model.grad_clip = _WM_LR.value, _WM_CLIP.value
+        retrain = override(
+            ml_collections.ConfigDict(config.to_dict()),
+            **{"world_model.lr": _WM_LR.value, "world_model.grad_clip": _WM_CLIP.value},
+        )
         agent2 = make_agent(retrain, spec)
         st2 = init_state(agent2, jax.random.PRNGKey(_SEED.value)).replace(wm_params=state.wm_params)
         update = jax.jit(lambda s, b: world_model_update(agent2, s, b))
