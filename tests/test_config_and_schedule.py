@@ -3,7 +3,7 @@ import pytest
 from conftest import small_config
 
 from wm_jax.config import ConfigError, get_config, parse_lr_sweep, validate
-from wm_jax.schedule import UpdateCounts, critic_real_mix, phase, update_counts
+from wm_jax.schedule import UpdateCounts, critic_real_mix, later_counts, phase, update_counts
 
 
 def test_defaults_follow_the_seeds():
@@ -143,8 +143,11 @@ def test_a_field_the_config_does_not_have_is_refused_with_the_closest_name():
     with c.unlocked():
         c.actor.lrr = 1e-4
         c.env_kwargs.anything_goes = 3  # the env's own keyword arguments are not checked
-    with pytest.raises(ConfigError, match=r"config.actor.lrr: not a config field; did you mean "
-                       r"'actor.lr'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config.actor.lrr: not a config field; did you mean "
+        r"'actor.lr'\?",
+    ):
         check_known_fields(c)
     check_known_fields(get_config())
 
@@ -156,3 +159,19 @@ def test_every_rule_of_the_table_names_a_config_field():
 
     named = {rule.field for rule in RULES if isinstance(rule, Rule)}
     assert named and named <= _field_paths(get_config()), named - _field_paths(get_config())
+
+
+@pytest.mark.parametrize("multi_update", [False, True])
+@pytest.mark.parametrize("start,end", [(0, 30_000), (1_000, 60_000), (7_000, 60_000), (0, 4_000)])
+def test_later_counts_lists_each_new_update_count_a_host_run_meets_in_order(
+    multi_update, start, end
+):
+    s = get_config().schedule
+    s.warmup_steps, s.transition_steps, s.early_late_boundary = 5_000, 10_000, 50_000
+    s.multi_update, s.early_wm_updates, s.late_actor_updates = multi_update, 3, 2
+    met = []
+    for step in range(start, end, 4):  # every env step a 4-env host run visits
+        counts = update_counts(step, s)
+        if counts not in met:
+            met.append(counts)
+    assert later_counts(start, end, s) == met[1:]

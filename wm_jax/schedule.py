@@ -60,6 +60,21 @@ def update_counts(env_step, schedule) -> UpdateCounts:
     return UpdateCounts(wm, jnp.where(warm, 0, actor), jnp.where(warm, 0, critic))
 
 
+def later_counts(start: int, end: int, schedule) -> list[UpdateCounts]:
+    """The distinct :func:`update_counts` a host run takes after env step ``start`` and before
+    ``end``, in the order it meets them (each is a compiled program of the train step); the
+    counts at ``start`` are not listed.  Counts change only where a phase starts."""
+    now = update_counts(start, schedule)
+    seen, out = {now}, []
+    bounds = (schedule.warmup_steps, schedule.transition_steps, schedule.early_late_boundary)
+    for step in sorted(b for b in bounds if start < b < end):
+        counts = update_counts(step, schedule)
+        if counts not in seen:
+            seen.add(counts)
+            out.append(counts)
+    return out
+
+
 def critic_real_mix(env_step, schedule):
     """Weight of real-data returns in the critic loss: 1 until warmup ends, linearly down to
     ``final_real_mix`` at ``transition_steps``, constant afterwards.  The seeds' "gradually trust

@@ -31,6 +31,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from wm_jax import metrics as metrics_lib
+from wm_jax.ahead import AheadStep
 from wm_jax.checkpoint import Checkpointer, ProcessExtras
 from wm_jax.config import (
     ConfigError,
@@ -48,7 +49,7 @@ from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import acting_key, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import RunDir, tree_bytes
-from wm_jax.schedule import critic_real_mix, phase, update_counts
+from wm_jax.schedule import critic_real_mix, later_counts, phase, update_counts
 from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
 from wm_jax.shell import (
     Clock,
@@ -131,6 +132,7 @@ class Trainer(TrainerCheckpoints):
         self.envs = self.checkpointer = None  # what close() releases, once built
         self.agent = make_agent(c, self.spec)
         self.steps = make_steps(self.agent)
+        self.ahead = AheadStep(self.steps.train_step)  # later phases' programs compile early
         self.act_fn = make_act_fn(self.agent)
         self.open_loop_fn = make_open_loop_fn(self.agent)
         env_seed = process_seed(c.seed, self.process_index) if self.multiprocess else c.seed
@@ -286,7 +288,7 @@ class Trainer(TrainerCheckpoints):
         if self.mesh is not None:  # this process's rows become its part of the global batch
             batch = shard_batch(batch, self.mesh)
         batch = prepare_batch_jit(batch, mean, std, np.float32(c.reward_scale))
-        self.state, metrics = self.steps.train_step(self.state, batch, counts, mix)
+        self.state, metrics = self.ahead.step(self.state, batch, counts, mix)
         self.updates += 1
         self.window.add(metrics)
 
@@ -321,6 +323,7 @@ class Trainer(TrainerCheckpoints):
             write_config_text(writer, c)
         self._purge_step = None  # a later run() call continues this process's own events
         bar = progress_bar(end, self.env_step) if self.lead else NoBar()
+        self.ahead.expect(later_counts(self.env_step, end, c.schedule))
         last_time, last_step = time.time(), self.env_step
         stop = self._stop = StopOnSignal()
         signum = None  # the signal that stops the run (of any process, with several)
@@ -487,6 +490,8 @@ class Trainer(TrainerCheckpoints):
     def close(self) -> None:
         """Closes the envs and checkpointer and releases the workdir's lock; idempotent."""
         try:
+            if getattr(self, "ahead", None) is not None:
+                self.ahead.close()
             if getattr(self, "envs", None) is not None:
                 self.envs.close()
             if getattr(self, "checkpointer", None) is not None:

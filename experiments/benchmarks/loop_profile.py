@@ -131,9 +131,12 @@ def main(argv):
     trainer.replay.add = timers.wrap("replay add", trainer.replay.add)
     trainer.normalizer.update = timers.wrap("normaliser", trainer.normalizer.update)
     trainer._sample = timers.wrap("sample batch", trainer._sample)
-    trainer.steps = trainer.steps._replace(  # a NamedTuple of jitted functions
-        train_step=timers.wrap("train step (jitted)", trainer.steps.train_step, block=True)
-    )
+    if hasattr(trainer, "ahead"):  # the train step with later phases compiled in the background
+        trainer.ahead.step = timers.wrap("train step (jitted)", trainer.ahead.step, block=True)
+    else:  # a checkout from before wm_jax.ahead (PYTHONPATH=<old checkout>)
+        trainer.steps = trainer.steps._replace(  # a NamedTuple of jitted functions
+            train_step=timers.wrap("train step (jitted)", trainer.steps.train_step, block=True)
+        )
     trainer._evaluate = timers.wrap("evaluation", trainer._evaluate)
     if hasattr(trainer, "_check_nonfinite"):
         trainer._check_nonfinite = timers.wrap("non-finite check", trainer._check_nonfinite)
