@@ -74,3 +74,15 @@ def test_device_scalars_are_packed_one_array_per_update_and_sum_exactly_as_host_
     assert a.keys() == b.keys() and math.isnan(a["loss"]) and math.isnan(b["loss"])
     by_hand = sum(float(np.asarray(m["tiny"], np.float64)) for m in updates) / len(updates)
     assert a["tiny"] == by_hand and all(a[k] == b[k] for k in a if k != "loss")
+
+
+def test_the_same_metric_names_as_host_numbers_or_wide_integers_are_summed_exactly_unpacked():
+    # Packing is decided per update, not per name: host floats and int32 counts (which float32
+    # would round) under names already seen packed still add up exactly.
+    window = LogWindow()
+    window.add({"loss": jnp.float32(0.5), "count": jnp.float32(1.0)})
+    window.add({"loss": 0.25, "count": 2.0})
+    window.add({"loss": jnp.float32(0.25), "count": jnp.int32(2**24 + 1)})
+    means = window.means()
+    assert means["loss"] == (0.5 + 0.25 + 0.25) / 3
+    assert means["count"] == (1.0 + 2.0 + 2**24 + 1) / 3
