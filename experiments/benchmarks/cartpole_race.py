@@ -1,15 +1,19 @@
-"""CartPole race: wm_jax beside Stable-Baselines3 DQN and PPO (issue 18), timed in one run.
+"""CartPole race: wm_jax beside Stable-Baselines3 DQN and PPO (issue 18), timed in one run;
+with ``--env_id=Pendulum-v1``, wm_jax beside SAC (issue 19).
 
     python experiments/benchmarks/cartpole_race.py --agents=dqn,ppo,wm_jax --seeds=0,1,2
+    python experiments/benchmarks/cartpole_race.py --env_id=Pendulum-v1 --agents=sac,wm_jax
 
 For each agent and seed, one run at a time (never in parallel), each in its own process so that
 interpreter start-up and imports count alike for all:
 
-* ``dqn``, ``ppo``: Stable-Baselines3 with rl-zoo3's published CartPole-v1 hyperparameters
-  (``HYPERPARAMS`` below), run by this script re-executing itself (``--child``); needs the
-  optional ``bench`` extra (``pip install -e .[bench]``: torch and stable-baselines3);
+* ``dqn``, ``ppo`` (CartPole-v1), ``sac`` (Pendulum-v1): Stable-Baselines3 with rl-zoo3's
+  published hyperparameters for the environment (``HYPERPARAMS`` below), run by this script
+  re-executing itself (``--child``); needs the optional ``bench`` extra (``pip install -e
+  .[bench]``: torch and stable-baselines3);
 * ``wm_jax``: the README command, ``python -m wm_jax.train
-  --config=experiments/configs/cartpole.py``, with a temporary ``--workdir``, ``--seed`` and the
+  --config=experiments/configs/cartpole.py`` (``pendulum.py`` for Pendulum-v1; ``--config.env_id``
+  is always the race's), with a temporary ``--workdir``, ``--seed`` and the
   evaluation protocol below as ``--config.eval_every`` / ``--config.eval_episodes`` (the config's
   own evaluation is 5 episodes every 2.5k env steps); it runs its full budget (30k env steps) so
   its whole run time is reported too.
@@ -17,13 +21,14 @@ interpreter start-up and imports count alike for all:
 Evaluation protocol, the same for all (the issue's earlier SB3 measurement): ``--eval_episodes``
 (10) deterministic episodes every ``--eval_every`` (2.5k) env steps on a separate env.  Times
 count from just before the process is launched to the end of the first evaluation whose mean
-return is ``>= --threshold`` (475); nothing (evaluation, start-up, compilation) is excluded.
+return is ``>= --threshold`` (475 on CartPole, -200 on Pendulum); nothing (evaluation,
+start-up, compilation) is excluded.
 SB3's evaluation seconds are recorded separately as well.  The SB3 child stamps each evaluation
 with ``time.time()``; wm_jax's ``metrics.jsonl`` has no clock column, so this script tails it
 while the run goes (every ``--poll_seconds``) and stamps each eval row when it appears (the file
 is line-buffered).
 
-SB3 budgets are rl-zoo's ``n_timesteps`` (DQN 50k, PPO 100k) and their schedules (DQN's
+SB3 budgets are rl-zoo's ``n_timesteps`` (DQN 50k, PPO 100k, SAC 20k) and their schedules (DQN's
 exploration, PPO's linear learning rate and clip range) always run over that budget;
 ``--max_env_steps`` only stops a run earlier, and ``--stop_at_threshold`` (default) stops an SB3
 run at its first evaluation at the threshold.  ``--max_env_steps`` also caps wm_jax's
@@ -56,9 +61,14 @@ from common import cpu_model, save_result  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_AGENTS = flags.DEFINE_list("agents", ["dqn", "ppo", "wm_jax"], "of dqn, ppo, wm_jax")
+_ENV_ID = flags.DEFINE_enum("env_id", "CartPole-v1", ["CartPole-v1", "Pendulum-v1"], "the task")
+_AGENTS = flags.DEFINE_list(
+    "agents", ["dqn", "ppo", "wm_jax"], "of dqn, ppo (CartPole-v1), sac (Pendulum-v1), wm_jax"
+)
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds, run one after the other")
-_THRESHOLD = flags.DEFINE_float("threshold", 475.0, "mean eval return that counts as solved")
+_THRESHOLD = flags.DEFINE_float(
+    "threshold", None, "mean eval return that counts as solved (default: the task's, THRESHOLDS)"
+)
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 2_500, "env steps between evaluations")
 _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 10, "deterministic episodes per eval")
 _MAX_ENV_STEPS = flags.DEFINE_integer(
@@ -71,7 +81,7 @@ _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 1, "torch.set_num_threads for SB3 (0: torch's default)"
 )
 _WM_JAX_CONFIG = flags.DEFINE_string(
-    "wm_jax_config", os.path.join(_ROOT, "experiments", "configs", "cartpole.py"), "wm_jax config"
+    "wm_jax_config", None, "wm_jax config (default: the task's, WM_JAX_CONFIGS)"
 )
 _WM_JAX_OVERRIDES = flags.DEFINE_multi_string(
     "wm_jax_override", [], "extra --config.x=y for wm_jax (x=y)"
@@ -85,14 +95,16 @@ _WM_JAX_CACHE = flags.DEFINE_enum(
 )
 _POLL = flags.DEFINE_float("poll_seconds", 0.05, "how often wm_jax's metrics.jsonl is read")
 _OUT = flags.DEFINE_string("out", None, "also write the JSON line to this file")
-_CHILD = flags.DEFINE_enum("child", None, ["dqn", "ppo"], "internal: run one SB3 agent")
+_CHILD = flags.DEFINE_enum("child", None, ["dqn", "ppo", "sac"], "internal: run one SB3 agent")
 _SEED = flags.DEFINE_integer("seed", 0, "internal: the child's seed")
 
 # rl-zoo3 2.9.2 (pip download rl-zoo3==2.9.2), rl_zoo3/hyperparams/dqn.yml and ppo.yml, entry
 # CartPole-v1 (marked "Tuned" there), copied verbatim; "lin_x" is rl-zoo's SimpleLinearSchedule
 # (progress_remaining * x, rl_zoo3/utils.py), built by _schedule below.  rl-zoo builds envs
-# with make_vec_env (DummyVecEnv, Monitor) seeded with the run's seed, as done here.
+# with make_vec_env (DummyVecEnv, Monitor) seeded with the run's seed, as done here.  SAC's
+# Pendulum-v1 entry (hyperparams/sac.yml) sets only these three; the rest are SB3's defaults.
 HYPERPARAMS = {
+    "sac": {"n_timesteps": 20_000, "policy": "MlpPolicy", "learning_rate": 1e-3},
     "dqn": {
         "n_timesteps": 50_000,
         "policy": "MlpPolicy",
@@ -122,7 +134,19 @@ HYPERPARAMS = {
         "clip_range": "lin_0.2",
     },
 }
+ENV_AGENTS = {"CartPole-v1": ("dqn", "ppo"), "Pendulum-v1": ("sac",)}
+THRESHOLDS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0}  # issue 19's targets
+WM_JAX_CONFIGS = {"CartPole-v1": "cartpole.py", "Pendulum-v1": "pendulum.py"}
 _PREFIX = "CARTPOLE_RACE "  # the child's result lines on stdout
+
+
+def _threshold() -> float:
+    return THRESHOLDS[_ENV_ID.value] if _THRESHOLD.value is None else _THRESHOLD.value
+
+
+def _wm_jax_config() -> str:
+    name = WM_JAX_CONFIGS[_ENV_ID.value]
+    return _WM_JAX_CONFIG.value or os.path.join(_ROOT, "experiments", "configs", name)
 
 
 class _LinearSchedule:
@@ -148,7 +172,7 @@ def _emit(**row) -> None:
 def _child(agent: str, seed: int) -> None:
     """One SB3 run; prints a line per evaluation and one at the end (``_PREFIX`` + JSON)."""
     import torch
-    from stable_baselines3 import DQN, PPO
+    from stable_baselines3 import DQN, PPO, SAC
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -162,9 +186,9 @@ def _child(agent: str, seed: int) -> None:
     if "policy_kwargs" in hp:
         hp["policy_kwargs"] = eval(hp["policy_kwargs"])  # rl-zoo's own format: "dict(...)"
     hp = {k: _schedule(v) for k, v in hp.items()}
-    env = make_vec_env("CartPole-v1", n_envs=n_envs, seed=seed)
-    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=seed + 10_000)
-    cls = {"dqn": DQN, "ppo": PPO}[agent]
+    env = make_vec_env(_ENV_ID.value, n_envs=n_envs, seed=seed)
+    eval_env = make_vec_env(_ENV_ID.value, n_envs=1, seed=seed + 10_000)
+    cls = {"dqn": DQN, "ppo": PPO, "sac": SAC}[agent]
     model = cls(policy, env, seed=seed, device="cpu", verbose=0, **hp)
     stop_at = min(budget, _MAX_ENV_STEPS.value) if _MAX_ENV_STEPS.value > 0 else budget
     _emit(event="ready", time=time.time(), torch_threads=torch.get_num_threads())
@@ -197,7 +221,7 @@ def _child(agent: str, seed: int) -> None:
                     time=now,
                     eval_seconds=now - start,
                 )
-                if _STOP.value and mean >= _THRESHOLD.value:
+                if _STOP.value and mean >= _threshold():
                     return False
             return self.num_timesteps < stop_at
 
@@ -215,7 +239,8 @@ def _child_env() -> dict:
 
 def _run_sb3(agent: str, seed: int, tmp: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), f"--child={agent}", f"--seed={seed}"]
-    for flag in (_THRESHOLD, _EVAL_EVERY, _EVAL_EPISODES, _MAX_ENV_STEPS, _STOP, _TORCH_THREADS):
+    cmd += [f"--env_id={_ENV_ID.value}", f"--threshold={_threshold()}"]
+    for flag in (_EVAL_EVERY, _EVAL_EPISODES, _MAX_ENV_STEPS, _STOP, _TORCH_THREADS):
         cmd.append(f"--{flag.name}={flag.value}")
     log_path = os.path.join(tmp, f"{agent}_{seed}.log")
     with open(log_path, "w") as log:
@@ -251,7 +276,8 @@ def _run_wm_jax(seed: int, tmp: str) -> dict:
         sys.executable,
         "-m",
         "wm_jax.train",
-        f"--config={os.path.abspath(_WM_JAX_CONFIG.value)}",
+        f"--config={os.path.abspath(_wm_jax_config())}",
+        f"--config.env_id={_ENV_ID.value}",
         f"--workdir={workdir}",
         f"--seed={seed}",
         f"--config.eval_every={_EVAL_EVERY.value}",
@@ -307,7 +333,7 @@ def _run_wm_jax(seed: int, tmp: str) -> dict:
 
 
 def _result(curve: list, total: float, env_steps: int) -> dict:
-    hit = next((c for c in curve if c[1] >= _THRESHOLD.value), None)
+    hit = next((c for c in curve if c[1] >= _threshold()), None)
     return {
         "seconds_to_threshold": None if hit is None else round(hit[2], 2),
         "env_steps_to_threshold": None if hit is None else hit[0],
@@ -337,11 +363,17 @@ def main(argv):
         _child(_CHILD.value, _SEED.value)
         return
     agents, seeds = _AGENTS.value, [int(s) for s in _SEEDS.value]
-    unknown = set(agents) - {"dqn", "ppo", "wm_jax"}
+    sb3_agents = set(agents) - {"wm_jax"}
+    unknown = sb3_agents - set(ENV_AGENTS[_ENV_ID.value])
     if unknown:
-        raise app.UsageError(f"unknown agents {sorted(unknown)}")
-    if {"dqn", "ppo"} & set(agents) and not (_version("torch") and _version("stable-baselines3")):
-        raise SystemExit("dqn/ppo need the bench extra: pip install -e .[bench]")
+        raise app.UsageError(
+            f"agents {sorted(unknown)} have no rl-zoo hyperparameters for {_ENV_ID.value} here; "
+            f"use {', '.join(ENV_AGENTS[_ENV_ID.value])} or wm_jax"
+        )
+    if sb3_agents and not (_version("torch") and _version("stable-baselines3")):
+        raise SystemExit(
+            f"{'/'.join(sorted(sb3_agents))} need the bench extra: pip install -e .[bench]"
+        )
     started = datetime.datetime.now(datetime.UTC)
     load_start = os.getloadavg()
     results: dict = {a: {"runs": []} for a in agents}
@@ -372,7 +404,7 @@ def main(argv):
         if agent in HYPERPARAMS:
             results[agent]["hyperparams"] = HYPERPARAMS[agent]
         else:
-            results[agent]["config"] = os.path.relpath(os.path.abspath(_WM_JAX_CONFIG.value), _ROOT)
+            results[agent]["config"] = os.path.relpath(os.path.abspath(_wm_jax_config()), _ROOT)
             results[agent]["overrides"] = _WM_JAX_OVERRIDES.value
             results[agent]["compilation_cache"] = _WM_JAX_CACHE.value
     print("medians over seeds (unreached counts as never):")
@@ -380,20 +412,21 @@ def main(argv):
         r = results[agent]
         print(
             f"  {agent:<8} {_fmt(r['median_seconds_to_threshold'])} s, "
-            f"{_fmt(r['median_env_steps_to_threshold'])} env steps to {_THRESHOLD.value:g} "
+            f"{_fmt(r['median_env_steps_to_threshold'])} env steps to {_threshold():g} "
             f"(reached {r['reached']}); total {r['median_total_seconds']:.1f} s"
         )
     summary = {
         "benchmark": "cartpole_race",
         "command": " ".join(["python", os.path.relpath(__file__, _ROOT), *sys.argv[1:]]),
         "started_utc": started.isoformat(timespec="seconds"),
-        "threshold": _THRESHOLD.value,
+        "env_id": _ENV_ID.value,
+        "threshold": _threshold(),
         "eval_every": _EVAL_EVERY.value,
         "eval_episodes": _EVAL_EPISODES.value,
         "stop_at_threshold_sb3": _STOP.value,
         "max_env_steps": _MAX_ENV_STEPS.value,
         "torch_threads": _TORCH_THREADS.value,
-        "hyperparams_source": "rl-zoo3 2.9.2 rl_zoo3/hyperparams/{dqn,ppo}.yml CartPole-v1",
+        "hyperparams_source": f"rl-zoo3 2.9.2 rl_zoo3/hyperparams/<agent>.yml {_ENV_ID.value}",
         "versions": {
             n: _version(n) for n in ("torch", "stable-baselines3", "jax", "gymnasium", "absl-py")
         },
@@ -405,7 +438,7 @@ def main(argv):
         "results": results,
     }
     line = json.dumps(summary)
-    sb3 = ("torch", "stable-baselines3") if {"dqn", "ppo"} & set(agents) else ()
+    sb3 = ("torch", "stable-baselines3") if sb3_agents else ()
     save_result("cartpole_race", summary, packages=sb3)  # SB3 ran in child processes
     out = _OUT.value
     if out:
