@@ -89,6 +89,7 @@ def test_a_failed_background_compile_is_raised_by_the_jitted_call_that_replaces_
     state = started(step, jnp.ones(3), jnp.arange(3.0))
     with pytest.raises(ValueError, match="seven critic updates"):
         step.step(state, jnp.arange(3.0), broken, MIX)
+    step.close()
 
 
 def test_close_drops_programs_not_started_and_later_calls_still_train(monkeypatch):

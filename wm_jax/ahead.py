@@ -4,10 +4,11 @@ A host run's train step is one XLA program per distinct :class:`~wm_jax.schedule
 (warmup trains the world model alone, then the actor and critic join), and jit compiles each the
 first time it is called: on the README's CartPole config the full program is ~8 s of XLA
 compilation during which training stood still, right when warmup ends.  :class:`AheadStep`
-compiles the programs of the phases still to come in one background thread as soon as the first
-batch gives the arguments' shapes, so they are ready when their phase starts: XLA's compiler
-releases the GIL, and the thread runs at the lowest CPU priority, so it takes what training
-leaves idle (on a 2-core CPU little: there it is ~2 s of a 50 s run; more with more cores).  The
+compiles the programs of the phases still to come in one background thread a few steps into a
+run (the first batch gives the arguments' shapes), so they are ready when their phase starts:
+XLA's compiler releases the GIL, and the thread runs at the lowest CPU priority, so it takes
+what training leaves idle (on a 2-core CPU little: 2-5 s of a cold 10k-step CartPole run; more
+with more cores; BUILD_NOTES).  The
 programs are the ones the jitted call would compile (same function, same abstract arguments;
 the persistent compilation cache stores them alike), so a run trains bit for bit as before.
 """
@@ -27,8 +28,8 @@ from absl import logging
 from wm_jax.schedule import UpdateCounts
 
 # The first steps of a run compile the loop's own small programs (acting, metrics, checks), and
-# XLA compiles one program at a time: a small compile started while the train step compiles in
-# the background waited 0.7-1.8 s instead of 0.03 s here.  So the plan waits a few steps.
+# a small compile started while the train step compiles in the background waits for much of it
+# (XLA compiles largely one program at a time).  So the plan waits a few steps.
 START_AFTER_STEPS = 8
 
 
