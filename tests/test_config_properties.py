@@ -43,6 +43,7 @@ FLOAT_FIELDS = [
     "actor.min_std",
     "critic.lr",
     "critic.target_update_rate",
+    "critic.slow_reg",
     "imagination.gamma",
     "imagination.lambda_",
     "schedule.final_real_mix",

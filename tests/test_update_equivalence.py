@@ -193,3 +193,63 @@ def test_imagination_heads_on_the_finished_trajectory_equal_a_per_step_rollout(s
     ]
     _close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0])) > 0
+
+
+def _moved_target(state):
+    return state.replace(
+        critic_target_params=jax.tree.map(lambda p: p * 1.5 + 0.01, state.critic_target_params)
+    )
+
+
+def test_online_bootstrap_reads_the_critic_being_trained_not_the_target_one(setup):
+    """critic.bootstrap = "online" (DreamerV3): the λ-return targets, imagined and real, are
+    those of a target critic set to the online parameters, whatever the target critic holds,
+    and the first update's reuse of the imagined values is exact."""
+    agent, state, batch, imagined, weights = setup
+    online = make_agent(small_config(**{"critic.bootstrap": "online"}), agent.spec)
+    moved = _moved_target(state)
+    same = moved.replace(critic_target_params=moved.critic_params)
+    for mix in (0.0, 0.5):
+        real = functools.partial(real_value_targets, online, moved, batch)
+        got = _loss_and_grad(online, moved, batch, imagined, weights, real, mix)
+        reused = _loss_and_grad(online, moved, batch, imagined, weights, real, mix, reuse=True)
+        ref_real = functools.partial(real_value_targets, agent, same, batch)
+        ref = _loss_and_grad(agent, same, batch, imagined, weights, ref_real, mix)
+        for a, b in ((got, ref), (reused, ref)):
+            _close(a[0], b[0])
+            _close(a[2], b[2])
+    # ... and the default ("target") does read the moved target critic: the check can fail.
+    target = _loss_and_grad(agent, moved, batch, imagined, weights, None, 0.0)
+    assert not np.allclose(np.asarray(target[0]), np.asarray(got[0]), rtol=1e-4)
+
+
+def test_slow_critic_regulariser_adds_its_weighted_distance_to_the_target_critic(setup):
+    """critic.slow_reg = ρ adds ρ·mean w·(V(s) − V_target(s))² over the imagined states to the
+    imagined term (DreamerV3's slow-critic regulariser), and nothing when the two critics agree."""
+    agent, state, batch, imagined, weights = setup
+    rho = 0.7
+    reg_agent = make_agent(small_config(**{"critic.slow_reg": rho}), agent.spec)
+    moved = _moved_target(state)
+    base = _loss_and_grad(agent, moved, batch, imagined, weights, None, 0.0)
+    reg = _loss_and_grad(reg_agent, moved, batch, imagined, weights, None, 0.0)
+    critic = agent.nets.critic
+    values = critic.apply(moved.critic_params, imagined.states[:-1])
+    slow = critic.apply(moved.critic_target_params, imagined.states[:-1])
+    w = jnp.broadcast_to(weights[None], values.shape)
+    expected = losses.masked_mean((values - slow) ** 2, w)
+    assert float(expected) > 1e-3
+    _close(reg[1]["critic_slow_reg_loss"], expected)
+    _close(reg[0], base[0] + rho * expected)
+    # Its gradient is ρ·∂/∂θ of that distance, added to the λ-return term's.
+    dist_grad = jax.grad(
+        lambda p: losses.masked_mean((critic.apply(p, imagined.states[:-1]) - slow) ** 2, w)
+    )(moved.critic_params)
+    _close(reg[2], jax.tree.map(lambda g, d: g + rho * d, base[2], dist_grad), rtol=1e-4)
+    # With the target critic equal to the online one the regulariser is zero.
+    same = moved.replace(critic_target_params=moved.critic_params)
+    _close(
+        _loss_and_grad(reg_agent, same, batch, imagined, weights, None, 0.0)[1][
+            "critic_slow_reg_loss"
+        ],
+        0.0,
+    )

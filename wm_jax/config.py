@@ -178,6 +178,13 @@ def get_config() -> ml_collections.ConfigDict:
     # 0: regress V directly with MSE (the seeds); > 0: DreamerV3's distributional critic, a
     # softmax over this many symlog-spaced bins trained on two-hot targets (255 in DreamerV3).
     cr.bins = 0
+    # Where the critic's imagined λ-return targets bootstrap: "target" (the target critic, τ
+    # above) or "online" (the critic being trained, DreamerV3's default: no lag of its own).
+    cr.bootstrap = "target"
+    # DreamerV3's slow-critic regulariser: L_V += slow_reg·mean (V(s) − V_target(s))² on the
+    # imagined states (two-hot NLL for a distributional critic); 0 (the seeds) turns it off.
+    # DreamerV3 pairs slow_reg = 1 with bootstrap = "online" and τ = 0.02.
+    cr.slow_reg = 0.0
 
     # --- every loop: schedule (seeds Diagram 5; offline runs: warmup/transition from offline.*) ---
     s = c.schedule = ml_collections.ConfigDict()

@@ -222,6 +222,7 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
     one_of("world_model.dynamics_loss", ("mse", "nll")),
     one_of("actor.gradient", ("dynamics", "reinforce")),
     one_of("imagination.continue_mode", ("probs", "mode", "calibrated")),
+    one_of("critic.bootstrap", ("target", "online"), default="target"),
     *(
         Rule(field, _positive_int, POSITIVE_INT)
         for field in (
@@ -332,6 +333,7 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
         lambda v: v == 0 or v >= 2,
         "must be 0 (scalar critic) or >= 2 bins, got {value}",
     ),
+    Rule("critic.slow_reg", _non_negative, "must be >= 0 (0: off)", default=0.0),
     Rule("schedule.final_real_mix", _unit, "must lie in [0, 1]"),
     Rule("actor.entropy_coef", _non_negative, "must be >= 0"),
     Rule("actor.return_norm_decay", _below_one, "must lie in [0, 1)"),

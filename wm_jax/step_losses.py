@@ -308,13 +308,13 @@ def real_value_targets(
     Flat batches give one-step targets ``r + γ·c·V'(s')``; sequences give λ-returns along the real
     steps of each window, bootstrapped with ``V'(s')`` of the last real step where the window's
     episode ends (truncation, termination) or its data stops: padding is never read.  ``V'`` is
-    the target critic; states are read with the current world model (``observed``,
-    :func:`observe_batch`, if already made).
+    the bootstrap critic (``config.critic.bootstrap``); states are read with the current world
+    model (``observed``, :func:`observe_batch`, if already made).
     """
     cfg = agent.config.imagination
     if observed is None:
         observed = observe_batch(agent, state.wm_params, batch)
-    next_values = agent.nets.critic.apply(state.critic_target_params, observed.next_states)
+    next_values = agent.nets.critic.apply(_bootstrap_params(agent, state), observed.next_states)
     if isinstance(batch, Sequence):
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         targets = swap(
@@ -330,6 +330,13 @@ def real_value_targets(
     else:
         targets = td_targets(batch.reward, batch.cont, next_values, cfg.gamma)
     return observed.states, sg(targets), batch.mask
+
+
+def _bootstrap_params(agent: Agent, state: TrainState) -> Params:
+    """The critic parameters λ-return targets bootstrap from (``config.critic.bootstrap``)."""
+    if agent.config.critic.bootstrap == "online":
+        return sg(state.critic_params)
+    return state.critic_target_params
 
 
 def _critic_fit(
@@ -358,24 +365,28 @@ def critic_loss_fn(
     real_mix: chex.Array | float,
     reuse_values: bool = False,
 ) -> tuple[chex.Array, Metrics]:
-    """``L_V = mix·MSE(V(s_real), R_real) + (1 − mix)·MSE(V(s_imag), R_imag)``; the imagined
-    λ-returns are recomputed with the target critic so repeated critic updates stay consistent.
+    """``L_V = mix·MSE(V(s_real), R_real) + (1 − mix)·[MSE(V(s_imag), R_imag) + ρ·MSE(V(s_imag),
+    V_slow(s_imag))]``; the imagined λ-returns are recomputed with the bootstrap critic
+    (``config.critic.bootstrap``: the target critic, or the online one as DreamerV3) so repeated
+    critic updates stay consistent.  ρ is ``config.critic.slow_reg`` (DreamerV3's slow-critic
+    regulariser, ``V_slow`` the target critic; 0 builds nothing of it).
 
     ``real`` makes the real-data ``(states, targets, weights)`` (:func:`real_value_targets`);
     ``None`` when ``real_mix`` is statically 0, and then nothing of the real term is computed.
     A traced ``real_mix`` computes the term under ``lax.cond`` only when it is non-zero.
     ``critic_loss_real`` reads 0 whenever the term was skipped.
 
-    ``reuse_values``: the target critic's values of ``imagined.states[1:]`` are
-    ``imagined.values[1:]`` (the caller knows the target parameters equal the critic parameters
-    imagination ran with: τ = 1 and no critic update since), so they are not evaluated again.
+    ``reuse_values``: the bootstrap critic's values of ``imagined.states[1:]`` are
+    ``imagined.values[1:]`` (the caller knows the bootstrap parameters equal the critic
+    parameters imagination ran with: no critic update since, and τ = 1 or an online
+    bootstrap), so they are not evaluated again.
     """
     cfg = agent.config.imagination
     critic = agent.nets.critic
     if reuse_values:
         bootstrap = imagined.values[1:]
     else:
-        bootstrap = critic.apply(state.critic_target_params, imagined.states[1:])
+        bootstrap = critic.apply(_bootstrap_params(agent, state), imagined.states[1:])
     returns = sg(
         lambda_returns(imagined.rewards, imagined.continues, bootstrap, cfg.gamma, cfg.lambda_)
     )
@@ -386,6 +397,14 @@ def critic_loss_fn(
     imag_loss, metrics = _critic_fit(
         critic, critic_params, imagined.states, returns, w, slice(None, -1)
     )
+    slow_reg = agent.config.critic.slow_reg
+    if slow_reg > 0:
+        # The slow critic's read-out as a second target (a two-hot one for a distributional
+        # critic); XLA computes V(states) once for both fits.
+        slow = sg(critic.apply(state.critic_target_params, imagined.states[:-1]))
+        reg_loss, _ = _critic_fit(critic, critic_params, imagined.states, slow, w, slice(None, -1))
+        imag_loss = imag_loss + slow_reg * reg_loss
+        metrics["critic_slow_reg_loss"] = reg_loss
 
     def real_term(params):
         return _critic_fit(critic, params, *real())[0]

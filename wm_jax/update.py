@@ -152,9 +152,10 @@ def critic_update(
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step of the value function; then the target critic moves by τ.
     ``observed``: :func:`observe_batch` of ``batch`` with ``state.wm_params``, if already made.
-    ``reuse_values`` (static): bootstrap from ``imagined.values`` instead of evaluating the target
-    critic again; only valid when the target critic's parameters are those imagination used
-    (:func:`train_step` sets it for its first critic update when τ = 1)."""
+    ``reuse_values`` (static): bootstrap from ``imagined.values`` instead of evaluating the
+    bootstrap critic again; only valid when its parameters are those imagination used
+    (:func:`train_step` sets it for its first critic update when τ = 1 or the bootstrap is
+    the online critic)."""
     real = None
     if not _is_static_zero(real_mix):
         real = functools.partial(real_value_targets, agent, state, batch, observed)
@@ -220,9 +221,11 @@ def train_step(
             agent, state, state.actor_params, batch, imagine_key, observed
         )
         imagined, state = sg(imagined), state.replace(key=key)
-    # At τ = 1 the target critic IS the critic imagination just used (an update sets the target
-    # to the new parameters), so the first critic update reuses the imagined values.
-    reuse = agent.config.critic.target_update_rate == 1
+    # The first critic update bootstraps from the critic imagination just used when targets
+    # come from the online critic, or at τ = 1 (an update sets the target to the new
+    # parameters): it reuses the imagined values.
+    critic_cfg = agent.config.critic
+    reuse = critic_cfg.bootstrap == "online" or critic_cfg.target_update_rate == 1
     for i in range(counts.critic):
         state, m = critic_update(
             agent, state, batch, imagined, weights, real_mix, observed, reuse and i == 0
