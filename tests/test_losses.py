@@ -178,6 +178,32 @@ def test_reinforce_actor_loss_uses_advantage_times_log_prob():
     np.testing.assert_allclose(loss, -(-1.0 * 1.5))
 
 
+def test_centred_reinforce_advantages_drop_the_batchs_weighted_mean_offset():
+    """center=True: the log-prob gradient is w·(A − mean_w A)/S, so a critic off by a common
+    offset everywhere gives the same actor gradient as an exact one."""
+    returns = jnp.array([[2.0, 5.0], [1.0, 4.0], [3.0, 0.0]])
+    weights = jnp.array([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    baseline = jnp.full((3, 2), 0.5)
+
+    def grad(center, offset):
+        def loss(log_probs):
+            imagined = _imagined().replace(log_probs=log_probs)
+            return losses.actor_loss(
+                imagined, returns, weights, 0.0, "reinforce", baseline + offset, 2.0, center
+            )[0]
+
+        return jax.grad(loss)(jnp.full((3, 2), -1.0))
+
+    advantage = returns - baseline
+    mean = jnp.sum(weights * advantage) / jnp.sum(weights)
+    np.testing.assert_allclose(
+        grad(True, 0.0), -weights * (advantage - mean) / 2.0 / jnp.sum(weights), rtol=1e-6
+    )
+    np.testing.assert_allclose(grad(True, 7.0), grad(True, 0.0), atol=1e-6)
+    # Uncentred, the same offset changes the gradient: the check can fail.
+    assert not np.allclose(grad(False, 7.0), grad(False, 0.0))
+
+
 def test_critic_loss_targets_are_held_fixed_and_td_monitor():
     values = jnp.array([1.0, 3.0])
     targets = jnp.array([2.0, 2.0])

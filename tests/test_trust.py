@@ -506,3 +506,23 @@ def test_after_kill_9_the_run_resumes_from_a_checkpoint_no_older_than_the_time_i
     result = subprocess.run(rerun, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resumed from checkpoint at env step {steps[-1]}" in result.stderr
+
+
+def test_a_run_older_than_a_config_field_resumes_when_the_field_keeps_its_default():
+    """A field the stored config.json lacks (added after the run started) is no difference at
+    its default, the behaviour the run had; set to anything else it is refused, and a field
+    the new config lacks is still reported."""
+    from wm_jax.run_dir import base_defaults, config_differences
+
+    new = json.loads(small_config().to_json_best_effort())
+    stored = json.loads(json.dumps(new))
+    del stored["critic"]["slow_reg"], stored["actor"]["center_advantages"]
+    assert config_differences(stored, new, base_defaults()) == ([], [])
+    # Without the defaults (the env spec's comparison) an absent field is a difference.
+    assert len(config_differences(stored, new)[0]) == 2
+    new["critic"]["slow_reg"] = 1.0
+    refused, _ = config_differences(stored, new, base_defaults())
+    assert refused == ["critic.slow_reg: '<absent>' -> 1.0"]
+    gone = json.loads(json.dumps(new))
+    del gone["critic"]["bins"]
+    assert "critic.bins: 0 -> '<absent>'" in config_differences(new, gone, base_defaults())[0]

@@ -161,6 +161,8 @@ def get_config() -> ml_collections.ConfigDict:
     a.gradient = "dynamics"  # "dynamics" (reparameterised / straight-through) | "reinforce"
     a.return_norm = False  # divide returns by max(1, P95 - P5) (DreamerV3); seeds: off
     a.return_norm_decay = 0.0  # 0: percentiles of each batch; 0.99: an EMA over batches (DreamerV3)
+    # REINFORCE: subtract the batch's mean advantage (a lagging critic's common offset); seeds: off
+    a.center_advantages = False
     a.discount_weights = False  # weight imagined steps by Π γ·c (Dreamer); seeds: plain mean
     a.unimix = 0.0  # uniform mixture in discrete policies (DreamerV3: 0.01)
     a.min_std = 0.1  # lower bound of a continuous policy's σ

@@ -332,18 +332,22 @@ def actor_loss(
     gradient: str = "dynamics",
     baseline: chex.Array | None = None,
     return_scale: chex.Array | float = 1.0,
+    center: bool = False,
 ) -> tuple[chex.Array, Metrics]:
     """Loss 6 — maximise imagined λ-returns, with an entropy bonus::
 
         dynamics:  L = -mean_{t,b} w·R_t / S − α·mean_{t,b} w·H[π(·|s_t)]
-        reinforce: L = -mean_{t,b} w·log π(a_t|s_t)·sg(R_t − V(s_t)) / S − α·mean w·H
+        reinforce: L = -mean_{t,b} w·log π(a_t|s_t)·sg(A_t) / S − α·mean w·H,
+                   A_t = R_t − V(s_t)   (center: A_t − mean_{t,b} w·A_t)
 
     With ``gradient="dynamics"`` the gradient of ``R_t`` reaches the policy through the
     differentiable world model (reparameterised or straight-through actions); REINFORCE treats
     the model as a black box and uses the value as baseline.  ``weights`` ``[H, B]`` mask padded
     start states (the seeds' version is a plain mean: all ones).  ``return_scale`` ``S`` is 1 in
     the seeds' version; :func:`wm_jax.returns.return_scale` makes α independent of the reward
-    scale (DreamerV3's return normalisation).
+    scale (DreamerV3's return normalisation).  ``center`` subtracts the batch's mean advantage:
+    a critic that lags its targets by a common offset then adds no noise of its own to the
+    REINFORCE estimate (PPO's advantage centring).
 
     Metrics: ``actor_loss``, ``mean_imagined_return``, ``entropy``, ``imagined_reward_mean``,
     ``imagined_continue_mean``.
@@ -354,7 +358,10 @@ def actor_loss(
     if gradient == "dynamics":
         objective = masked_mean(returns / scale, weights)
     elif gradient == "reinforce":
-        advantage = sg(returns - baseline) / scale
+        advantage = sg(returns - baseline)
+        if center:
+            advantage = advantage - masked_mean(advantage, weights)
+        advantage = advantage / scale
         objective = masked_mean(imagined.log_probs * advantage, weights)
     else:
         raise ValueError(f"unknown actor gradient {gradient!r}; choose 'dynamics' or 'reinforce'")

@@ -101,7 +101,7 @@ def read_finished(workdir: str, config) -> dict[str, Any] | None:
         steps = int(record["env_steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if any(config_differences(stored, _config_dict(config))):
+    if any(config_differences(stored, _config_dict(config), base_defaults())):
         return None
     if steps < int(config.total_env_steps) or newest_checkpoint(workdir) != steps:
         return None
@@ -133,14 +133,28 @@ def _resumable(field: str) -> bool:
     return any(field == p or field.startswith(p + ".") for p in RESUMABLE)
 
 
-def config_differences(stored: dict, new: dict) -> tuple[list[str], list[str]]:
+def base_defaults() -> dict[str, Any]:
+    """Every field of the base config (:func:`wm_jax.config.get_config`) with its default."""
+    from wm_jax.config import get_config
+
+    return _flatten(json.loads(get_config().to_json_best_effort()))
+
+
+def config_differences(
+    stored: dict, new: dict, defaults: dict[str, Any] | None = None
+) -> tuple[list[str], list[str]]:
     """``(refused, allowed)``: the fields that differ between two config dicts, as
-    ``"field: stored -> new"``, split by whether a resume may change them."""
+    ``"field: stored -> new"``, split by whether a resume may change them.
+
+    ``defaults`` (flattened, :func:`base_defaults`): a field the stored config lacks (the run
+    predates it) and the new one holds at its default is no difference: new options default to
+    what older runs did."""
     old, cur = _flatten(stored), _flatten(new)
+    defaults = defaults or {}
     refused, allowed = [], []
     for field in sorted(set(old) | set(cur)):
         a, b = old.get(field, "<absent>"), cur.get(field, "<absent>")
-        if a == b:
+        if a == b or (field not in old and field in defaults and defaults[field] == b):
             continue
         line = f"{field}: {a!r} -> {b!r}"
         (allowed if _resumable(field) else refused).append(line)
@@ -287,7 +301,9 @@ class RunDir:
                 problems.append(f"its config.json cannot be read ({err})")
                 stored = None
             if stored is not None:
-                refused, allowed = config_differences(stored, _config_dict(config))
+                refused, allowed = config_differences(
+                    stored, _config_dict(config), base_defaults()
+                )
                 problems += refused
                 for line in allowed:
                     logging.info("resuming %s with a changed %s", self.path, line)

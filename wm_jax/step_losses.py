@@ -296,6 +296,7 @@ def actor_loss_fn(
         cfg.actor.gradient,
         imagined.values[:-1],
         scale,
+        cfg.actor.center_advantages,
     )
     return loss, (metrics, imagined, weights, sg(return_range))
 
