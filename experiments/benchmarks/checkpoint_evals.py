@@ -13,10 +13,16 @@ whose mode and samples score alike is near deterministic, so its failures are th
 Each checkpoint (``--steps``, default all from ``--min_step``) runs ``--episodes`` episodes each
 way in the run's env with fresh seeded envs (``wm_jax.evaluate.evaluate_policy``).  Prints a
 table; last line: one JSON object, also kept under ``experiments/results/checkpoint_evals/``.
+
+``--cross`` separates the actor's changes from the world model's: a policy acts on the latent
+states of its own checkpoint's encoder, so an actor that was good on an earlier representation
+and fails on a later one (or the reverse) shows that the representation moved under it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -35,6 +41,12 @@ FLAGS = flags.FLAGS
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "run directories (comma-separated)")
 _STEPS = flags.DEFINE_list("steps", [], "checkpoint steps to evaluate (default: all)")
 _MIN_STEP = flags.DEFINE_integer("min_step", 0, "skip checkpoints before this env step")
+_CROSS = flags.DEFINE_bool(
+    "cross",
+    False,
+    "also play, for each pair of consecutive checkpoints a < b, a's actor on b's world model "
+    "(and observation normaliser) and b's actor on a's, deterministic",
+)
 
 
 def _steps(workdir: str) -> list[int]:
@@ -65,7 +77,31 @@ def main(argv):
                 f"{d['mean']:8.1f} ± {d['std']:6.1f}      | {s['mean']:8.1f} ± {s['std']:6.1f}",
                 flush=True,
             )
-        runs[os.path.abspath(workdir)] = rows
+        cross = []
+        if _CROSS.value:
+            steps = [row["step"] for row in rows]
+            for a, b in itertools.pairwise(steps):
+                old, new = load_policy(workdir, a), load_policy(workdir, b)
+                for actor, model in ((old, new), (new, old)):
+                    mixed = dataclasses.replace(model, actor_params=actor.actor_params)
+                    mean, std, returns = evaluate_policy(
+                        mixed, FLAGS.episodes, FLAGS.seed, None, True
+                    )
+                    cross.append(
+                        {
+                            "actor": actor.step,
+                            "world_model": model.step,
+                            "mean": round(mean, 2),
+                            "std": round(std, 2),
+                            "returns": returns,
+                        }
+                    )
+                    print(
+                        f"{'':>24s} actor of {actor.step}, world model of {model.step}: "
+                        f"{mean:8.1f} ± {std:6.1f}",
+                        flush=True,
+                    )
+        runs[os.path.abspath(workdir)] = {"checkpoints": rows, "cross": cross}
     result = {"benchmark": "checkpoint_evals", "episodes": FLAGS.episodes, "runs": runs}
     save_result("checkpoint_evals", result)
     print(json.dumps(result))
