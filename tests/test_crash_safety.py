@@ -180,6 +180,14 @@ def test_sigkill_mid_checkpoint_write_and_a_truncated_checkpoint_lose_nothing(
     assert_same_params(straight_params, run)
 
 
+def _as_in_a_terminal():
+    """A child's SIGINT/SIGTERM as a terminal's foreground command has them, whatever this
+    test process inherited (a background job of a non-interactive shell ignores SIGINT, and the
+    loop keeps an inherited ignore)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def stop_with_signal_and_resume(tmp_path, signum, rerun=True):
     """Starts the CLI, sends ``signum`` once it has logged a few rows, and checks the graceful
     stop (final checkpoint at the stop step, exit 128 + signal, no traceback) and, with
@@ -190,7 +198,12 @@ def stop_with_signal_and_resume(tmp_path, signum, rerun=True):
     cmd = [sys.executable, "-m", "wm_jax.train", f"--workdir={workdir}", *TINY]
     cmd += ["--config.total_env_steps=100000", "--config.checkpoint_every=100000"]
     proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
     )
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 500
@@ -225,6 +238,39 @@ def test_sigint_saves_a_final_checkpoint_and_exits_130(tmp_path):
     """Ctrl-C (SIGINT) is handled like SIGTERM: the README's status 130.  (The rerun from the
     saved checkpoint is the SIGTERM test's; the same path, not repeated here.)"""
     stop_with_signal_and_resume(tmp_path, signal.SIGINT, rerun=False)
+
+
+def test_a_signal_inherited_as_ignored_stays_ignored_while_the_loop_runs():
+    """Under nohup or as a non-interactive shell's background job SIGINT arrives ignored: the
+    loop's graceful-stop handler leaves it so (as CPython does at start-up) and still takes
+    SIGTERM."""
+    script = textwrap.dedent(
+        """
+        import os, signal
+        from wm_jax.shell import StopOnSignal
+        with StopOnSignal() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signum is None, stop.signum
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM, stop.signum
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        print("kept")
+        """
+    )
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        preexec_fn=ignore_sigint,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "kept", result.stderr[-2000:]
 
 
 # The CLI where what is left of the step after a first SIGTERM/SIGINT takes minutes (as a long
@@ -272,7 +318,12 @@ def test_a_second_signal_during_the_graceful_stop_ends_the_run_at_once(tmp_path,
         "--config.checkpoint_seconds=0",  # no save by time: the first save is the final one
     ]
     proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
     )
     try:
         metrics = workdir / "metrics.jsonl"

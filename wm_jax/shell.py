@@ -45,7 +45,9 @@ class RunResult:
 
 class StopOnSignal:
     """While active, SIGTERM and SIGINT ask the loop to stop after the current env step (so a
-    final checkpoint can be written) instead of killing it; a second signal acts as usual."""
+    final checkpoint can be written) instead of killing it; a second signal acts as usual.
+    A signal the process inherited as ignored stays ignored (``nohup``, a non-interactive
+    shell's background job ignores SIGINT): as CPython itself leaves it at start-up."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -61,7 +63,11 @@ class StopOnSignal:
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # signal() works only there
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            self._previous = {
+                sig: signal.signal(sig, self._handle)
+                for sig in self.SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN
+            }
         return self
 
     def __exit__(self, *exc) -> None:
