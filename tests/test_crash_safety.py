@@ -181,11 +181,22 @@ def test_sigkill_mid_checkpoint_write_and_a_truncated_checkpoint_lose_nothing(
 
 
 def _as_in_a_terminal():
-    """A child's SIGINT/SIGTERM as a terminal's foreground command has them, whatever this
-    test process inherited (a background job of a non-interactive shell ignores SIGINT, and the
-    loop keeps an inherited ignore)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _start_in_a_terminal(cmd) -> subprocess.Popen:
+    """Starts ``cmd`` with its SIGINT/SIGTERM as a terminal's foreground command has them,
+    whatever this test process inherited (a background job of a non-interactive shell ignores
+    SIGINT, and the loop keeps an inherited ignore)."""
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
+    )
 
 
 def stop_with_signal_and_resume(tmp_path, signum, rerun=True):
@@ -197,14 +208,7 @@ def stop_with_signal_and_resume(tmp_path, signum, rerun=True):
     # Start the CLI and signal it once it has logged a few hundred env steps.
     cmd = [sys.executable, "-m", "wm_jax.train", f"--workdir={workdir}", *TINY]
     cmd += ["--config.total_env_steps=100000", "--config.checkpoint_every=100000"]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_as_in_a_terminal,
-    )
+    proc = _start_in_a_terminal(cmd)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 500
     while time.time() < deadline and proc.poll() is None:
@@ -278,7 +282,7 @@ def test_a_signal_inherited_as_ignored_stays_ignored_while_the_loop_runs():
 # (a marker file) and sleeps, still inside the loop's signal handling.
 _SLOW_STOP = textwrap.dedent(
     """
-    import importlib, signal, sys, time
+    import importlib, sys, time
     from absl import app
     import wm_jax.shell as shell
     from wm_jax import cli as cli_lib
@@ -286,9 +290,6 @@ _SLOW_STOP = textwrap.dedent(
 
     marker, argv = sys.argv[1], sys.argv[2:]
     handle = shell.StopOnSignal._handle
-    # A terminal's Ctrl-C: a test run started in the background (a non-interactive shell's `&`)
-    # hands its children SIGINT ignored, and the handler restored after the first one would be that.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def handle_then_work(self, signum, frame):
         handle(self, signum, frame)
@@ -317,14 +318,7 @@ def test_a_second_signal_during_the_graceful_stop_ends_the_run_at_once(tmp_path,
         "--config.checkpoint_every=100000",
         "--config.checkpoint_seconds=0",  # no save by time: the first save is the final one
     ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_as_in_a_terminal,
-    )
+    proc = _start_in_a_terminal(cmd)
     try:
         metrics = workdir / "metrics.jsonl"
         deadline = time.time() + 500

@@ -61,9 +61,9 @@ def main(argv):
     runs = {}
     print(f"{'run':>24s} {'step':>7s} | deterministic      | sampled (mean ± std)")
     for workdir in _WORKDIRS.value:
-        rows = []
+        rows, policies = [], {}
         for step in _steps(workdir):
-            policy = load_policy(workdir, step)
+            policy = policies[step] = load_policy(workdir, step)
             row = {"step": step}
             for name, deterministic in (("deterministic", True), ("sampled", False)):
                 mean, std, returns = evaluate_policy(
@@ -79,9 +79,8 @@ def main(argv):
             )
         cross = []
         if _CROSS.value:
-            steps = [row["step"] for row in rows]
-            for a, b in itertools.pairwise(steps):
-                old, new = load_policy(workdir, a), load_policy(workdir, b)
+            for a, b in itertools.pairwise(sorted(policies)):
+                old, new = policies[a], policies[b]
                 for actor, model in ((old, new), (new, old)):
                     mixed = dataclasses.replace(model, actor_params=actor.actor_params)
                     mean, std, returns = evaluate_policy(
