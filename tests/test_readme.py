@@ -55,7 +55,7 @@ TRAIN = [args for module, args in COMMANDS if module == "wm_jax.train"]
 
 
 def test_the_readme_extractor_finds_the_first_command_and_the_multi_host_ones():
-    assert TRAIN[0] == ["--config=experiments/configs/cartpole.py", "--workdir=runs/cartpole"]
+    assert TRAIN[0] == ["--config=experiments/configs/cartpole_rssm.py", "--workdir=runs/cartpole"]
     assert any("--distributed" in args for args in TRAIN)  # inside srun / gcloud quotes
     assert {m for m, _ in COMMANDS} >= {"wm_jax.train", "wm_jax.evaluate", "wm_jax.report"}
 

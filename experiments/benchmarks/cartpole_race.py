@@ -11,9 +11,10 @@ interpreter start-up and imports count alike for all:
   published hyperparameters for the environment (``HYPERPARAMS`` below), run by this script
   re-executing itself (``--child``); needs the optional ``bench`` extra (``pip install -e
   .[bench]``: torch and stable-baselines3);
-* ``wm_jax``: the README command, ``python -m wm_jax.train
-  --config=experiments/configs/cartpole.py`` (``pendulum.py`` for Pendulum-v1; ``--config.env_id``
-  is always the race's), with a temporary ``--workdir``, ``--seed`` and the
+* ``wm_jax``: the README's first command, ``python -m wm_jax.train
+  --config=experiments/configs/cartpole_rssm.py`` (``pendulum.py`` for Pendulum-v1;
+  ``--wm_jax_config=experiments/configs/cartpole.py`` races the seeds' MLP world model;
+  ``--config.env_id`` is always the race's), with a temporary ``--workdir``, ``--seed`` and the
   evaluation protocol below as ``--config.eval_every`` / ``--config.eval_episodes`` (the config's
   own evaluation is 5 episodes every 2.5k env steps); it runs its full budget (30k env steps) so
   its whole run time is reported too.
@@ -136,7 +137,7 @@ HYPERPARAMS = {
 }
 ENV_AGENTS = {"CartPole-v1": ("dqn", "ppo"), "Pendulum-v1": ("sac",)}
 THRESHOLDS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0}  # issue 19's targets
-WM_JAX_CONFIGS = {"CartPole-v1": "cartpole.py", "Pendulum-v1": "pendulum.py"}
+WM_JAX_CONFIGS = {"CartPole-v1": "cartpole_rssm.py", "Pendulum-v1": "pendulum.py"}
 _PREFIX = "CARTPOLE_RACE "  # the child's result lines on stdout
 
 

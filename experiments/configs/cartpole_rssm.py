@@ -1,9 +1,11 @@
-"""CartPole-v1 with the RSSM world model (issue 5): the default CartPole experiment with the
-representation and dynamics swapped for a Dreamer-style recurrent state-space model, everything
-else (heads, losses, actor, critic, schedule, budget) unchanged, so the learning benchmark
-compares world models at equal budget.
+"""CartPole-v1 with the RSSM world model: the README's first command (issue 19: the config that
+learns CartPole best). It is ``cartpole.py`` (the seeds' MLP world model, tuned for CartPole)
+with the representation and dynamics swapped for a Dreamer-style recurrent state-space model;
+everything else (heads, losses, actor, critic, schedule, budget) is unchanged, so the learning
+benchmark compares the two world models at equal budget (BUILD_NOTES: 6 seeds, 12.5k env steps,
+Mann-Whitney U 35 of 36 for this one).
 
-Run: python -m wm_jax.train --config=experiments/configs/cartpole_rssm.py
+Run: python -m wm_jax.train --config=experiments/configs/cartpole_rssm.py --workdir=runs/cartpole
 """
 
 import os
