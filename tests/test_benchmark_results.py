@@ -186,3 +186,48 @@ def test_every_result_cited_in_the_docs_is_committed():
                     missing.append(f"{os.path.basename(doc)}: {path}")
     assert cited >= 8  # BUILD_NOTES' own citations are read
     assert not missing, missing
+
+
+def test_sb3_baselines_are_checked_against_the_task_before_anything_runs():
+    common = _common()
+    assert common.sb3_agents_for("CartPole-v1", ["auto"]) == ["dqn", "ppo"]
+    assert common.sb3_agents_for("Pendulum-v1", ["auto"]) == ["sac"]
+    assert common.sb3_agents_for("CartPole-v1", ["ppo"]) == ["ppo"]
+    with pytest.raises(ValueError, match="CartPole-v1 has dqn, ppo"):
+        common.sb3_agents_for("CartPole-v1", ["sac"])
+    with pytest.raises(ValueError, match="Acrobot-v1 has none"):
+        common.sb3_agents_for("Acrobot-v1", ["auto"])
+
+
+def test_learning_benchmark_refuses_a_baseline_the_task_has_no_hyperparameters_for(tmp_path):
+    import subprocess
+
+    workdir = tmp_path / "bench"
+    cmd = [
+        sys.executable,
+        os.path.join(BENCHMARKS, "learning.py"),
+        "--config=experiments/configs/pendulum.py",
+        "--baselines=dqn",
+        f"--workdir={workdir}",
+        "--results_dir=",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode != 0
+    assert "no rl-zoo hyperparameters for ['dqn'] on Pendulum-v1" in result.stderr
+    assert not workdir.exists()  # refused before any training
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("stable_baselines3") is None, reason="needs the bench extra"
+)
+def test_an_sb3_baseline_run_reports_each_evaluation_on_the_given_protocol(tmp_path):
+    rows = _common().run_sb3(
+        "dqn",
+        0,
+        ["--env_id=CartPole-v1", "--eval_every=600", "--eval_episodes=1", "--max_env_steps=1200"],
+        str(tmp_path / "dqn.log"),
+    )
+    evals = [r for r in rows if r["event"] == "eval"]
+    assert [r["env_step"] for r in evals] == [600, 1200]
+    assert all(r["eval_return"] >= 8 for r in evals)  # CartPole lasts ≥ 8 steps under any policy
+    assert rows[-1]["event"] == "end" and rows[-1]["env_step"] >= 1200

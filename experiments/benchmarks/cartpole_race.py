@@ -58,7 +58,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu_model, save_result  # noqa: E402
+from common import SB3_AGENTS, SB3_PREFIX, cpu_model, run_sb3, save_result  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -135,10 +135,10 @@ HYPERPARAMS = {
         "clip_range": "lin_0.2",
     },
 }
-ENV_AGENTS = {"CartPole-v1": ("dqn", "ppo"), "Pendulum-v1": ("sac",)}
+ENV_AGENTS = SB3_AGENTS
 THRESHOLDS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0}  # issue 19's targets
 WM_JAX_CONFIGS = {"CartPole-v1": "cartpole_rssm.py", "Pendulum-v1": "pendulum.py"}
-_PREFIX = "CARTPOLE_RACE "  # the child's result lines on stdout
+_PREFIX = SB3_PREFIX  # the child's result lines on stdout
 
 
 def _threshold() -> float:
@@ -239,24 +239,12 @@ def _child_env() -> dict:
 
 
 def _run_sb3(agent: str, seed: int, tmp: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), f"--child={agent}", f"--seed={seed}"]
-    cmd += [f"--env_id={_ENV_ID.value}", f"--threshold={_threshold()}"]
+    args = [f"--env_id={_ENV_ID.value}", f"--threshold={_threshold()}"]
     for flag in (_EVAL_EVERY, _EVAL_EPISODES, _MAX_ENV_STEPS, _STOP, _TORCH_THREADS):
-        cmd.append(f"--{flag.name}={flag.value}")
-    log_path = os.path.join(tmp, f"{agent}_{seed}.log")
-    with open(log_path, "w") as log:
-        t0 = time.time()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=_child_env())
-        total = time.time() - t0
-    rows = [
-        json.loads(line[len(_PREFIX) :])
-        for line in proc.stdout.splitlines()
-        if line.startswith(_PREFIX)
-    ]
-    if proc.returncode != 0 or not rows or rows[-1]["event"] != "end":
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f"{agent} seed {seed} failed (exit {proc.returncode}):\n{tail}")
+        args.append(f"--{flag.name}={flag.value}")
+    t0 = time.time()
+    rows = run_sb3(agent, seed, args, os.path.join(tmp, f"{agent}_{seed}.log"))
+    total = time.time() - t0
     evals = [r for r in rows if r["event"] == "eval"]
     ready = next(r for r in rows if r["event"] == "ready")
     curve = [(r["env_step"], r["eval_return"], r["time"] - t0) for r in evals]

@@ -192,3 +192,49 @@ def save_result(
         shutil.copyfile(figure, png)
     print(f"result kept: {path}", flush=True)
     return path
+
+
+# SB3 agents with rl-zoo hyperparameters (``cartpole_race.py``'s HYPERPARAMS) per task; their
+# runs are ``cartpole_race.py --child=<agent>`` processes that print one line per event.
+SB3_AGENTS = {"CartPole-v1": ("dqn", "ppo"), "Pendulum-v1": ("sac",)}
+SB3_PREFIX = "CARTPOLE_RACE "  # a child's result lines on stdout
+RACE_SCRIPT = os.path.join(_ROOT, "experiments", "benchmarks", "cartpole_race.py")
+
+
+def sb3_agents_for(env_id: str, names: list[str]) -> list[str]:
+    """``names`` checked against the task's SB3 agents (``["auto"]``: all of them); raises
+    ``ValueError`` naming what the task has when one has no rl-zoo hyperparameters here."""
+    have = SB3_AGENTS.get(env_id, ())
+    agents = list(have) if names == ["auto"] else names
+    unknown = [a for a in agents if a not in have]
+    if unknown or (names and not agents):
+        raise ValueError(
+            f"no rl-zoo hyperparameters for {unknown or names} on {env_id} here; "
+            f"{env_id} has {', '.join(have) or 'none'} (experiments/benchmarks/cartpole_race.py)"
+        )
+    return agents
+
+
+def sb3_rows(stdout: str) -> list[dict]:
+    """The event rows (``ready``, ``eval``, ``end``) an SB3 child printed."""
+    return [
+        json.loads(line[len(SB3_PREFIX) :])
+        for line in stdout.splitlines()
+        if line.startswith(SB3_PREFIX)
+    ]
+
+
+def run_sb3(agent: str, seed: int, args: list[str], log_path: str) -> list[dict]:
+    """Runs one SB3 child (``cartpole_race.py --child``, its flags ``args``) with this checkout
+    first on the path; returns its event rows, or exits naming its log if it failed."""
+    cmd = [sys.executable, RACE_SCRIPT, f"--child={agent}", f"--seed={seed}", *args]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    rows = sb3_rows(proc.stdout)
+    if proc.returncode != 0 or not rows or rows[-1]["event"] != "end":
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit(f"{agent} seed {seed} failed (exit {proc.returncode}):\n{tail}")
+    return rows

@@ -10,8 +10,13 @@ compiled program (``--config.num_seeds``; each seed's wall time is then the shar
 episodes), drawn as a dashed line and reported as ``random_return``: the baseline of tasks whose
 target is "clearly above random" (Breakout-MinAtar).  Writes ``learning_curves.png``,
 ``table.md`` and ``summary.json`` into ``--workdir`` and prints a table; the last line of output
-is one JSON object.  "Solved" means the *median over seeds* of the evaluation return reaches
-``--threshold`` at some evaluation point within the budget.
+is one JSON object.  ``--baselines=auto`` (or ``dqn,ppo`` / ``sac``) also trains Stable-Baselines3
+agents with rl-zoo's tuned hyperparameters (``cartpole_race.py``'s SB3 runs) on the same seeds,
+for the config's ``total_env_steps`` (an SB3 schedule still spans rl-zoo's own budget), evaluated
+like wm_jax (``eval_episodes`` deterministic episodes every ``eval_every`` env steps, on a
+separate env), and reports their curves and medians beside wm_jax's (``baselines`` in the JSON;
+dashed median lines in the figure).  "Solved" means the *median over seeds* of the evaluation
+return reaches ``--threshold`` at some evaluation point within the budget.
 
     python experiments/benchmarks/learning.py --config=experiments/configs/catch.py \
         --seeds=0,1,2 --threshold=0.9 --workdir=runs/bench_catch
@@ -28,7 +33,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import save_result  # noqa: E402
+from common import run_sb3, save_result, sb3_agents_for  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", "experiments/configs/cartpole.py", "config file")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
@@ -36,6 +41,13 @@ _THRESHOLD = flags.DEFINE_float("threshold", 475.0, "eval return that counts as 
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "seeds trained at once (each uses ~2 threads)")
 _OVERRIDES = flags.DEFINE_multi_string("override", [], "extra --config.x=y overrides (x=y)")
+_BASELINES = flags.DEFINE_list(
+    "baselines",
+    [],
+    "Stable-Baselines3 agents with rl-zoo's hyperparameters (cartpole_race.py's) trained on the "
+    "same seeds, env steps and evaluation protocol after wm_jax: dqn,ppo (CartPole-v1), sac "
+    "(Pendulum-v1), or 'auto' for the task's; needs the bench extra (pip install -e .[bench])",
+)
 _VMAP_SEEDS = flags.DEFINE_bool(
     "vmap_seeds", False, "device loop: train all (consecutive) seeds in one vmapped program"
 )
@@ -80,6 +92,43 @@ def _eval_curve(run_dir: str) -> list[tuple[int, float]]:
     return curve
 
 
+def _resolved_config() -> dict:
+    """The config the runs train with (file and overrides, through the CLI's own parsing)."""
+    cmd = [sys.executable, "-m", "wm_jax.train", f"--config={_CONFIG.value}", "--print_config"]
+    cmd += [f"--config.{o}" for o in _OVERRIDES.value]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out[out.index("{") :])
+
+
+def _baseline_curves(agent: str, seeds: list[int], config: dict, workdir: str) -> dict:
+    """Each seed's evaluation curve of one SB3 agent, on wm_jax's protocol and budget."""
+    args = [
+        f"--env_id={config['env_id']}",
+        f"--threshold={_THRESHOLD.value}",
+        f"--eval_every={config['eval_every']}",
+        f"--eval_episodes={config['eval_episodes']}",
+        f"--max_env_steps={config['total_env_steps']}",
+        "--stop_at_threshold=False",
+    ]
+    curves = {}
+    for seed in seeds:
+        rows = run_sb3(agent, seed, args, os.path.join(workdir, f"{agent}_seed_{seed}.log"))
+        curves[seed] = [(r["env_step"], r["eval_return"]) for r in rows if r["event"] == "eval"]
+        print(f"{agent} seed {seed}: " + ", ".join(f"{v:.1f}" for _, v in curves[seed]))
+    return curves
+
+
+def _median_curve(curves: dict) -> list[tuple[int, float]]:
+    """The median over seeds at each env step every seed evaluated."""
+    steps = sorted({s for curve in curves.values() for s, _ in curve})
+    median_curve = []
+    for step in steps:
+        vals = [dict(curve).get(step) for curve in curves.values()]
+        if all(v is not None for v in vals):
+            median_curve.append((step, _median(vals)))
+    return median_curve
+
+
 def _median(values):
     values = sorted(values)
     n = len(values)
@@ -91,6 +140,18 @@ def main(argv):
     seeds = [int(s) for s in _SEEDS.value.split(",")]
     name = os.path.splitext(os.path.basename(_CONFIG.value))[0]
     workdir = os.path.abspath(_WORKDIR.value or os.path.join("runs", f"bench_{name}"))
+    baselines = []
+    if _BASELINES.value:  # checked before any training: a typo must not cost a whole run
+        config = _resolved_config()
+        try:
+            baselines = sb3_agents_for(config["env_id"], _BASELINES.value)
+        except ValueError as e:
+            raise app.UsageError(f"--baselines: {e}") from None
+        try:
+            import stable_baselines3  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            raise SystemExit("--baselines needs the bench extra: pip install -e .[bench]") from None
     os.makedirs(workdir, exist_ok=True)
     procs, walls, started = {}, {}, {}
     pending = list(seeds)
@@ -145,13 +206,24 @@ def main(argv):
         time.sleep(1.0)
 
     curves = {seed: _eval_curve(os.path.join(workdir, f"seed_{seed}")) for seed in seeds}
-    steps = sorted({s for curve in curves.values() for s, _ in curve})
-    median_curve = []
-    for step in steps:
-        vals = [dict(curves[seed]).get(step) for seed in seeds]
-        if all(v is not None for v in vals):
-            median_curve.append((step, _median(vals)))
+    median_curve = _median_curve(curves)
     solved_at = next((s for s, v in median_curve if v >= _THRESHOLD.value), None)
+    sb3 = {}
+    for agent in baselines:
+        agent_curves = _baseline_curves(agent, seeds, config, workdir)
+        agent_median = _median_curve(agent_curves)
+        sb3[agent] = {
+            "median_solved_at_env_step": next(
+                (s for s, v in agent_median if v >= _THRESHOLD.value), None
+            ),
+            "median_final_eval": _median([c[-1][1] for c in agent_curves.values() if c]),
+            "first_step_at_threshold": {
+                str(seed): next((s for s, v in c if v >= _THRESHOLD.value), None)
+                for seed, c in agent_curves.items()
+            },
+            "eval_curves": {str(seed): c for seed, c in agent_curves.items()},
+            "median_curve": agent_median,
+        }
     rows = []
     for seed in seeds:
         curve = curves[seed]
@@ -178,6 +250,10 @@ def main(argv):
     if median_curve:
         xs, ys = zip(*median_curve, strict=True)
         ax.plot(xs, ys, color="black", linewidth=2, label="median")
+    for agent, result in sb3.items():
+        if result["median_curve"]:
+            xs, ys = zip(*result["median_curve"], strict=True)
+            ax.plot(xs, ys, linestyle="--", linewidth=1.5, label=f"SB3 {agent.upper()} (median)")
     ax.axhline(_THRESHOLD.value, color="red", linestyle="--", label="threshold")
     random_return = None
     if _RANDOM_EPISODES.value:
@@ -206,6 +282,12 @@ def main(argv):
         + (" (all seeds in one vmapped program)" if _VMAP_SEEDS.value else "")
         + (f"; random policy {random_return:.3f}" if random_return is not None else "")
     )
+    for agent, result in sb3.items():
+        lines.append(
+            f"SB3 {agent.upper()} (rl-zoo hyperparameters, same seeds and evaluations): median "
+            f"final eval {result['median_final_eval']:.1f}; median curve reaches "
+            f"{_THRESHOLD.value} at env step {result['median_solved_at_env_step']}"
+        )
     table = "\n".join(lines)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(table + "\n")
@@ -219,6 +301,9 @@ def main(argv):
         "median_wall_s": _median([r["wall_s"] for r in rows]),
         "vmap_seeds": _VMAP_SEEDS.value,
         "random_return": random_return,
+        "baselines": {
+            a: {k: v for k, v in r.items() if k != "eval_curves"} for a, r in sb3.items()
+        },
         "workdir": workdir,
     }
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -227,7 +312,11 @@ def main(argv):
     # The kept copy also holds the plotted curves: the figure's numbers, a few hundred bytes.
     curves_kept = {str(seed): curves[seed] for seed in seeds}
     kept = {**summary, "eval_curves": curves_kept, "median_curve": median_curve}
-    save_result("learning", kept, figure=os.path.join(workdir, "learning_curves.png"))
+    kept["baselines"] = sb3
+    packages = ("torch", "stable-baselines3") if sb3 else ()
+    save_result(
+        "learning", kept, figure=os.path.join(workdir, "learning_curves.png"), packages=packages
+    )
     print(json.dumps(summary))
 
 
