@@ -58,7 +58,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import SB3_AGENTS, SB3_PREFIX, cpu_model, run_sb3, save_result  # noqa: E402
+from common import SB3_AGENTS, SB3_PREFIX, child_env, cpu_model, run_sb3, save_result  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -135,10 +135,8 @@ HYPERPARAMS = {
         "clip_range": "lin_0.2",
     },
 }
-ENV_AGENTS = SB3_AGENTS
 THRESHOLDS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0}  # issue 19's targets
 WM_JAX_CONFIGS = {"CartPole-v1": "cartpole_rssm.py", "Pendulum-v1": "pendulum.py"}
-_PREFIX = SB3_PREFIX  # the child's result lines on stdout
 
 
 def _threshold() -> float:
@@ -167,11 +165,11 @@ def _schedule(value):
 
 
 def _emit(**row) -> None:
-    print(_PREFIX + json.dumps(row), flush=True)
+    print(SB3_PREFIX + json.dumps(row), flush=True)
 
 
 def _child(agent: str, seed: int) -> None:
-    """One SB3 run; prints a line per evaluation and one at the end (``_PREFIX`` + JSON)."""
+    """One SB3 run; prints a line per evaluation and one at the end (``SB3_PREFIX`` + JSON)."""
     import torch
     from stable_baselines3 import DQN, PPO, SAC
     from stable_baselines3.common.callbacks import BaseCallback
@@ -231,13 +229,6 @@ def _child(agent: str, seed: int) -> None:
     _emit(event="end", env_step=int(model.num_timesteps), time=time.time())
 
 
-def _child_env() -> dict:
-    """The environment of a run: this checkout's wm_jax first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _run_sb3(agent: str, seed: int, tmp: str) -> dict:
     args = [f"--env_id={_ENV_ID.value}", f"--threshold={_threshold()}"]
     for flag in (_EVAL_EVERY, _EVAL_EPISODES, _MAX_ENV_STEPS, _STOP, _TORCH_THREADS):
@@ -275,7 +266,7 @@ def _run_wm_jax(seed: int, tmp: str) -> dict:
     if _MAX_ENV_STEPS.value > 0:
         cmd.append(f"--config.total_env_steps={_MAX_ENV_STEPS.value}")
     cmd += [f"--config.{o}" for o in _WM_JAX_OVERRIDES.value]
-    env = _child_env()
+    env = child_env()
     cache_dir = env.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser("~/.cache/wm_jax/xla")
     if _WM_JAX_CACHE.value == "cold":
         env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tmp, f"xla_cache_{seed}")
@@ -353,11 +344,11 @@ def main(argv):
         return
     agents, seeds = _AGENTS.value, [int(s) for s in _SEEDS.value]
     sb3_agents = set(agents) - {"wm_jax"}
-    unknown = sb3_agents - set(ENV_AGENTS[_ENV_ID.value])
+    unknown = sb3_agents - set(SB3_AGENTS[_ENV_ID.value])
     if unknown:
         raise app.UsageError(
             f"agents {sorted(unknown)} have no rl-zoo hyperparameters for {_ENV_ID.value} here; "
-            f"use {', '.join(ENV_AGENTS[_ENV_ID.value])} or wm_jax"
+            f"use {', '.join(SB3_AGENTS[_ENV_ID.value])} or wm_jax"
         )
     if sb3_agents and not (_version("torch") and _version("stable-baselines3")):
         raise SystemExit(

@@ -224,14 +224,20 @@ def sb3_rows(stdout: str) -> list[dict]:
     ]
 
 
+def child_env() -> dict:
+    """The environment of a benchmark's child process: this checkout's wm_jax first on the
+    path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_sb3(agent: str, seed: int, args: list[str], log_path: str) -> list[dict]:
     """Runs one SB3 child (``cartpole_race.py --child``, its flags ``args``) with this checkout
     first on the path; returns its event rows, or exits naming its log if it failed."""
     cmd = [sys.executable, RACE_SCRIPT, f"--child={agent}", f"--seed={seed}", *args]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=child_env())
     rows = sb3_rows(proc.stdout)
     if proc.returncode != 0 or not rows or rows[-1]["event"] != "end":
         with open(log_path) as f:
