@@ -40,6 +40,7 @@ FLOAT_FIELDS = [
     "actor.lr",
     "actor.entropy_coef",
     "actor.unimix",
+    "actor.explore_correlation",
     "actor.min_std",
     "critic.lr",
     "critic.target_update_rate",

@@ -249,11 +249,14 @@ def test_rssm_trainer_run_resumes_exactly(tmp_path):
         "report": False,
         "num_envs": 2,
         "train_ratio": 0.125,
+        # Correlated exploration: its noise is acting state the checkpoint must keep too.
+        "actor.explore_correlation": 0.9,
     }
     # Stopped between two log steps (64, 192): the row in progress is part of the checkpoint.
     stopped = _assert_resumed_run_equals_straight_run(tmp_path, overrides, stop_at=160)
     carry = "['extras']['act_carry']"
     _assert_stopped_mid_episode(stopped[carry + "['is_first']"], stopped[carry + "['state']"])
+    assert np.abs(stopped[carry + "['noise']"]).max() > 0
 
 
 @pytest.mark.slow
@@ -278,6 +281,7 @@ def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path)
             "schedule.warmup_steps": 64,
             "schedule.transition_steps": 128,
             "diagnostics.open_loop_every": 0,
+            "actor.explore_correlation": 0.9,  # its noise is loop state too
         },
     )
     from wm_jax.device_loop import DeviceLoop
@@ -294,6 +298,7 @@ def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path)
     }
     assert loop_state[".env_step"] == 128
     _assert_stopped_mid_episode(loop_state[".act_carry.is_first"], loop_state[".act_carry.state"])
+    assert np.abs(loop_state[".act_carry.noise"]).max() > 0
 
 
 def test_the_device_loop_resets_the_acting_state_where_an_episode_ends():

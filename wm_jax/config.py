@@ -165,6 +165,10 @@ def get_config() -> ml_collections.ConfigDict:
     a.center_advantages = False
     a.discount_weights = False  # weight imagined steps by Π γ·c (Dreamer); seeds: plain mean
     a.unimix = 0.0  # uniform mixture in discrete policies (DreamerV3: 0.01)
+    # ρ of the exploration noise from one env step to the next (wm_jax.policy): each action is
+    # still a sample of the policy, but consecutive ones are correlated over ~1/(1-ρ) steps;
+    # 0: independent samples (the seeds).
+    a.explore_correlation = 0.0
     a.min_std = 0.1  # lower bound of a continuous policy's σ
     a.max_std = 1.0  # upper bound of a continuous policy's σ
 

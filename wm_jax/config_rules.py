@@ -338,6 +338,7 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
     Rule("actor.entropy_coef", _non_negative, "must be >= 0"),
     Rule("actor.return_norm_decay", _below_one, "must lie in [0, 1)"),
     Rule("actor.unimix", _below_one, "must lie in [0, 1)"),
+    Rule("actor.explore_correlation", _below_one, "must lie in [0, 1)"),
     _actor_std_range,
     Rule("imagination.num_starts", _non_negative, "must be >= 0"),
     *(

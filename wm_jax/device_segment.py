@@ -37,7 +37,7 @@ from wm_jax.normalizer import (
     normalizer_update,
 )
 from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.policy import ActCarry, act, initial_carry
+from wm_jax.policy import ActCarry, act, explore_correlation, initial_carry, random_actions
 from wm_jax.replay_device import (
     DeviceReplay,
     replay_add,
@@ -160,7 +160,10 @@ class DeviceLoop:
     def _vector_step(self, prefill: bool, ls: LoopState, _=None):
         c = self.config
         key, act_key, env_key = jax.random.split(ls.key, 3)
-        if prefill:
+        rho = explore_correlation(c)
+        if prefill and rho > 0:  # the same correlated noise the policy will explore with
+            actions, carry = random_actions(ls.act_carry, act_key, self.spec.discrete, rho)
+        elif prefill:
             actions, carry = self._random_actions(act_key, c.num_envs), ls.act_carry
         else:
             mean, std = normalizer_stats(ls.norm, self.norm_enabled)

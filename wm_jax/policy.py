@@ -4,6 +4,15 @@ The returned actions follow :mod:`wm_jax.types` (one-hot / ``[-1, 1]``); the env
 converts them for gymnasium.  A recurrent world model (the RSSM) needs the previous state and
 action to read an observation, so acting carries an :class:`ActCarry` from step to step; for the
 per-observation models the carry passes through unused.
+
+Exploration noise may be correlated in time (``actor.explore_correlation`` ρ > 0): each env
+keeps an AR(1) Gaussian ``z_t = ρ·z_{t-1} + √(1-ρ²)·ε_t`` (fresh at an episode's start), and an
+action is drawn from it by inverse transform: the Gumbel-max trick with Gumbel noise
+``-log(-log Φ(z))`` for a categorical policy, ``tanh(μ + σ·z)`` for the squashed Normal.  Each
+step's action has exactly the policy's distribution; only consecutive draws are correlated
+(~1/(1-ρ) steps), as held or slowly varying actions explore tasks where i.i.d. dithering goes
+nowhere (Acrobot: a uniform policy never reaches the goal in 500 steps).  The random prefill
+draws from the same process with uniform logits / a uniform ``[-1, 1]``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ class ActCarry:
     state: chex.Array  # [N, S]  the state the last observation was read into
     action: chex.Array  # [N, A]  the action taken from it
     is_first: chex.Array  # [N]   True where the next observation starts an episode
+    # [N, A] the exploration noise z_{t-1}; None unless actor.explore_correlation > 0 (so the
+    # carry, and checkpoints of runs without it, keep their arrays).
+    noise: chex.Array | None = None
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -43,16 +55,71 @@ def acting_key(seed_key: chex.PRNGKey, env_step, process_index: int | None = Non
 
 def initial_carry(agent, num_envs: int) -> ActCarry:
     """Every env at the start of an episode."""
+    action = np.zeros((num_envs, agent.spec.action_dim), np.float32)
     return ActCarry(
         state=np.zeros((num_envs, state_size(agent.config)), np.float32),
-        action=np.zeros((num_envs, agent.spec.action_dim), np.float32),
+        action=action,
         is_first=np.ones(num_envs, bool),
+        noise=action.copy() if explore_correlation(agent.config) > 0 else None,
     )
+
+
+def explore_correlation(config) -> float:
+    """ρ of the exploration noise (0: independent samples)."""
+    return float(config.actor.get("explore_correlation", 0.0))
+
+
+def _next_noise(carry: ActCarry, key: chex.PRNGKey, rho: float) -> chex.Array:
+    """``z_t`` [N, A]: N(0, 1) at every step, correlation ρ with ``z_{t-1}`` within an episode."""
+    eps = jax.random.normal(key, carry.action.shape, jnp.float32)
+    if carry.noise is None:
+        return eps
+    z = rho * carry.noise + np.float32(np.sqrt(1.0 - rho * rho)) * eps
+    return jnp.where(jnp.asarray(carry.is_first)[:, None], eps, z)
+
+
+def noise_actions(logits_or_loc, scale, z, discrete: bool) -> chex.Array:
+    """Actions drawn with standard-normal noise ``z`` by inverse transform: a one-hot
+    ``argmax(logits + G)`` with ``G = -log(-log Φ(z))`` ~ Gumbel(0, 1) (so the action is a sample
+    of ``softmax(logits)``), or ``tanh(loc + scale·z)``."""
+    if discrete:
+        gumbel = -jnp.log(-jax.scipy.special.log_ndtr(z))
+        idx = jnp.argmax(logits_or_loc + gumbel, -1)
+        return jax.nn.one_hot(idx, z.shape[-1], dtype=jnp.float32)
+    return jnp.tanh(logits_or_loc + scale * z)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def random_actions(carry: ActCarry, key: chex.PRNGKey, discrete: bool, rho: float):
+    """The prefill's uniform random actions drawn from the correlated noise (uniform logits; a
+    uniform ``[-1, 1]`` as ``2Φ(z) - 1``), and the carry with the noise advanced."""
+    z = _next_noise(carry, key, rho)
+    if discrete:
+        actions = noise_actions(jnp.zeros_like(z), None, z, True)
+    else:
+        actions = 2.0 * jax.scipy.special.ndtr(z) - 1.0
+    return actions, carry.replace(noise=z)
 
 
 def episode_starts(carry: ActCarry, done) -> ActCarry:
     """Marks the envs whose episode ended (``done [N]``): their next observation is a reset."""
     return carry.replace(is_first=np.asarray(done, bool))
+
+
+def prefill_actions(config, spec, carry: ActCarry, key, np_seed) -> tuple[np.ndarray, ActCarry]:
+    """The host loop's uniform random actions for ``carry``'s envs before the policy acts:
+    correlated draws from ``key`` when ``actor.explore_correlation`` > 0, else independent
+    draws of numpy's generator seeded with ``np_seed``."""
+    rho = explore_correlation(config)
+    if rho > 0:
+        actions, carry = random_actions(carry, key, spec.discrete, rho)
+        return np.asarray(actions), carry
+    n = carry.action.shape[0]
+    rng = np.random.default_rng(np_seed)
+    if spec.discrete:
+        idx = rng.integers(0, spec.action_dim, n)
+        return np.eye(spec.action_dim, dtype=np.float32)[idx], carry
+    return rng.uniform(-1, 1, (n, spec.action_dim)).astype(np.float32), carry
 
 
 def act(
@@ -86,7 +153,16 @@ def act(
         None if deterministic else latent_key,
     )
     dist = agent.nets.actor.apply(actor_params, states)
-    if agent.spec.discrete:
+    rho = explore_correlation(agent.config)
+    noise = carry.noise
+    if rho > 0 and not deterministic:
+        noise = _next_noise(carry, action_key, rho)
+        if agent.spec.discrete:
+            actions = noise_actions(dist.logits, None, noise, True)
+        else:
+            base = dist.distribution
+            actions = noise_actions(base.loc, base.scale_diag, noise, False)
+    elif agent.spec.discrete:
         if deterministic:
             actions = jax.nn.one_hot(jnp.argmax(dist.logits, -1), agent.spec.action_dim)
         else:
@@ -96,7 +172,7 @@ def act(
     else:
         actions = dist.sample(seed=action_key)
     actions = actions.astype(jnp.float32)
-    return actions, ActCarry(states, actions, jnp.zeros_like(carry.is_first))
+    return actions, ActCarry(states, actions, jnp.zeros_like(carry.is_first), noise)
 
 
 class ActFn:
@@ -121,4 +197,8 @@ def make_act_fn(agent) -> ActFn:
 
 def carry_to_arrays(carry: ActCarry) -> dict[str, np.ndarray]:
     """The carry as named numpy arrays, for checkpoints."""
-    return {f.name: np.asarray(getattr(carry, f.name)) for f in dataclasses.fields(carry)}
+    return {
+        f.name: np.asarray(getattr(carry, f.name))
+        for f in dataclasses.fields(carry)
+        if getattr(carry, f.name) is not None
+    }

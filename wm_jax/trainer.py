@@ -46,7 +46,7 @@ from wm_jax.episode_video import EpisodeRecorder
 from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
 from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.policy import acting_key, episode_starts, initial_carry, make_act_fn
+from wm_jax.policy import acting_key, episode_starts, initial_carry, make_act_fn, prefill_actions
 from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import RunDir, tree_bytes
 from wm_jax.schedule import critic_real_mix, later_counts, phase, update_counts
@@ -206,19 +206,17 @@ class Trainer(TrainerCheckpoints):
 
     def _act(self) -> np.ndarray:
         c = self.config
-        n = self.local_envs
-        if self.env_step < c.prefill_steps:
-            rng = np.random.default_rng([c.seed, self.env_step, 7, *self.stream])
-            if self.spec.discrete:
-                idx = rng.integers(0, self.spec.action_dim, n)
-                return np.eye(self.spec.action_dim, dtype=np.float32)[idx]
-            return rng.uniform(-1, 1, (n, self.spec.action_dim)).astype(np.float32)
-        mean, std = self.normalizer.stats()
         key = acting_key(
             self.seed_key,
             np.uint32(self.env_step),
             self.process_index if self.multiprocess else None,
         )
+        if self.env_step < c.prefill_steps:
+            actions, self.act_carry = prefill_actions(
+                c, self.spec, self.act_carry, key, [c.seed, self.env_step, 7, *self.stream]
+            )
+            return actions
+        mean, std = self.normalizer.stats()
         actions, self.act_carry = self.act_fn(
             local_copy(self.state.wm_params),
             local_copy(self.state.actor_params),
