@@ -221,6 +221,11 @@ def test_learning_benchmark_refuses_a_baseline_the_task_has_no_hyperparameters_f
     importlib.util.find_spec("stable_baselines3") is None, reason="needs the bench extra"
 )
 def test_an_sb3_baseline_run_reports_each_evaluation_on_the_given_protocol(tmp_path):
+    import glob
+    import tempfile
+
+    litter = os.path.join(tempfile.gettempdir(), "SB3-*")
+    before = set(glob.glob(litter))
     rows = _common().run_sb3(
         "dqn",
         0,
@@ -231,3 +236,4 @@ def test_an_sb3_baseline_run_reports_each_evaluation_on_the_given_protocol(tmp_p
     assert [r["env_step"] for r in evals] == [600, 1200]
     assert all(r["eval_return"] >= 8 for r in evals)  # CartPole lasts ≥ 8 steps under any policy
     assert rows[-1]["event"] == "end" and rows[-1]["env_step"] >= 1200
+    assert set(glob.glob(litter)) == before  # no SB3 log folder left in the temp dir

@@ -175,6 +175,7 @@ def _child(agent: str, seed: int) -> None:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.logger import Logger
 
     if _TORCH_THREADS.value > 0:
         torch.set_num_threads(_TORCH_THREADS.value)
@@ -189,6 +190,8 @@ def _child(agent: str, seed: int) -> None:
     eval_env = make_vec_env(_ENV_ID.value, n_envs=1, seed=seed + 10_000)
     cls = {"dqn": DQN, "ppo": PPO, "sac": SAC}[agent]
     model = cls(policy, env, seed=seed, device="cpu", verbose=0, **hp)
+    # No outputs: SB3's default logger makes a /tmp/SB3-<time> folder per run even when silent.
+    model.set_logger(Logger(folder=None, output_formats=[]))
     stop_at = min(budget, _MAX_ENV_STEPS.value) if _MAX_ENV_STEPS.value > 0 else budget
     _emit(event="ready", time=time.time(), torch_threads=torch.get_num_threads())
 
