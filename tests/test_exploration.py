@@ -8,7 +8,15 @@ import pytest
 from conftest import make_spec, small_config
 
 from wm_jax.config_rules import ConfigError, validate
-from wm_jax.policy import ActCarry, _next_noise, act, initial_carry, noise_actions, random_actions
+from wm_jax.policy import (
+    ActCarry,
+    _next_noise,
+    act,
+    correlated_at,
+    initial_carry,
+    noise_actions,
+    random_actions,
+)
 from wm_jax.update import init_state, make_agent
 
 N, A = 2000, 3
@@ -127,7 +135,56 @@ def test_acting_with_correlation_carries_the_noise_and_a_deterministic_act_leave
     np.testing.assert_array_equal(again.noise, out.noise)
 
 
-@pytest.mark.parametrize("rho", [1.0, -0.1])
-def test_a_correlation_outside_zero_to_one_is_refused(rho):
-    with pytest.raises(ConfigError, match="actor.explore_correlation"):
-        validate(small_config(**{"actor.explore_correlation": rho}))
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("actor.explore_correlation", 1.0),
+        ("actor.explore_correlation", -0.1),
+        ("actor.explore_correlation_steps", -1),
+    ],
+)
+def test_a_correlation_outside_zero_to_one_or_a_bad_window_is_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        validate(small_config(**{field: value}))
+
+
+def test_the_correlation_lasts_explore_correlation_steps_env_steps():
+    assert correlated_at(small_config(), 0) is False
+    whole = small_config(**{"actor.explore_correlation": 0.9})
+    assert correlated_at(whole, 10**9) is True
+    window = small_config(
+        **{"actor.explore_correlation": 0.9, "actor.explore_correlation_steps": 5000}
+    )
+    assert correlated_at(window, 4999) and not correlated_at(window, 5000)
+    traced = [bool(correlated_at(window, jnp.int32(step))) for step in (4999, 5000)]
+    assert traced == [True, False]
+
+
+def test_after_the_window_a_traced_switch_gives_independent_samples_and_keeps_the_noise():
+    """The on-device loop decides per step (traced): after the window it must act exactly as
+    a run without correlation, and before it as the correlated policy."""
+    spec = make_spec(action_dim=3, discrete=True)
+    agent = make_agent(small_config(**{"actor.explore_correlation": 0.9}), spec)
+    state = init_state(agent, jax.random.PRNGKey(0))
+    carry = initial_carry(agent, 64).replace(
+        noise=jax.random.normal(jax.random.PRNGKey(5), (64, 3)), is_first=np.zeros(64, bool)
+    )
+    obs = jax.random.normal(jax.random.PRNGKey(1), (64, 4))
+    key = jax.random.PRNGKey(2)
+    run = jax.jit(
+        lambda c, flag: act(agent, state.wm_params, state.actor_params, c, obs, 0.0, 1.0, key,
+                            False, flag)
+    )  # fmt: skip
+    static = [
+        act(agent, state.wm_params, state.actor_params, carry, obs, 0.0, 1.0, key, False, flag)
+        for flag in (True, False)
+    ]
+    for flag, (want_actions, want_carry) in zip((True, False), static, strict=True):
+        actions, out = run(carry, jnp.asarray(flag))
+        np.testing.assert_array_equal(actions, want_actions)
+        # jit vs eager: the same noise up to float rounding
+        np.testing.assert_allclose(out.noise, want_carry.noise, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(static[1][1].noise, carry.noise)  # frozen after the window
+    dist = agent.nets.actor.apply(state.actor_params, static[1][1].state)
+    np.testing.assert_array_equal(static[1][0], dist.sample(seed=key))
+    assert not np.array_equal(static[0][0], static[1][0])

@@ -249,8 +249,10 @@ def test_rssm_trainer_run_resumes_exactly(tmp_path):
         "report": False,
         "num_envs": 2,
         "train_ratio": 0.125,
-        # Correlated exploration: its noise is acting state the checkpoint must keep too.
+        # Correlated exploration: its noise is acting state the checkpoint must keep too; it
+        # ends at 144, between the two halves of the stopped run.
         "actor.explore_correlation": 0.9,
+        "actor.explore_correlation_steps": 144,
     }
     # Stopped between two log steps (64, 192): the row in progress is part of the checkpoint.
     stopped = _assert_resumed_run_equals_straight_run(tmp_path, overrides, stop_at=160)
@@ -282,6 +284,7 @@ def test_rssm_device_loop_carries_the_policy_state_and_resumes_exactly(tmp_path)
             "schedule.transition_steps": 128,
             "diagnostics.open_loop_every": 0,
             "actor.explore_correlation": 0.9,  # its noise is loop state too
+            "actor.explore_correlation_steps": 96,  # ends inside the first training segment
         },
     )
     from wm_jax.device_loop import DeviceLoop

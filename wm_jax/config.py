@@ -169,6 +169,9 @@ def get_config() -> ml_collections.ConfigDict:
     # still a sample of the policy, but consecutive ones are correlated over ~1/(1-ρ) steps;
     # 0: independent samples (the seeds).
     a.explore_correlation = 0.0
+    # env steps the correlation lasts (the random prefill and the policy's samples before it);
+    # 0: the whole run.
+    a.explore_correlation_steps = 0
     a.min_std = 0.1  # lower bound of a continuous policy's σ
     a.max_std = 1.0  # upper bound of a continuous policy's σ
 

@@ -339,6 +339,12 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
     Rule("actor.return_norm_decay", _below_one, "must lie in [0, 1)"),
     Rule("actor.unimix", _below_one, "must lie in [0, 1)"),
     Rule("actor.explore_correlation", _below_one, "must lie in [0, 1)"),
+    Rule(
+        "actor.explore_correlation_steps",
+        _non_negative_int,
+        "must be an integer >= 0 (0: the whole run), got {value!r}",
+        default=0,
+    ),
     _actor_std_range,
     Rule("imagination.num_starts", _non_negative, "must be >= 0"),
     *(

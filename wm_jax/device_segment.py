@@ -37,7 +37,14 @@ from wm_jax.normalizer import (
     normalizer_update,
 )
 from wm_jax.open_loop import make_open_loop_fn
-from wm_jax.policy import ActCarry, act, explore_correlation, initial_carry, random_actions
+from wm_jax.policy import (
+    ActCarry,
+    act,
+    correlated_at,
+    explore_correlation,
+    initial_carry,
+    random_actions,
+)
 from wm_jax.replay_device import (
     DeviceReplay,
     replay_add,
@@ -177,6 +184,7 @@ class DeviceLoop:
                 std,
                 act_key,
                 deterministic=False,
+                correlated=correlated_at(c, ls.env_step),
             )
         out = self.task.step(env_key, ls.env_state, actions)
         done = out.terminated | out.truncated

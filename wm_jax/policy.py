@@ -69,6 +69,16 @@ def explore_correlation(config) -> float:
     return float(config.actor.get("explore_correlation", 0.0))
 
 
+def correlated_at(config, env_step):
+    """Whether the policy's samples at ``env_step`` (an int, or traced in the on-device loop)
+    are drawn from the correlated noise: ρ > 0 and before ``actor.explore_correlation_steps``
+    (0: the whole run)."""
+    until = int(config.actor.get("explore_correlation_steps", 0))
+    if explore_correlation(config) == 0:
+        return False
+    return True if until == 0 else env_step < until
+
+
 def _next_noise(carry: ActCarry, key: chex.PRNGKey, rho: float) -> chex.Array:
     """``z_t`` [N, A]: N(0, 1) at every step, correlation ρ with ``z_{t-1}`` within an episode."""
     eps = jax.random.normal(key, carry.action.shape, jnp.float32)
@@ -132,13 +142,15 @@ def act(
     obs_std: chex.Array,
     key: chex.PRNGKey,
     deterministic: bool,
+    correlated=True,
 ) -> tuple[chex.Array, ActCarry]:
     """Actions ``[N, A]`` for raw observations ``[N, *obs_shape]``, and the carry to pass with
     the next observations (``is_first`` cleared: mark new episodes with :func:`episode_starts`).
 
     ``deterministic=True`` takes the mode: the arg-max one-hot, or ``tanh(μ)`` of the squashed
     Normal (and posterior modes of an RSSM); otherwise a sample of the policy (exploration comes
-    from its entropy).
+    from its entropy), drawn from the carry's correlated noise where ``correlated`` (a bool, or a
+    traced one; see :func:`correlated_at`) and ``actor.explore_correlation`` > 0.
     """
     wm = agent.nets.world_model
     # The action keeps ``key`` itself (as before carries existed); an RSSM latent folds it.
@@ -155,13 +167,17 @@ def act(
     dist = agent.nets.actor.apply(actor_params, states)
     rho = explore_correlation(agent.config)
     noise = carry.noise
-    if rho > 0 and not deterministic:
+    if rho > 0 and not deterministic and correlated is not False:
         noise = _next_noise(carry, action_key, rho)
         if agent.spec.discrete:
             actions = noise_actions(dist.logits, None, noise, True)
         else:
             base = dist.distribution
             actions = noise_actions(base.loc, base.scale_diag, noise, False)
+        if correlated is not True:  # traced (the on-device loop): after the window, i.i.d.
+            independent = dist.sample(seed=action_key).astype(actions.dtype)
+            actions = jnp.where(correlated, actions, independent)
+            noise = jnp.where(correlated, noise, carry.noise)
     elif agent.spec.discrete:
         if deterministic:
             actions = jax.nn.one_hot(jnp.argmax(dist.logits, -1), agent.spec.action_dim)
@@ -176,18 +192,23 @@ def act(
 
 
 class ActFn:
-    """``act`` bound to ``agent`` and jitted (``deterministic`` is static); ``initial_carry(n)``
-    starts ``n`` envs."""
+    """``act`` bound to ``agent`` and jitted (``deterministic`` and ``correlated`` static);
+    ``initial_carry(n)`` starts ``n`` envs."""
 
     def __init__(self, agent):
         self.agent = agent
-        self._fn = jax.jit(functools.partial(act, agent), static_argnames=("deterministic",))
+        self._fn = jax.jit(
+            functools.partial(act, agent), static_argnames=("deterministic", "correlated")
+        )
 
     def __call__(self, *args, **kwargs) -> tuple[chex.Array, ActCarry]:
         return self._fn(*args, **kwargs)
 
     def initial_carry(self, num_envs: int) -> ActCarry:
         return initial_carry(self.agent, num_envs)
+
+    def correlated_at(self, env_step: int) -> bool:
+        return correlated_at(self.agent.config, env_step)
 
 
 def make_act_fn(agent) -> ActFn:

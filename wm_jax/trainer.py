@@ -226,6 +226,7 @@ class Trainer(TrainerCheckpoints):
             std,
             key,
             deterministic=False,
+            correlated=self.act_fn.correlated_at(self.env_step),
         )
         return np.asarray(actions)
 
