@@ -188,3 +188,20 @@ def test_after_the_window_a_traced_switch_gives_independent_samples_and_keeps_th
     dist = agent.nets.actor.apply(state.actor_params, static[1][1].state)
     np.testing.assert_array_equal(static[1][0], dist.sample(seed=key))
     assert not np.array_equal(static[0][0], static[1][0])
+
+
+def test_a_continuous_policy_acts_with_the_squashed_normal_of_its_correlated_noise():
+    spec = make_spec(action_dim=2, discrete=False)
+    agent = make_agent(small_config(**{"actor.explore_correlation": 0.9}), spec)
+    state = init_state(agent, jax.random.PRNGKey(0))
+    carry = initial_carry(agent, 4).replace(
+        noise=jnp.ones((4, 2)), is_first=np.array([True, False, False, False])
+    )
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4, 4))
+    key = jax.random.PRNGKey(2)
+    actions, out = act(agent, state.wm_params, state.actor_params, carry, obs, 0.0, 1.0, key, False)
+    eps = jax.random.normal(key, (4, 2))
+    want = np.where([[True], [False], [False], [False]], eps, 0.9 + np.sqrt(1 - 0.81) * eps)
+    np.testing.assert_allclose(out.noise, want, rtol=1e-6)
+    base = agent.nets.actor.apply(state.actor_params, out.state).distribution
+    np.testing.assert_allclose(actions, np.tanh(base.loc + base.scale_diag * out.noise), rtol=1e-6)
