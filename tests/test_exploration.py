@@ -13,9 +13,9 @@ from wm_jax.policy import (
     _next_noise,
     act,
     correlated_at,
+    correlated_random_actions,
     initial_carry,
     noise_actions,
-    random_actions,
 )
 from wm_jax.update import init_state, make_agent
 
@@ -91,14 +91,14 @@ def test_the_random_prefill_draws_uniform_actions_that_hold_for_several_steps():
     carry = _carry(jnp.zeros((N, A)), is_first=True)
     draws = []
     for i in range(40):
-        actions, carry = random_actions(carry, jax.random.PRNGKey(i), True, 0.9)
+        actions, carry = correlated_random_actions(carry, jax.random.PRNGKey(i), True, 0.9)
         carry = carry.replace(is_first=jnp.zeros((N,), bool))
         draws.append(np.asarray(actions))
     draws = np.stack(draws)
     np.testing.assert_allclose(draws.reshape(-1, A).mean(0), [1 / 3] * 3, atol=0.025)
     assert (draws[1:] * draws[:-1]).sum(-1).mean() > 1 / 3 + 0.3
     start = ActCarry(jnp.zeros((N, 1)), jnp.zeros((N, 1)), jnp.ones((N,), bool), jnp.zeros((N, 1)))
-    cont, _ = random_actions(start, jax.random.PRNGKey(0), False, 0.9)
+    cont, _ = correlated_random_actions(start, jax.random.PRNGKey(0), False, 0.9)
     cont = np.asarray(cont)
     assert cont.min() >= -1 and cont.max() <= 1
     np.testing.assert_allclose(np.histogram(cont, 4, (-1, 1))[0] / N, [0.25] * 4, atol=0.04)

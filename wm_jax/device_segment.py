@@ -41,9 +41,9 @@ from wm_jax.policy import (
     ActCarry,
     act,
     correlated_at,
+    correlated_random_actions,
     explore_correlation,
     initial_carry,
-    random_actions,
 )
 from wm_jax.replay_device import (
     DeviceReplay,
@@ -158,20 +158,24 @@ class DeviceLoop:
 
     # -- one vector step -----------------------------------------------------------------------
 
-    def _random_actions(self, key, n):
+    def _random_actions(self, key, carry: ActCarry):
+        """The prefill's uniform random actions (correlated when ``actor.explore_correlation``
+        > 0, as the host loop's ``prefill_actions``) and the carry."""
+        rho = explore_correlation(self.config)
+        if rho > 0:  # the same correlated noise the policy will explore with
+            return correlated_random_actions(carry, key, self.spec.discrete, rho)
+        n = carry.action.shape[0]
         if self.spec.discrete:
             idx = jax.random.randint(key, (n,), 0, self.spec.action_dim)
-            return jax.nn.one_hot(idx, self.spec.action_dim)
-        return jax.random.uniform(key, (n, self.spec.action_dim), minval=-1.0, maxval=1.0)
+            return jax.nn.one_hot(idx, self.spec.action_dim), carry
+        actions = jax.random.uniform(key, (n, self.spec.action_dim), minval=-1.0, maxval=1.0)
+        return actions, carry
 
     def _vector_step(self, prefill: bool, ls: LoopState, _=None):
         c = self.config
         key, act_key, env_key = jax.random.split(ls.key, 3)
-        rho = explore_correlation(c)
-        if prefill and rho > 0:  # the same correlated noise the policy will explore with
-            actions, carry = random_actions(ls.act_carry, act_key, self.spec.discrete, rho)
-        elif prefill:
-            actions, carry = self._random_actions(act_key, c.num_envs), ls.act_carry
+        if prefill:
+            actions, carry = self._random_actions(act_key, ls.act_carry)
         else:
             mean, std = normalizer_stats(ls.norm, self.norm_enabled)
             actions, carry = act(

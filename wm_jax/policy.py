@@ -100,7 +100,7 @@ def noise_actions(logits_or_loc, scale, z, discrete: bool) -> chex.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
-def random_actions(carry: ActCarry, key: chex.PRNGKey, discrete: bool, rho: float):
+def correlated_random_actions(carry: ActCarry, key: chex.PRNGKey, discrete: bool, rho: float):
     """The prefill's uniform random actions drawn from the correlated noise (uniform logits; a
     uniform ``[-1, 1]`` as ``2Φ(z) - 1``), and the carry with the noise advanced."""
     z = _next_noise(carry, key, rho)
@@ -122,7 +122,7 @@ def prefill_actions(config, spec, carry: ActCarry, key, np_seed) -> tuple[np.nda
     draws of numpy's generator seeded with ``np_seed``."""
     rho = explore_correlation(config)
     if rho > 0:
-        actions, carry = random_actions(carry, key, spec.discrete, rho)
+        actions, carry = correlated_random_actions(carry, key, spec.discrete, rho)
         return np.asarray(actions), carry
     n = carry.action.shape[0]
     rng = np.random.default_rng(np_seed)
