@@ -14,7 +14,8 @@ from conftest import checkpoint_arrays, make_spec, random_sequence, small_config
 from wm_jax import losses
 from wm_jax.config import ConfigError, validate
 from wm_jax.networks import state_size
-from wm_jax.networks.rssm import unimix_logits
+from wm_jax.networks.common import matmul_precision
+from wm_jax.networks.rssm import GRUCell, unimix_logits
 from wm_jax.observe import observe_sequence, observe_step
 from wm_jax.schedule import UpdateCounts
 from wm_jax.trainer import Trainer
@@ -69,6 +70,28 @@ def test_prior_and_posterior_shapes_and_state_layout(rssm):
     # imagination's interface: the prior as a next-state distribution of the same size
     prior = wm.apply(state.wm_params, out.states[:, 0], batch.action[:, 0], method=wm.predict_next)
     assert prior.mean().shape == prior.sample(seed=jax.random.PRNGKey(3)).shape == (3, size)
+
+
+def test_gru_cell_is_flax_gru_cell_and_follows_the_matmul_precision():
+    """Same parameters (names, shapes, initial values: old checkpoints load), the same float32
+    outputs and gradients bit for bit, and bf16 matmuls under ``precision=bfloat16``."""
+    import flax.linen as nn
+
+    h = jax.random.normal(jax.random.key(1), (8, 16))
+    x = jax.random.normal(jax.random.key(2), (8, 12))
+    ref, ours = nn.GRUCell(16), GRUCell(16)
+    params = ref.init(jax.random.key(0), h, x)
+    same = lambda a, b: jax.tree.all(jax.tree.map(lambda u, v: bool((u == v).all()), a, b))  # noqa: E731
+    assert same(ours.init(jax.random.key(0), h, x), params)
+    ref_fn = jax.jit(lambda p: ref.apply(p, h, x)[0])
+    assert same(jax.jit(lambda p: ours.apply(p, h, x))(params), ref_fn(params))
+    grad_ours = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(ours.apply(p, h, x)))))
+    grad_ref = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(ref.apply(p, h, x)[0]))))
+    assert same(grad_ours(params), grad_ref(params))
+    with matmul_precision("bfloat16"):
+        low = jax.jit(lambda p: ours.apply(p, h, x))(params)
+    diff = float(jnp.max(jnp.abs(low - ref_fn(params))))
+    assert 0 < diff < 0.05  # bf16 inputs: close to, but not, the float32 result
 
 
 def test_kl_balancing_splits_the_gradient_and_free_bits_stop_it():

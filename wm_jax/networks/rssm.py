@@ -27,7 +27,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from wm_jax.networks.common import MLP
+from wm_jax.networks.common import MLP, Dense
 from wm_jax.types import SequenceContext
 
 
@@ -81,6 +81,31 @@ class LatentPrior:
         return latent_state(self.deter, sample_one_hot(self.logits, seed))
 
 
+class GRUCell(nn.Module):
+    """``flax.linen.GRUCell`` (the same maths, parameter names and initialisers, so either's
+    checkpoints load in the other, and the same float32 results) built from
+    :class:`~wm_jax.networks.common.Dense`, so that its matmuls follow ``config.precision``
+    like every other layer (flax's cell multiplies in float32 whatever the precision)::
+
+        r = σ(W_ir x + b_ir + W_hr h)     z = σ(W_iz x + b_iz + W_hz h)
+        n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))      h' = (1 − z) ⊙ n + z ⊙ h
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
+        x_init, h_init = nn.linear.default_kernel_init, nn.initializers.orthogonal()
+        dense_x = lambda name: Dense(self.features, x_init, name=name)(x)  # noqa: E731
+        dense_h = lambda name, bias=False: Dense(  # noqa: E731
+            self.features, h_init, use_bias=bias, name=name
+        )(h)
+        r = jax.nn.sigmoid(dense_x("ir") + dense_h("hr"))
+        z = jax.nn.sigmoid(dense_x("iz") + dense_h("hz"))
+        n = jnp.tanh(dense_x("in") + r * dense_h("hn", bias=True))
+        return (1.0 - z) * n + z * h
+
+
 class RSSMCore(nn.Module):
     """The RSSM's transition: ``[h, z], a -> h' = GRU(h, [z, a])`` and the prior ``p(z' | h')``.
     Registered as ``model.dynamics="rssm"``; its ``__call__`` is the dynamics interface
@@ -97,7 +122,7 @@ class RSSMCore(nn.Module):
 
     def setup(self):
         self.input_mlp = MLP(self.hidden, None, self.activation, self.layer_norm)
-        self.gru = nn.GRUCell(self.deter)
+        self.gru = GRUCell(self.deter)
         self.prior_mlp = MLP(
             self.hidden, self.stoch * self.classes, self.activation, self.layer_norm
         )
@@ -113,7 +138,7 @@ class RSSMCore(nn.Module):
         h, z = state[..., : self.deter], state[..., self.deter :]
         x = self.input_mlp(jnp.concatenate([z, action], -1))
         lead = h.shape[:-1]
-        new_h, _ = self.gru(h.reshape((-1, self.deter)), x.reshape((-1, x.shape[-1])))
+        new_h = self.gru(h.reshape((-1, self.deter)), x.reshape((-1, x.shape[-1])))
         new_h = new_h.reshape((*lead, self.deter))
         return LatentPrior(new_h, self.prior(new_h))
 
