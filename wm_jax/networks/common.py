@@ -141,17 +141,13 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        y = matmul(x, kernel)
+        if _MATMUL_DTYPE.get() is None:
+            y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        else:
+            y = bf16_matmul(x, kernel)
         if not self.use_bias:
             return y
         return y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
-
-
-def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``x @ kernel`` (``[..., K] @ [K, N]``) in the precision :func:`matmul_precision` set."""
-    if _MATMUL_DTYPE.get() is None:
-        return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-    return bf16_matmul(x, kernel)
 
 
 def _layer_norm_act(x, scale, bias, act, eps):
