@@ -277,6 +277,41 @@ def test_a_signal_inherited_as_ignored_stays_ignored_while_the_loop_runs():
     assert result.returncode == 0 and result.stdout.strip() == "kept", result.stderr[-2000:]
 
 
+def test_a_second_signal_whose_exit_a_finalizer_swallowed_still_ends_the_loop_at_once():
+    """Python runs a signal handler in whatever frame is current, a finalizer's included, where
+    the exception it raises (the CLI's SIGTERM: ``SystemExit(143)``) is only printed: the
+    loop's next look at the stop request ends it as the second signal would have, instead of
+    going on to the graceful stop the first one asked for."""
+    script = textwrap.dedent(
+        """
+        import signal
+        from wm_jax.shell import StopOnSignal
+
+        def terminate(signum, frame):  # what wm_jax.cli installs for SIGTERM
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, terminate)
+
+        class SignalledInAFinalizer:
+            def __del__(self):
+                signal.raise_signal(signal.SIGTERM)  # the first: stop after this step
+                signal.raise_signal(signal.SIGTERM)  # the second: its SystemExit is only printed
+
+        with StopOnSignal() as stop:
+            SignalledInAFinalizer()
+            print("swallowed", flush=True)
+            if stop.signum is not None:  # what the loop reads every step
+                print("went on to the graceful stop")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert "Exception ignored" in result.stderr, result.stderr[-2000:]
+    assert result.stdout.split() == ["swallowed"], (result.stdout, result.stderr[-2000:])
+    assert result.returncode == 143, (result.returncode, result.stderr[-2000:])
+
+
 # The CLI where what is left of the step after a first SIGTERM/SIGINT takes minutes (as a long
 # train step, a slow env or a big replay would): the loop's handler does its work, writes argv[1]
 # (a marker file) and sleeps, still inside the loop's signal handling.

@@ -47,18 +47,48 @@ class StopOnSignal:
     """While active, SIGTERM and SIGINT ask the loop to stop after the current env step (so a
     final checkpoint can be written) instead of killing it; a second signal acts as usual.
     A signal the process inherited as ignored stays ignored (``nohup``, a non-interactive
-    shell's background job ignores SIGINT): as CPython itself leaves it at start-up."""
+    shell's background job ignores SIGINT): as CPython itself leaves it at start-up.
+
+    "As usual" is the handler that was there before (the CLI's SIGTERM: ``SystemExit(143)``;
+    SIGINT: ``KeyboardInterrupt``), and those are exceptions: Python runs a signal handler in
+    whatever frame is current, a finalizer's or a library callback's included, where an
+    exception is only printed and the loop would go on to its graceful stop.  So after a
+    second signal, reading :attr:`signum` acts as usual again: the loop, which reads it every
+    step, ends at once wherever the first exception went."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self._signum: int | None = None
+        self._forced: int | None = None  # the second signal, once there was one
         self._previous: dict[int, Any] = {}
 
+    @property
+    def signum(self) -> int | None:
+        """The first signal received (``None`` while there was none)."""
+        if self._forced is not None:
+            self._act_as_usual(self._forced)
+        return self._signum
+
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        if self._signum is not None:  # a second signal is not deferred
+            self._forced = signum
+            self._restore()
+            self._act_as_usual(signum)
+            return
+        self._signum = signum
         logging.warning("received %s: stopping after this step", signal.Signals(signum).name)
-        for sig, handler in self._previous.items():  # a second signal is not deferred
+
+    def _act_as_usual(self, signum: int) -> None:
+        handler = self._previous.get(signum, signal.SIG_DFL)
+        if callable(handler):
+            handler(signum, None)
+        elif handler != signal.SIG_IGN:  # SIG_DFL (or None: not set from Python): ended by it
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
     def __enter__(self) -> StopOnSignal:
@@ -71,8 +101,7 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._restore()
 
 
 def prepare_batch(batch, obs_mean, obs_std, reward_scale):
