@@ -222,6 +222,31 @@ def test_offline_training_refuses_the_env_module_a_dataset_run_names(
 
 
 @pytest.mark.slow
+def test_a_run_compiles_one_acting_program_for_exploring_and_one_for_evaluating(tmp_path):
+    """jit keys its programs on where arguments are committed: a state that starts uncommitted
+    and a carry that starts as numpy (both come back committed from their jitted calls) once
+    cost each acting program two or three compilations in a run (warmup, then the full phase's
+    train step compiled ahead; each evaluation's first step, then the rest)."""
+    c = small_config(
+        total_env_steps=160,
+        prefill_steps=32,
+        eval_every=64,
+        eval_episodes=2,
+        log_every=64,
+        checkpoint_every=0,
+        report=False,
+        **{"schedule.warmup_steps": 64, "schedule.transition_steps": 96},
+        **{"diagnostics.open_loop_every": 0},
+    )
+    trainer = wm_jax.Trainer(c, str(tmp_path / "run"))
+    try:
+        result = trainer.run()
+        assert [step for step, _, _ in result.eval_returns] == [64, 128]
+        assert trainer.act_fn._fn._cache_size() == 2  # explore, evaluate
+    finally:
+        trainer.close()
+
+
 def test_a_run_keeps_its_best_evaluated_agent_loadable_with_which_best(tmp_path):
     c = small_config(
         total_env_steps=128,

@@ -29,6 +29,7 @@ import numpy as np
 from wm_jax.networks import state_size
 from wm_jax.normalizer import normalize
 from wm_jax.observe import observe_step
+from wm_jax.sharding import placed_like
 from wm_jax.types import Params
 
 
@@ -201,8 +202,11 @@ class ActFn:
             functools.partial(act, agent), static_argnames=("deterministic", "correlated")
         )
 
-    def __call__(self, *args, **kwargs) -> tuple[chex.Array, ActCarry]:
-        return self._fn(*args, **kwargs)
+    def __call__(
+        self, wm_params, actor_params, carry: ActCarry, *args, **kwargs
+    ) -> tuple[chex.Array, ActCarry]:
+        carry = placed_like(carry, actor_params)  # one program, whatever the carry came from
+        return self._fn(wm_params, actor_params, carry, *args, **kwargs)
 
     def initial_carry(self, num_envs: int) -> ActCarry:
         return initial_carry(self.agent, num_envs)

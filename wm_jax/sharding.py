@@ -71,6 +71,28 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(host, sharding)
 
 
+def commit(tree: Any) -> Any:
+    """``tree`` committed to the default device (as a jitted call's outputs are).  jit keys its
+    compiled programs on where the arguments are committed, so a run whose state starts
+    uncommitted compiles its acting and evaluation programs again once the train step's
+    committed outputs replace it; committing the state at its start keeps one program each."""
+    device = jax.config.jax_default_device
+    if not isinstance(device, jax.Device):
+        device = jax.local_devices(backend=device)[0]
+    return jax.device_put(tree, device)
+
+
+def placed_like(tree: Any, like: Any) -> Any:
+    """``tree`` placed as the first leaf of ``like`` is (its sharding), if that leaf is a
+    committed array; else ``tree`` as it is.  Acting calls it on the policy's carry, which
+    starts as numpy and comes back from the jitted call committed: placed like the parameters
+    it is one jit signature from the first call on."""
+    leaves = jax.tree.leaves(like)
+    if not leaves or not isinstance(leaves[0], jax.Array) or not leaves[0].committed:
+        return tree
+    return jax.device_put(tree, leaves[0].sharding)
+
+
 def local_copy(tree: Any) -> Any:
     """This process's replica of a replicated ``tree``: every leaf that spans other processes'
     devices becomes its copy on this process's first device (no data is moved).  Jitted code

@@ -50,7 +50,7 @@ from wm_jax.policy import acting_key, episode_starts, initial_carry, make_act_fn
 from wm_jax.replay import ReplayBuffer
 from wm_jax.run_dir import RunDir, tree_bytes
 from wm_jax.schedule import critic_real_mix, later_counts, phase, update_counts
-from wm_jax.sharding import local_copy, make_mesh, replicate, shard_batch
+from wm_jax.sharding import commit, local_copy, make_mesh, replicate, shard_batch
 from wm_jax.shell import (
     Clock,
     NoBar,
@@ -200,7 +200,7 @@ class Trainer(TrainerCheckpoints):
         self._recorder = None
 
     def _placed(self, state):
-        return state if self.mesh is None else replicate(state, self.mesh)
+        return commit(state) if self.mesh is None else replicate(state, self.mesh)
 
     # -- the loop ------------------------------------------------------------------------------
 
