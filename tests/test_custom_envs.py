@@ -158,6 +158,36 @@ def test_seven_actions_spec_and_argmax_to_int64():
 
 
 @pytest.mark.slow
+def test_a_discrete_observation_env_trains_and_its_saved_policy_acts_on_make_env_observations(
+    tmp_path,
+):
+    """FrozenLake's Discrete(16) observation, flattened to a one-hot in training, evaluation and
+    make_env alike: a run trains on it, and the policy loaded from its checkpoint acts on
+    make_env's observations (and says where they come from when given the raw integer)."""
+    import wm_jax
+    from wm_jax.envs import make_env
+
+    c = tiny_config("FrozenLake-v1")
+    c.checkpoint_every = 200
+    trainer = Trainer(c, str(tmp_path))
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    assert trainer.spec.obs_shape == (16,)
+    policy = wm_jax.load_policy(str(tmp_path))
+    env = make_env("FrozenLake-v1")
+    obs, _ = env.reset(seed=0)
+    for _ in range(5):
+        obs, _, terminated, truncated, _ = env.step(int(policy.act(obs)))
+        if terminated or truncated:
+            break
+    env.close()
+    with pytest.raises(ValueError, match="make_env"):
+        policy.act(np.int64(0))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id", [WIDE_ID, SEVEN_ID])
 def test_trainer_trains_on_odd_spaces_with_actions_inside_them(env_id, tmp_path):
     train_briefly(env_id, tmp_path)  # the envs assert every action's dtype and range

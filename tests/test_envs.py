@@ -14,6 +14,7 @@ from wm_jax.envs import (
     VectorEnv,
     episode_seed,
     from_env_action,
+    make_env,
     make_env_spec,
     spec_from_spaces,
     to_env_action,
@@ -21,6 +22,9 @@ from wm_jax.envs import (
 
 COUNTER_ID = "WmJaxTest/Counter-v0"
 DICT_OBS_ID = "WmJaxTest/DictObs-v0"
+INT_OBS_ID = "WmJaxTest/IntObs-v0"
+TEXT_OBS_ID = "WmJaxTest/TextObs-v0"
+MISSING_DEPENDENCY_ID = "WmJaxTest/MissingDependency-v0"
 TIME_LIMIT = 4
 TERMINATE_AT = 3
 ID_MOD = 2**16  # episode ids stay exact in float32
@@ -72,7 +76,31 @@ class DictObsEnv(gymnasium.Env):
 
 
 gymnasium.register(COUNTER_ID, entry_point=CounterEnv, max_episode_steps=TIME_LIMIT)
+class IntObsEnv(DictObsEnv):
+    observation_space = spaces.Box(0, 10, (3,), np.int64)
+
+    def reset(self, *, seed=None, options=None):
+        gymnasium.Env.reset(self, seed=seed)
+        return np.array([1, 2, 3], np.int64), {}
+
+    def step(self, action):
+        return np.array([1, 2, 3], np.int64), 0.0, False, False, {}
+
+
+class TextObsEnv(DictObsEnv):
+    observation_space = spaces.Text(8)
+
+
+def missing_dependency_env(**kwargs):
+    raise gymnasium.error.DependencyNotInstalled(
+        'no_such_physics is not installed, run `pip install "no_such_physics"`'
+    )
+
+
 gymnasium.register(DICT_OBS_ID, entry_point=DictObsEnv)
+gymnasium.register(INT_OBS_ID, entry_point=IntObsEnv)
+gymnasium.register(TEXT_OBS_ID, entry_point=TextObsEnv, disable_env_checker=True)
+gymnasium.register(MISSING_DEPENDENCY_ID, entry_point=missing_dependency_env)
 
 
 class CounterReference:
@@ -373,11 +401,45 @@ def test_unsupported_spaces_raise_helpful_error(obs_space, action_space, pattern
         spec_from_spaces(obs_space, action_space)
 
 
-def test_unsupported_env_is_rejected_at_construction():
-    with pytest.raises(UnsupportedSpaceError, match="FlattenObservation"):
-        make_env_spec(DICT_OBS_ID)
-    with pytest.raises(UnsupportedSpaceError, match="FlattenObservation"):
-        VectorEnv(DICT_OBS_ID, 2, seed=0)
+def test_discrete_tuple_dict_and_integer_observations_are_flattened_to_float32_boxes():
+    """Any gymnasium id just works: a Discrete observation (FrozenLake) becomes its one-hot, a
+    Tuple of Discretes (Blackjack) the concatenated one-hots, a Dict its flattened leaves and an
+    integer Box a float32 one, the same in make_env_spec, make_env and the vector env."""
+    cases = {
+        "FrozenLake-v1": (16,),
+        "Blackjack-v1": (32 + 11 + 2,),
+        DICT_OBS_ID: (2,),
+        INT_OBS_ID: (3,),
+    }
+    for env_id, shape in cases.items():
+        spec = make_env_spec(env_id)
+        assert (spec.obs_shape, spec.obs_dtype) == (shape, np.float32), env_id
+        env = make_env(env_id)
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == shape and obs.dtype == np.float32, env_id
+        env.close()
+        with VectorEnv(env_id, 2, seed=0) as venv:
+            obs = venv.reset()
+            assert obs.shape == (2, *shape) and obs.dtype == np.float32, env_id
+            out = venv.step(np.eye(spec.action_dim, dtype=np.float32)[[0, 1 % spec.action_dim]])
+            assert out.obs.shape == (2, *shape) and out.obs.dtype == np.float32, env_id
+    with VectorEnv("FrozenLake-v1", 2, seed=0) as venv:  # the start square's one-hot
+        np.testing.assert_array_equal(venv.reset(), np.eye(16, dtype=np.float32)[[0, 0]])
+    with VectorEnv(INT_OBS_ID, 1, seed=0) as venv:
+        np.testing.assert_array_equal(venv.reset(), [[1.0, 2.0, 3.0]])
+
+
+def test_a_space_that_does_not_flatten_is_still_refused_by_name():
+    with pytest.raises(UnsupportedSpaceError, match="observation space Text"):
+        make_env_spec(TEXT_OBS_ID)
+    with pytest.raises(UnsupportedSpaceError, match="observation space Text"):
+        VectorEnv(TEXT_OBS_ID, 2, seed=0)
+
+
+def test_an_env_whose_package_is_missing_names_the_install_instead_of_a_traceback():
+    for make in (make_env_spec, lambda env_id: VectorEnv(env_id, 2, seed=0)):
+        with pytest.raises(ValueError, match=r"needs a package that is not installed.*pip install"):
+            make(MISSING_DEPENDENCY_ID)
 
 
 def test_uint8_image_observations_are_supported():

@@ -41,6 +41,7 @@ __all__ = [
     "check_no_pixels",
     "make_env",
     "make_env_spec",
+    "observations_as_box",
     "pixel_size",
     "UNKNOWN_ENV_ERRORS",
     "unknown_env_error",
@@ -48,20 +49,24 @@ __all__ = [
 
 
 # What gymnasium raises for an id it cannot make (ModuleNotFoundError: the module of a
-# "module:EnvId" id); turned into :func:`unknown_env_error` wherever an env is made.
+# "module:EnvId" id; DependencyNotInstalled: a registered env whose package is missing, e.g.
+# Box2D for LunarLander); turned into :func:`unknown_env_error` wherever an env is made.
 UNKNOWN_ENV_ERRORS = (
     gymnasium.error.UnregisteredEnv,
     gymnasium.error.DeprecatedEnv,
+    gymnasium.error.DependencyNotInstalled,
     ModuleNotFoundError,
 )
 
 
 def unknown_env_error(env_id: str, err: Exception) -> ValueError:
-    """The error for an id gymnasium cannot make, saying which ids it can."""
+    """The error for an id gymnasium cannot make: the package it needs, or which ids it can."""
+    if isinstance(err, gymnasium.error.DependencyNotInstalled):
+        return ValueError(f"{env_id} needs a package that is not installed: {err}")
     return ValueError(
-        f"Unknown or unavailable environment id {env_id!r}: {err}. Use a registered id "
-        "(e.g. 'CartPole-v1'; gymnasium.pprint_registry() lists them), or 'module:EnvId' to "
-        "import the module that registers your own env first."
+        f"Unknown or unavailable environment id {env_id!r}: {str(err).rstrip('.')}. Use a "
+        "registered id (e.g. 'CartPole-v1'; gymnasium.pprint_registry() lists them), or "
+        "'module:EnvId' to import the module that registers your own env first."
     )
 
 
@@ -123,11 +128,41 @@ class ResizeObservationPIL(gymnasium.ObservationWrapper):
         return np.asarray(image, np.uint8)
 
 
+# Observation spaces gymnasium's FlattenObservation turns into a Box (a Discrete one-hot).
+_FLATTENED = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Tuple, spaces.Dict)
+
+
+def observations_as_box(env: gymnasium.Env) -> gymnasium.Env:
+    """``env`` with observations wm_jax reads, so any gymnasium env id just works: a float or
+    uint8 ``Box`` is left as it is; a ``Discrete`` (FrozenLake, Taxi), ``MultiDiscrete``,
+    ``MultiBinary``, ``Tuple`` (Blackjack) or ``Dict`` observation is flattened by
+    ``gymnasium.wrappers.FlattenObservation`` (a ``Discrete`` becomes its one-hot) and, like an
+    integer ``Box``, cast to float32.  A space that does not flatten (``Text``, ``Graph``, a
+    ``Tuple`` holding one) is left for :func:`wm_jax.env_spec.spec_from_spaces` to refuse by
+    name.  Training, evaluation and :func:`make_env` all apply it: a loaded policy's ``act``
+    takes the observations of ``make_env(env_id)``."""
+    space = env.observation_space
+    flattened = isinstance(space, _FLATTENED)
+    if flattened:
+        try:
+            env = gymnasium.wrappers.FlattenObservation(env)
+        except (NotImplementedError, TypeError, ValueError):
+            return env
+        space = env.observation_space
+    if not isinstance(space, spaces.Box):
+        return env
+    dtype = np.dtype(space.dtype)
+    if np.issubdtype(dtype, np.floating) or (dtype == np.uint8 and not flattened):
+        return env  # uint8 stays uint8 where it is the env's own (images)
+    return gymnasium.wrappers.DtypeObservation(env, np.float32)
+
+
 def make_env(
     env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None
 ) -> gymnasium.Env:
     """One gymnasium env of ``env_id`` with ``env_kwargs``, observing pixels when
-    ``env_kwargs["pixels"]`` asks for them (see the module docstring).
+    ``env_kwargs["pixels"]`` asks for them (see the module docstring), else its own
+    observations as a Box (:func:`observations_as_box`).
 
     Raises:
         ValueError: For an unknown id, a bad ``pixels`` value, or a pixel env that has no
@@ -142,7 +177,7 @@ def make_env(
     except UNKNOWN_ENV_ERRORS as err:
         raise unknown_env_error(env_id, err) from err
     if size is None:
-        return env
+        return observations_as_box(env)
     modes = env.metadata.get("render_modes") or []
     if "rgb_array" not in modes or env.render_mode != "rgb_array":
         env.close()

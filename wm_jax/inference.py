@@ -116,7 +116,9 @@ class Policy:
         if not single and obs.shape[1:] != self.spec.obs_shape:
             raise ValueError(
                 f"expected an observation of shape {self.spec.obs_shape} or a batch "
-                f"[N, {', '.join(map(str, self.spec.obs_shape))}], got {obs.shape}"
+                f"[N, {', '.join(map(str, self.spec.obs_shape))}], got {obs.shape}: the "
+                "observations of wm_jax.envs.make_env(env_id), which flattens Discrete, Tuple "
+                "and Dict spaces to float vectors as training did"
             )
         batch = obs[None] if single else obs
         actions = to_env_action(self.agent_actions(batch, key, deterministic), self.spec)

@@ -39,6 +39,7 @@ from wm_jax.env_make import (
     UNKNOWN_ENV_ERRORS,
     check_no_pixels,
     make_env,
+    observations_as_box,
     pixel_size,
     unknown_env_error,
 )
@@ -185,6 +186,7 @@ class VectorEnv(ReplayResume):
                     num_envs=num_envs,
                     vectorization_mode=mode,
                     vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
+                    wrappers=[observations_as_box],  # as make_env: Discrete & co. flattened
                     **pixel_size(env_kwargs)[1],  # "pixels": 0 / false is ours, not the env's
                 )
         except UNKNOWN_ENV_ERRORS as err:
