@@ -205,8 +205,15 @@ class ActFn:
     def __call__(
         self, wm_params, actor_params, carry: ActCarry, *args, **kwargs
     ) -> tuple[chex.Array, ActCarry]:
-        carry = placed_like(carry, actor_params)  # one program, whatever the carry came from
-        return self._fn(wm_params, actor_params, carry, *args, **kwargs)
+        # One jit signature (one program) whatever the carry came from: the memory placed like
+        # the parameters once (a fresh carry is numpy, jit's outputs come back committed) and
+        # ``is_first`` always numpy (the loop sets it from the envs' done flags every step).
+        memory = (carry.state, carry.action, carry.noise)
+        if not all(x is None or (isinstance(x, jax.Array) and x.committed) for x in memory):
+            state, action, noise = placed_like(memory, actor_params)
+            carry = carry.replace(state=state, action=action, noise=noise)
+        actions, carry = self._fn(wm_params, actor_params, carry, *args, **kwargs)
+        return actions, carry.replace(is_first=np.zeros(carry.is_first.shape, bool))
 
     def initial_carry(self, num_envs: int) -> ActCarry:
         return initial_carry(self.agent, num_envs)
