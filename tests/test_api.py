@@ -221,33 +221,12 @@ def test_offline_training_refuses_the_env_module_a_dataset_run_names(
     assert not (tmp_path / "offline").exists()
 
 
-@pytest.mark.slow
-def test_a_run_compiles_one_acting_program_for_exploring_and_one_for_evaluating(tmp_path):
-    """jit keys its programs on where arguments are committed: a state that starts uncommitted
-    and a carry that starts as numpy (both come back committed from their jitted calls) once
-    cost each acting program two or three compilations in a run (warmup, then the full phase's
-    train step compiled ahead; each evaluation's first step, then the rest)."""
-    c = small_config(
-        total_env_steps=160,
-        prefill_steps=32,
-        eval_every=64,
-        eval_episodes=2,
-        log_every=64,
-        checkpoint_every=0,
-        report=False,
-        **{"schedule.warmup_steps": 64, "schedule.transition_steps": 96},
-        **{"diagnostics.open_loop_every": 0},
-    )
-    trainer = wm_jax.Trainer(c, str(tmp_path / "run"))
-    try:
-        result = trainer.run()
-        assert [step for step, _, _ in result.eval_returns] == [64, 128]
-        assert trainer.act_fn._fn._cache_size() == 2  # explore, evaluate
-    finally:
-        trainer.close()
-
-
-def test_a_run_keeps_its_best_evaluated_agent_loadable_with_which_best(tmp_path):
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A run through warmup and the full phase (its train step compiled ahead), evaluated
+    every 32 env steps and checkpointed every 64: the trainer (closed), its result, its
+    workdir."""
+    workdir = tmp_path_factory.mktemp("evaluated") / "run"
     c = small_config(
         total_env_steps=128,
         prefill_steps=32,
@@ -259,18 +238,33 @@ def test_a_run_keeps_its_best_evaluated_agent_loadable_with_which_best(tmp_path)
         **{"schedule.warmup_steps": 64, "schedule.transition_steps": 96},
         **{"diagnostics.open_loop_every": 0},
     )
-    trainer = wm_jax.Trainer(c, str(tmp_path / "run"))
+    trainer = wm_jax.Trainer(c, str(workdir))
     try:
         result = trainer.run()
     finally:
         trainer.close()
+    return trainer, result, workdir
+
+
+def test_a_run_compiles_one_acting_program_for_exploring_and_one_for_evaluating(evaluated):
+    """jit keys its programs on where arguments are committed: a state that starts uncommitted
+    and a carry that starts as numpy (both come back committed from their jitted calls) once
+    cost each acting program two or three compilations in a run (warmup, then the full phase's
+    train step compiled ahead; each evaluation's first step, then the rest)."""
+    trainer, result, _ = evaluated
+    assert [step for step, _, _ in result.eval_returns] == [32, 64, 96, 128]
+    assert trainer.act_fn._fn._cache_size() == 2  # explore, evaluate
+
+
+def test_a_run_keeps_its_best_evaluated_agent_loadable_with_which_best(evaluated, tmp_path):
+    _, result, workdir = evaluated
     step, best, _ = max(result.eval_returns, key=lambda e: e[1])
-    meta = json.loads((tmp_path / "run" / "best" / "policy.json").read_text())
+    meta = json.loads((workdir / "best" / "policy.json").read_text())
     assert meta["eval_return"] == best and meta["step"] == step
-    policy = wm_jax.load_policy(str(tmp_path / "run"), which="best")
+    policy = wm_jax.load_policy(str(workdir), which="best")
     assert policy.step == step
-    assert wm_jax.load_policy(str(tmp_path / "run")).step == 128
-    rows = [r for r in read_metrics(str(tmp_path / "run")) if "eval_return_std" in r]
+    assert wm_jax.load_policy(str(workdir)).step == 128
+    rows = [r for r in read_metrics(str(workdir)) if "eval_return_std" in r]
     for r in rows:  # the standard error of the mean over eval_episodes = 2
         assert r["eval_return_stderr"] == pytest.approx(r["eval_return_std"] / 2**0.5)
     with pytest.raises(FileNotFoundError, match="no best agent"):
