@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -197,3 +200,32 @@ def test_wandb_enabled_without_wandb_installed_names_the_install_command(monkeyp
     check_wandb_installed(small_config())  # off: wandb is never needed
     assert config_module.get_config().wandb.enabled is False
     assert config_module.get_config().wandb.mode == "offline"
+
+
+_TORCH_PROBE = """
+import glob, sys
+from wm_jax.metric_sinks import TensorBoardSink
+sink = TensorBoardSink(sys.argv[1])
+sink.write(1, {"eval_return": 9.0})
+sink.close()
+loaded_by_sink = "torch" in sys.modules
+import torch  # the stand-in below: importable again once the sink is made
+print(loaded_by_sink, torch.MARK, len(glob.glob(sys.argv[1] + "/tensorboard/events.*")))
+"""
+
+
+def test_the_tensorboard_sink_does_not_import_torch_and_leaves_it_importable(tmp_path):
+    # A stand-in torch on the path, so the test means the same with or without the bench extra:
+    # tensorboardX imports whatever "torch" it finds at module level (seconds of start-up).
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("MARK = 'stand-in'\nTensor = object\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), os.getcwd()]))
+    out = subprocess.run(
+        [sys.executable, "-c", _TORCH_PROBE, str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["False", "stand-in", "1"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 import uuid
 from typing import Any
 
@@ -81,16 +82,37 @@ class JsonlSink:
         self._file.close()
 
 
+def summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch.
+
+    tensorboardX imports ``torch`` at module level whenever it is installed (for type hints
+    only), which adds seconds to every run's start-up where torch is installed (the ``bench``
+    extra, and most RL researchers' environments) and its memory to the process; the sink hands
+    it floats and numpy arrays only.  While tensorboardX loads, ``sys.modules["torch"] = None``
+    makes its ``import torch`` fail as if torch were absent; the entry is removed afterwards, so
+    a later ``import torch`` (the user's, in a library run) works as usual.  Nothing is blocked
+    when torch or tensorboardX is already loaded."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoardSink:
     """``<workdir>/tensorboard/`` (tensorboardX): scalars, text panels, images, and videos as
     animated GIFs in the Images tab (what tensorboardX's ``add_video`` writes, without
     needing moviepy)."""
 
     def __init__(self, workdir: str, purge_step: int | None = None):
-        from tensorboardX import SummaryWriter
-
         self.workdir = workdir
-        self._tb = SummaryWriter(
+        self._tb = summary_writer_class()(
             os.path.join(workdir, "tensorboard"), purge_step=purge_step or None
         )
 
