@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
+from wm_jax import vector_env
 from wm_jax.envs import (
     EnvSpec,
     UnsupportedSpaceError,
@@ -25,6 +26,8 @@ DICT_OBS_ID = "WmJaxTest/DictObs-v0"
 INT_OBS_ID = "WmJaxTest/IntObs-v0"
 TEXT_OBS_ID = "WmJaxTest/TextObs-v0"
 MISSING_DEPENDENCY_ID = "WmJaxTest/MissingDependency-v0"
+MULTI_ACTION_ID = "WmJaxTest/MultiAction-v0"
+ENDLESS_ID = "WmJaxTest/Endless-v0"
 TIME_LIMIT = 4
 TERMINATE_AT = 3
 ID_MOD = 2**16  # episode ids stay exact in float32
@@ -76,6 +79,8 @@ class DictObsEnv(gymnasium.Env):
 
 
 gymnasium.register(COUNTER_ID, entry_point=CounterEnv, max_episode_steps=TIME_LIMIT)
+
+
 class IntObsEnv(DictObsEnv):
     observation_space = spaces.Box(0, 10, (3,), np.int64)
 
@@ -91,6 +96,39 @@ class TextObsEnv(DictObsEnv):
     observation_space = spaces.Text(8)
 
 
+class MultiActionEnv(DictObsEnv):
+    """Observes the last action it was given (as floats); its action space is a kwarg."""
+
+    observation_space = spaces.Box(-10.0, 10.0, (2,), np.float32)
+
+    def __init__(self, action_space=None):
+        self.action_space = action_space or spaces.MultiDiscrete([3, 2], start=[1, -1])
+        self.last = np.zeros(2, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        gymnasium.Env.reset(self, seed=seed)
+        return self.last, {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        self.last = np.zeros(2, np.float32)
+        self.last[: np.size(action)] = np.ravel(action)
+        return self.last, 0.0, False, False, {}
+
+
+class EndlessEnv(DictObsEnv):
+    """Reward 1 every step, never ends, registered without a time limit."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        gymnasium.Env.reset(self, seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 1.0, False, False, {}
+
+
 def missing_dependency_env(**kwargs):
     raise gymnasium.error.DependencyNotInstalled(
         'no_such_physics is not installed, run `pip install "no_such_physics"`'
@@ -101,6 +139,8 @@ gymnasium.register(DICT_OBS_ID, entry_point=DictObsEnv)
 gymnasium.register(INT_OBS_ID, entry_point=IntObsEnv)
 gymnasium.register(TEXT_OBS_ID, entry_point=TextObsEnv, disable_env_checker=True)
 gymnasium.register(MISSING_DEPENDENCY_ID, entry_point=missing_dependency_env)
+gymnasium.register(ENDLESS_ID, entry_point=EndlessEnv)
+gymnasium.register(MULTI_ACTION_ID, entry_point=MultiActionEnv, max_episode_steps=50)
 
 
 class CounterReference:
@@ -391,7 +431,7 @@ BOX_OBS = spaces.Box(-1.0, 1.0, (3,), np.float32)
         (spaces.Tuple((BOX_OBS,)), spaces.Discrete(2), r"Tuple.*FlattenObservation"),
         (spaces.Discrete(5), spaces.Discrete(2), r"observation space Discrete.*Box"),
         (spaces.Box(0, 10, (3,), np.int64), spaces.Discrete(2), r"int64.*DtypeObservation"),
-        (BOX_OBS, spaces.MultiDiscrete([2, 3]), r"MultiDiscrete.*Discrete or a 1-D Box"),
+        (BOX_OBS, spaces.MultiDiscrete([2, 3]), r"MultiDiscrete.*at most 1024 joint actions"),
         (BOX_OBS, spaces.Box(-np.inf, np.inf, (2,), np.float32), r"finite bounds.*RescaleAction"),
         (BOX_OBS, spaces.Box(-1.0, 1.0, (2, 2), np.float32), r"1-D"),
     ],
@@ -427,6 +467,65 @@ def test_discrete_tuple_dict_and_integer_observations_are_flattened_to_float32_b
         np.testing.assert_array_equal(venv.reset(), np.eye(16, dtype=np.float32)[[0, 0]])
     with VectorEnv(INT_OBS_ID, 1, seed=0) as venv:
         np.testing.assert_array_equal(venv.reset(), [[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize(
+    ("action_space", "joint"),
+    [
+        (spaces.MultiDiscrete([3, 2], start=[1, -1]), [[1, -1], [1, 0], [2, -1], [2, 0], [3, -1]]),
+        (spaces.MultiBinary(2), [[0, 0], [0, 1], [1, 0], [1, 1]]),
+        (spaces.Box(-1, 1, (2,), np.int32), [[-1, -1], [-1, 0], [-1, 1], [0, -1], [0, 0]]),
+        (spaces.Box(0, 3, (1,), np.int32), [[0], [1], [2], [3]]),  # gymnasium's tabular envs
+    ],
+)
+def test_multi_part_and_integer_actions_become_one_discrete_over_their_joint_actions(
+    action_space, joint
+):
+    """Any gymnasium id just works: a MultiDiscrete, MultiBinary or integer Box action space
+    is one Discrete whose k-th action is the k-th joint action (last element fastest), in
+    make_env_spec, make_env and the vector env (which steps it on its one-hot)."""
+    kwargs = {"action_space": action_space}
+    n = int(np.prod(action_space.nvec)) if hasattr(action_space, "nvec") else None
+    n = n or (4 if isinstance(action_space, spaces.MultiBinary) else None)
+    n = n or int(np.prod(action_space.high.astype(int) - action_space.low.astype(int) + 1))
+    spec = make_env_spec(MULTI_ACTION_ID, kwargs)
+    assert spec.discrete and spec.action_dim == n and spec.action_start == 0
+    env = make_env(MULTI_ACTION_ID, kwargs)
+    env.reset(seed=0)
+    seen = [env.step(k)[0][: action_space.shape[0]].tolist() for k in range(n)]
+    assert seen[: len(joint)] == joint and len({str(x) for x in seen}) == n
+    env.close()
+    with VectorEnv(MULTI_ACTION_ID, 2, seed=0, env_kwargs=kwargs) as venv:
+        venv.reset()
+        out = venv.step(np.eye(n, dtype=np.float32)[[1, n - 1]])
+        np.testing.assert_array_equal(out.obs[:, : action_space.shape[0]], [seen[1], seen[-1]])
+
+
+def test_tabular_cliff_walking_and_too_many_joint_actions():
+    # tabular/CliffWalking-v0 acts with Box(0, 3, (1,), int32): now four discrete actions.
+    assert make_env_spec("tabular/CliffWalking-v0").action_dim == 4
+    with pytest.raises(UnsupportedSpaceError, match=r"MultiBinary\(11\).*at most 1024"):
+        make_env_spec(MULTI_ACTION_ID, {"action_space": spaces.MultiBinary(11)})
+
+
+def test_evaluation_episodes_of_an_env_without_a_time_limit_are_cut_instead_of_hanging(
+    monkeypatch, caplog
+):
+    """A deterministic policy can keep an env with no time limit going forever (CliffWalking's
+    wall): run_episodes cuts such episodes, scores them so far and says how to set a limit; a
+    declared limit (env_kwargs) is the env's own and nothing is cut."""
+    monkeypatch.setattr(vector_env, "UNLIMITED_EPISODE_STEPS", 7)
+    act = lambda obs, t: np.eye(2, dtype=np.float32)[[0, 1]]  # noqa: E731
+    with VectorEnv(ENDLESS_ID, 2, seed=0) as env:
+        assert env.time_limit is None
+        np.testing.assert_array_equal(env.run_episodes(act), [7.0, 7.0])
+    assert "declares no time limit" in caplog.text and "max_episode_steps" in caplog.text
+    with VectorEnv(ENDLESS_ID, 2, seed=0, env_kwargs={"max_episode_steps": 12}) as env:
+        assert env.time_limit == 12
+        np.testing.assert_array_equal(env.run_episodes(act), [12.0, 12.0])
+    for env_id, limit in (("CliffWalking-v1", None), ("CartPole-v1", 500)):
+        with VectorEnv(env_id, 1, seed=0) as env:
+            assert env.time_limit == limit
 
 
 def test_a_space_that_does_not_flatten_is_still_refused_by_name():

@@ -33,7 +33,7 @@ import numpy as np
 from gymnasium import spaces
 
 from wm_jax.env_ids import GYMNAX_PREFIX
-from wm_jax.env_spec import EnvSpec, UnsupportedSpaceError, spec_from_spaces
+from wm_jax.env_spec import MAX_JOINT_ACTIONS, EnvSpec, UnsupportedSpaceError, spec_from_spaces
 
 __all__ = [
     "PIXELS_KEY",
@@ -44,6 +44,7 @@ __all__ = [
     "observations_as_box",
     "pixel_size",
     "UNKNOWN_ENV_ERRORS",
+    "actions_as_discrete",
     "unknown_env_error",
 ]
 
@@ -157,6 +158,49 @@ def observations_as_box(env: gymnasium.Env) -> gymnasium.Env:
     return gymnasium.wrappers.DtypeObservation(env, np.float32)
 
 
+class JointDiscreteAction(gymnasium.ActionWrapper):
+    """A ``MultiDiscrete``, ``MultiBinary`` or integer ``Box`` action space as one
+    ``Discrete(n)`` over its joint actions: action ``k`` is the ``k``-th combination in row-major
+    order (the last element varies fastest), so a one-element space keeps its own order."""
+
+    def __init__(self, env: gymnasium.Env, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__(env)
+        space = env.action_space
+        self._low = np.asarray(low, np.int64)
+        self._sizes = tuple(int(x) for x in (np.asarray(high, np.int64) - self._low + 1).ravel())
+        self._shape, self._dtype = space.shape, space.dtype
+        self.action_space = spaces.Discrete(int(np.prod(self._sizes)))
+
+    def action(self, action) -> np.ndarray:
+        digits = np.unravel_index(int(action), self._sizes)
+        return (self._low.ravel() + np.asarray(digits)).reshape(self._shape).astype(self._dtype)
+
+
+def actions_as_discrete(env: gymnasium.Env) -> gymnasium.Env:
+    """``env`` with an action space wm_jax's policy speaks, so any gymnasium env id just works:
+    a ``MultiDiscrete``, ``MultiBinary`` or integer ``Box`` (gymnasium's ``tabular/`` envs) of at
+    most :data:`wm_jax.env_spec.MAX_JOINT_ACTIONS` joint actions becomes one ``Discrete`` over them
+    (:class:`JointDiscreteAction`); anything else is left for
+    :func:`wm_jax.env_spec.spec_from_spaces` to accept (``Discrete``, a float ``Box``) or refuse
+    by name.  Training, evaluation and :func:`make_env` all apply it: a loaded policy's ``act``
+    returns the actions of ``make_env(env_id)``."""
+    space = env.action_space
+    if isinstance(space, spaces.MultiBinary):
+        low, high = np.zeros(space.shape, np.int64), np.ones(space.shape, np.int64)
+    elif isinstance(space, spaces.MultiDiscrete):
+        low = np.asarray(space.start, np.int64)
+        high = low + np.asarray(space.nvec, np.int64) - 1
+    elif isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.integer):
+        if not (space.is_bounded("both") and np.all(space.low <= space.high)):
+            return env
+        low, high = np.asarray(space.low, np.int64), np.asarray(space.high, np.int64)
+    else:
+        return env
+    if low.size == 0 or np.prod((high - low + 1).astype(np.float64)) > MAX_JOINT_ACTIONS:
+        return env
+    return JointDiscreteAction(env, low, high)
+
+
 def make_env(
     env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None
 ) -> gymnasium.Env:
@@ -176,6 +220,7 @@ def make_env(
         env = gymnasium.make(env_id, **kwargs, **({"render_mode": mode} if mode else {}))
     except UNKNOWN_ENV_ERRORS as err:
         raise unknown_env_error(env_id, err) from err
+    env = actions_as_discrete(env)
     if size is None:
         return observations_as_box(env)
     modes = env.metadata.get("render_modes") or []

@@ -25,6 +25,11 @@ __all__ = [
 ]
 
 
+# The most joint actions a MultiDiscrete, MultiBinary or integer Box action space may have to be
+# made one Discrete (wm_jax.env_make.actions_as_discrete): the policy has a logit per action.
+MAX_JOINT_ACTIONS = 1024
+
+
 class UnsupportedSpaceError(ValueError):
     """An environment's observation or action space cannot be used by wm_jax."""
 
@@ -121,7 +126,9 @@ def spec_from_spaces(observation_space: spaces.Space, action_space: spaces.Space
             )
         if not np.issubdtype(action_space.dtype, np.floating):
             raise UnsupportedSpaceError(
-                f"Unsupported action space {action_space}: a Box action must have a float dtype."
+                f"Unsupported action space {action_space}: a Box action must have a float dtype "
+                f"(an integer Box of at most {MAX_JOINT_ACTIONS} joint actions with finite bounds "
+                "is made one Discrete)."
             )
         low = np.asarray(action_space.low, dtype=np.float64)
         high = np.asarray(action_space.high, dtype=np.float64)
@@ -141,9 +148,10 @@ def spec_from_spaces(observation_space: spaces.Space, action_space: spaces.Space
             action_high=high,
         )
     raise UnsupportedSpaceError(
-        f"Unsupported action space {action_space}: wm_jax supports Discrete or a 1-D Box with "
-        "finite bounds; wrap the env (e.g. flatten a MultiDiscrete into one Discrete, or use "
-        "gymnasium.wrappers.DiscretizeAction) to get one of those."
+        f"Unsupported action space {action_space}: wm_jax supports Discrete, a 1-D float Box "
+        "with finite bounds, or a MultiDiscrete, MultiBinary or integer Box of at most "
+        f"{MAX_JOINT_ACTIONS} joint actions (made one Discrete); wrap the env to get one of "
+        "those (e.g. gymnasium.wrappers.DiscretizeAction, or an action wrapper of your own)."
     )
 
 

@@ -17,13 +17,13 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from wm_jax import cli
 from wm_jax.env_ids import GYMNAX_PREFIX
 from wm_jax.env_make import make_env
 from wm_jax.inference import Policy, load_policy
-from wm_jax.vector_env import VectorEnv
+from wm_jax.vector_env import UNLIMITED_EPISODE_STEPS, VectorEnv, cut_message, time_limit
 
 
 def evaluate_policy(
@@ -67,7 +67,11 @@ def record_episode(
         obs, _ = env.reset(seed=seed)
         policy.reset()
         frames, total, done = [env.render()], 0.0, False
+        cap = UNLIMITED_EPISODE_STEPS if time_limit(env_id, env_kwargs) is None else None
         while not done:
+            if cap is not None and len(frames) > cap:  # as VectorEnv.run_episodes cuts it
+                logging.warning(cut_message(env_id, cap, 1))
+                break
             obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
             total += float(reward)
             done = terminated or truncated

@@ -32,11 +32,13 @@ from typing import Any, NamedTuple
 
 import gymnasium
 import numpy as np
+from absl import logging
 
 from wm_jax.env_guard import EnvGuard, InvalidEnvDataError
 from wm_jax.env_ids import GYMNAX_PREFIX
 from wm_jax.env_make import (
     UNKNOWN_ENV_ERRORS,
+    actions_as_discrete,
     check_no_pixels,
     make_env,
     observations_as_box,
@@ -120,6 +122,31 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
+# Where an evaluation episode of an env without a time limit is cut (:meth:`VectorEnv.run_episodes`,
+# :func:`wm_jax.evaluate.record_episode`).
+UNLIMITED_EPISODE_STEPS = 10_000
+
+
+def time_limit(env_id: str, env_kwargs: dict[str, Any] | None) -> int | None:
+    """The time limit a gymnasium ``env_id`` declares (its registration's ``max_episode_steps``,
+    or ``env_kwargs["max_episode_steps"]``, which gymnasium.make turns into one), or None."""
+    override = (env_kwargs or {}).get("max_episode_steps")
+    if override:
+        return int(override)
+    try:
+        return gymnasium.spec(env_id).max_episode_steps
+    except gymnasium.error.Error:
+        return None
+
+
+def cut_message(env_id: str, steps: int, episodes: int) -> str:
+    return (
+        f"{env_id} declares no time limit and {episodes} evaluation episode(s) ran {steps} steps: "
+        "cut there and scored with their return so far; give it one with "
+        "--env_kwargs='{\"max_episode_steps\": N}'"
+    )
+
+
 class VectorEnv(ReplayResume):
     """``N`` copies of a gymnasium env stepped together, in wm_jax's conventions.
 
@@ -186,7 +213,8 @@ class VectorEnv(ReplayResume):
                     num_envs=num_envs,
                     vectorization_mode=mode,
                     vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
-                    wrappers=[observations_as_box],  # as make_env: Discrete & co. flattened
+                    # as make_env: Discrete & co. flattened, multi-part actions joined
+                    wrappers=[actions_as_discrete, observations_as_box],
                     **pixel_size(env_kwargs)[1],  # "pixels": 0 / false is ours, not the env's
                 )
         except UNKNOWN_ENV_ERRORS as err:
@@ -203,6 +231,8 @@ class VectorEnv(ReplayResume):
         self._env_action_dtype = np.dtype(self._env.single_action_space.dtype)
         self._env_action_shape = tuple(self._env.single_action_space.shape)
         self.env_id = env_id
+        gymnax = env_id.startswith(GYMNAX_PREFIX)  # gymnax envs always end their episodes
+        self.time_limit = None if gymnax else time_limit(env_id, env_kwargs)
         self.num_envs = num_envs
         self.mode = mode
         self._seed = seed
@@ -350,12 +380,20 @@ class VectorEnv(ReplayResume):
         agent's actions ``[N, A]`` at vector step ``t``; returns each episode's undiscounted
         return ``[N]`` (envs that finish early idle until the last one is done).  Raises
         :class:`EvaluationStopped` as soon as ``should_stop()`` is true (e.g. on SIGTERM)."""
+        # An env that declares no time limit (CliffWalking) can keep a deterministic policy
+        # forever (into a wall): its episodes are cut, scored so far, where the loop would hang.
+        unlimited = self.time_limit is None and not self.env_id.startswith(GYMNAX_PREFIX)
+        cap = UNLIMITED_EPISODE_STEPS if unlimited else None
         obs = self.reset()
         done = np.zeros(self.num_envs, bool)
         running = np.zeros(self.num_envs)
         returns = np.zeros(self.num_envs)
         t = 0
         while not done.all():
+            if cap is not None and t >= cap:
+                returns[~done] = running[~done]
+                logging.warning(cut_message(self.env_id, cap, int((~done).sum())))
+                break
             if should_stop is not None and should_stop():
                 raise EvaluationStopped(f"stopped after {t} of the evaluation's vector steps")
             out = self.step(act(obs, t))
