@@ -42,6 +42,9 @@ def test_defaults_follow_the_seeds():
         ({"world_model.lr": -1.0}, "world_model.lr"),
         ({"env_check": "ignore"}, "env_check"),
         ({"max_abs_reward": 0.0}, "max_abs_reward"),
+        ({"env_id": ""}, "env_id"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**63}, "seed"),
     ],
 )
 def test_impossible_values_are_rejected_naming_the_field(overrides, field):

@@ -408,6 +408,10 @@ def test_unknown_env_id_raises_value_error_naming_the_id():
         VectorEnv("NoSuchEnv-v0", 2, seed=0)
     with pytest.raises(ValueError, match="NoSuchEnv-v0"):
         make_env_spec("NoSuchEnv-v0")
+    # A malformed id is gymnasium's base error: the same usage error, not a traceback.
+    for make in (make_env_spec, lambda env_id: VectorEnv(env_id, 2, seed=0)):
+        with pytest.raises(ValueError, match=r"'cart pole'.*Malformed.*pprint_registry"):
+            make("cart pole")
 
 
 def test_bad_mode_and_bad_action_shape_raise_value_error():

@@ -270,6 +270,16 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
     one_of("model.norm", ("layer", "rms"), default="layer"),
     Rule("vector_mode", lambda v: v in ("sync", "async"), "must be 'sync' or 'async'"),
     one_of("loop", ("host", "device")),
+    Rule(
+        "env_id",
+        lambda v: isinstance(v, str) and bool(v.strip()),
+        "must name an environment, e.g. 'CartPole-v1', got {value!r}",
+    ),
+    Rule(
+        "seed",
+        lambda v: isinstance(v, int) and 0 <= v < 2**63,
+        "must be an integer in [0, 2**63), got {value!r}",
+    ),
     Rule("num_seeds", _positive_int, POSITIVE_INT),
     parse_lr_sweep,
     _seeds_need_the_device_loop,

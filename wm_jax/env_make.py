@@ -49,15 +49,11 @@ __all__ = [
 ]
 
 
-# What gymnasium raises for an id it cannot make (ModuleNotFoundError: the module of a
-# "module:EnvId" id; DependencyNotInstalled: a registered env whose package is missing, e.g.
-# Box2D for LunarLander); turned into :func:`unknown_env_error` wherever an env is made.
-UNKNOWN_ENV_ERRORS = (
-    gymnasium.error.UnregisteredEnv,
-    gymnasium.error.DeprecatedEnv,
-    gymnasium.error.DependencyNotInstalled,
-    ModuleNotFoundError,
-)
+# What gymnasium raises for an id it cannot make (its own errors: unregistered, deprecated,
+# malformed ("cart pole"), a registered env whose package is missing, e.g. Box2D for
+# LunarLander; ModuleNotFoundError: the module of a "module:EnvId" id); turned into
+# :func:`unknown_env_error` wherever an env is made.
+UNKNOWN_ENV_ERRORS = (gymnasium.error.Error, ModuleNotFoundError)
 
 
 def unknown_env_error(env_id: str, err: Exception) -> ValueError:
