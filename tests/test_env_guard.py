@@ -13,6 +13,7 @@ from wm_jax.envs import VectorEnv
 
 FAULTY_ID = "wm_jax_test/Faulty-v0"
 WRONG_SHAPE_ID = "wm_jax_test/WrongShape-v0"
+ARRAY_REWARD_ID = "wm_jax_test/ArrayReward-v0"
 
 
 class FaultyEnv(gymnasium.Env):
@@ -47,7 +48,14 @@ class WrongShapeEnv(FaultyEnv):
         return np.zeros(4, np.float32), {}
 
 
+class ArrayRewardEnv(FaultyEnv):
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, np.array([0.0], np.float32), terminated, truncated, info
+
+
 gymnasium.register(FAULTY_ID, entry_point=FaultyEnv, disable_env_checker=True)
+gymnasium.register(ARRAY_REWARD_ID, entry_point=ArrayRewardEnv, disable_env_checker=True)
 gymnasium.register(WRONG_SHAPE_ID, entry_point=WrongShapeEnv, disable_env_checker=True)
 
 
@@ -113,6 +121,13 @@ def test_an_observation_of_the_wrong_shape_names_the_declared_space():
     with pytest.raises(InvalidEnvDataError, match=r"shape \(3,\)"):
         with VectorEnv(WRONG_SHAPE_ID, 2, seed=0) as env:
             env.reset()
+
+
+def test_a_reward_array_names_the_scalar_a_step_must_return():
+    with VectorEnv(ARRAY_REWARD_ID, 2, seed=0) as env:
+        env.reset()
+        with pytest.raises(InvalidEnvDataError, match=r"scalar reward.*shape \(1,\)"):
+            env.step(np.eye(2, dtype=np.float32))
 
 
 def tiny_config(**overrides):

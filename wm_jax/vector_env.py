@@ -282,7 +282,8 @@ class VectorEnv(ReplayResume):
             raise InvalidEnvDataError(
                 f"{self.env_id} returned data that does not fit its declared spaces ({err}). Its "
                 f"observation_space is {space} (shape {space.shape}, dtype {space.dtype}): make "
-                "reset() and step() return observations of exactly that shape, or fix the space."
+                "reset() and step() return observations of exactly that shape, or fix the space, "
+                "and step() a scalar reward (a float, not an array of shape (1,))."
             ) from err
         except (InvalidEnvDataError, KeyboardInterrupt):
             raise
