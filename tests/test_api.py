@@ -135,6 +135,18 @@ def test_evaluate_policy_matches_the_trainers_evaluation(trained):
     assert (mean, std) == pytest.approx(ref[:2])
 
 
+@pytest.mark.slow
+def test_evaluating_on_an_env_with_other_spaces_a_missing_step_or_no_episodes_says_so(trained):
+    workdir = str(trained[1])
+    policy = wm_jax.load_policy(workdir)
+    with pytest.raises(ValueError, match=r"on Acrobot-v1: .*\(6,\).*differ from the policy's"):
+        wm_jax.evaluate_policy(policy, episodes=1, env_id="Acrobot-v1")
+    with pytest.raises(ValueError, match="episodes must be at least 1, got 0"):
+        wm_jax.evaluate_policy(policy, episodes=0)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7 .*has steps \[.*192\]"):
+        wm_jax.load_policy(workdir, step=7)
+
+
 # -- loading never runs code named in a run's files (wm_jax.safe_load) --------------------------
 
 

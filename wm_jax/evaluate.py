@@ -23,6 +23,7 @@ from wm_jax import cli
 from wm_jax.env_ids import GYMNAX_PREFIX
 from wm_jax.env_make import make_env
 from wm_jax.inference import Policy, load_policy
+from wm_jax.training_eval import env_problem
 from wm_jax.vector_env import UNLIMITED_EPISODE_STEPS, VectorEnv, cut_message, time_limit
 
 
@@ -35,8 +36,15 @@ def evaluate_policy(
 ) -> tuple[float, float, list[float]]:
     """Runs ``episodes`` episodes (one per env of a sync vector env) and returns
     ``(mean, std, returns)`` of their undiscounted returns."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    chosen = env_id
     env_id = policy.env_id_to_make(env_id)
     env_kwargs = dict(policy.config.get("env_kwargs", {}))
+    if chosen:  # another env than the run's: it must have the spaces the policy was built for
+        problem = env_problem(env_id, env_kwargs, policy.spec, "the policy's")
+        if problem is not None:
+            raise ValueError(f"cannot evaluate this policy on {env_id}: {problem}")
     policy.reset()
     with VectorEnv(env_id, episodes, seed, "sync", env_kwargs) as env:
         values = env.run_episodes(

@@ -229,6 +229,11 @@ def load_policy(
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {path}/checkpoints")
+        if step not in manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint at step {step} in {path}/checkpoints; it has steps "
+                f"{sorted(manager.all_steps())}"
+            )
         meta = manager.item_metadata(step)
         wanted_state = {k: _abstract(meta["state"][k]) for k in ("wm_params", "actor_params")}
         wanted_extras = {"normalizer": _abstract(meta["extras"]["normalizer"])}

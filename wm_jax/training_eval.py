@@ -88,9 +88,11 @@ def write_clip(writer, recorder: EpisodeRecorder | None, step: int) -> None:
         writer.write_video(VIDEO_TAG, clip, step)
 
 
-def env_problem(env_id: str | None, env_kwargs: dict, spec) -> str | None:
-    """Why episodes of ``env_id`` cannot evaluate an agent built for ``spec`` (the offline
-    loop's dataset spaces), or None when they can."""
+def env_problem(
+    env_id: str | None, env_kwargs: dict, spec, whose: str = "the dataset's"
+) -> str | None:
+    """Why episodes of ``env_id`` cannot evaluate an agent built for ``spec`` (``whose``
+    spaces: the offline loop's dataset, a loaded policy's run), or None when they can."""
     if not env_id:
         return "the dataset names no env"
     try:
@@ -101,7 +103,7 @@ def env_problem(env_id: str | None, env_kwargs: dict, spec) -> str | None:
     theirs = (tuple(env_spec.obs_shape), env_spec.action_dim, env_spec.discrete)
     if mine != theirs:
         return (
-            f"{env_id}'s spaces (obs shape, action dim, discrete) {theirs} differ from the "
-            f"dataset's {mine}"
+            f"{env_id}'s spaces (obs shape, action dim, discrete) {theirs} differ from "
+            f"{whose} {mine}"
         )
     return None
