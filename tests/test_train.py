@@ -89,6 +89,20 @@ def test_cli_rejects_a_bad_config_value_naming_the_field(tmp_path):
     ]
 
 
+def test_a_missing_or_broken_config_file_and_refused_env_kwargs_are_one_line_errors(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    cases = [
+        ({"config_file": str(tmp_path / "missing.py")}, (), "the --config file cannot be loaded"),
+        ({"config_file": str(broken)}, (), f"the config file {broken} does not parse"),
+        ({}, ('--env_kwargs={"no_such_kwarg": 1}',), "could not be made with env_kwargs"),
+    ]
+    for kwargs, extra, message in cases:
+        result = run_cli(str(tmp_path / "run"), *extra, **kwargs)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert message in result.stderr
+
+
 _CHECK_IMPORTS = """
 import atexit, runpy, sys
 sys.argv = ["wm_jax.train", *sys.argv[1:]]

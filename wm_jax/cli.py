@@ -133,13 +133,27 @@ def define_config_flag(default: str, lock_config: bool = True):
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing with one-line errors (:func:`usage_exit`, :func:`define_config_flag`)."""
+    """absl's flag parsing with one-line errors (:func:`usage_exit`, :func:`define_config_flag`),
+    a missing or unparsable ``--config`` file included."""
     try:
-        return flags.FLAGS(argv)
+        args = flags.FLAGS(argv)
     except flags.Error as err:  # absl's own parser would add a second line pointing to --help
         usage_exit(str(err))
     except (AttributeError, KeyError) as err:
         _config_error_exit(err)
+    except SyntaxError as err:  # the config file's own: where, not a traceback through absl
+        usage_exit(f"the config file {err.filename} does not parse: {err.msg} (line {err.lineno})")
+    except OSError as err:  # a --config.x override applied to a config file that is missing
+        _missing_config_exit(err)
+    if "config" in flags.FLAGS and type(flags.FLAGS["config"].value).__name__ == "_ErrorConfig":
+        # ml_collections keeps a missing file's error for the first read of the config
+        _missing_config_exit(object.__getattribute__(flags.FLAGS["config"].value, "_error"))
+    return args
+
+
+def _missing_config_exit(err: BaseException) -> None:
+    reason = str(err).strip().splitlines()[-1].strip()  # "[Errno 2] No such file ...: 'path'"
+    usage_exit(f"the --config file cannot be loaded: {reason}")
 
 
 def run_with_exit_statuses(fn, workdir: str):

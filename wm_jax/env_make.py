@@ -45,6 +45,7 @@ __all__ = [
     "pixel_size",
     "UNKNOWN_ENV_ERRORS",
     "actions_as_discrete",
+    "env_kwargs_error",
     "unknown_env_error",
 ]
 
@@ -64,6 +65,15 @@ def unknown_env_error(env_id: str, err: Exception) -> ValueError:
         f"Unknown or unavailable environment id {env_id!r}: {str(err).rstrip('.')}. Use a "
         "registered id (e.g. 'CartPole-v1'; gymnasium.pprint_registry() lists them), or "
         "'module:EnvId' to import the module that registers your own env first."
+    )
+
+
+def env_kwargs_error(env_id: str, kwargs: dict[str, Any], err: TypeError) -> ValueError:
+    """The error for an env whose constructor refused ``kwargs`` (an unknown keyword, a wrong
+    type): ``config.env_kwargs`` / ``--env_kwargs`` is where they came from."""
+    return ValueError(
+        f"{env_id} could not be made with env_kwargs {kwargs} ({err}); fix or drop them "
+        "(--env_kwargs, config.env_kwargs)"
     )
 
 
@@ -216,6 +226,8 @@ def make_env(
         env = gymnasium.make(env_id, **kwargs, **({"render_mode": mode} if mode else {}))
     except UNKNOWN_ENV_ERRORS as err:
         raise unknown_env_error(env_id, err) from err
+    except TypeError as err:  # gymnasium's wrap of the env constructor's TypeError
+        raise env_kwargs_error(env_id, kwargs, err) from err
     env = actions_as_discrete(env)
     if size is None:
         return observations_as_box(env)

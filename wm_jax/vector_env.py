@@ -40,6 +40,7 @@ from wm_jax.env_make import (
     UNKNOWN_ENV_ERRORS,
     actions_as_discrete,
     check_no_pixels,
+    env_kwargs_error,
     make_env,
     observations_as_box,
     pixel_size,
@@ -219,6 +220,8 @@ class VectorEnv(ReplayResume):
                 )
         except UNKNOWN_ENV_ERRORS as err:
             raise unknown_env_error(env_id, err) from err
+        except TypeError as err:  # the env's constructor refused env_kwargs
+            raise env_kwargs_error(env_id, pixel_size(env_kwargs)[1], err) from err
         try:
             self._spec = spec_from_spaces(
                 self._env.single_observation_space, self._env.single_action_space
