@@ -532,6 +532,14 @@ def test_evaluation_episodes_of_an_env_without_a_time_limit_are_cut_instead_of_h
             assert env.time_limit == limit
 
 
+def test_async_workers_are_refused_for_a_gymnasium_env_that_computes_with_jax():
+    # Forked from a process where JAX runs, such a worker deadlocks (the run hung).
+    with pytest.raises(ValueError, match=r"tabular/CliffWalking-v0 computes with JAX.*sync"):
+        VectorEnv("tabular/CliffWalking-v0", 2, seed=0, mode="async")
+    with VectorEnv("tabular/CliffWalking-v0", 2, seed=0, mode="sync") as env:
+        assert env.reset().shape == (2, 1)
+
+
 def test_a_space_that_does_not_flatten_is_still_refused_by_name():
     with pytest.raises(UnsupportedSpaceError, match="observation space Text"):
         make_env_spec(TEXT_OBS_ID)

@@ -45,6 +45,7 @@ __all__ = [
     "pixel_size",
     "UNKNOWN_ENV_ERRORS",
     "actions_as_discrete",
+    "check_async_workers",
     "env_kwargs_error",
     "unknown_env_error",
 ]
@@ -66,6 +67,28 @@ def unknown_env_error(env_id: str, err: Exception) -> ValueError:
         "registered id (e.g. 'CartPole-v1'; gymnasium.pprint_registry() lists them), or "
         "'module:EnvId' to import the module that registers your own env first."
     )
+
+
+def check_async_workers(env_id: str, mode: str) -> None:
+    """Refuses async workers for a gymnasium env that computes with JAX (``phys2d/``,
+    ``tabular/``: a ``FunctionalJaxEnv``): the workers are forked from a process where JAX's
+    threads already run, and JAX in a forked child deadlocks (the run would hang)."""
+    if mode != "async" or env_id.startswith(GYMNAX_PREFIX):
+        return
+    try:
+        creator = gymnasium.spec(env_id).entry_point
+        if isinstance(creator, str):
+            creator = gymnasium.envs.registration.load_env_creator(creator)
+    except Exception:  # unknown or unloadable ids are reported where the env is made
+        return
+    from gymnasium.envs.functional_jax_env import FunctionalJaxEnv
+
+    if isinstance(creator, type) and issubclass(creator, FunctionalJaxEnv):
+        raise ValueError(
+            f"{env_id} computes with JAX inside the env ({creator.__name__}), and async workers "
+            "are forked from this process, where JAX already runs: a forked JAX deadlocks. Use "
+            "vector_mode='sync' (--config.vector_mode=sync)"
+        )
 
 
 def env_kwargs_error(env_id: str, kwargs: dict[str, Any], err: TypeError) -> ValueError:

@@ -39,6 +39,7 @@ from wm_jax.env_ids import GYMNAX_PREFIX
 from wm_jax.env_make import (
     UNKNOWN_ENV_ERRORS,
     actions_as_discrete,
+    check_async_workers,
     check_no_pixels,
     env_kwargs_error,
     make_env,
@@ -189,6 +190,7 @@ class VectorEnv(ReplayResume):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
         seed = _check_seed(seed)
+        check_async_workers(env_id, mode)
         try:
             if env_id.startswith(GYMNAX_PREFIX):
                 from wm_jax.gymnax_env import GymnaxVectorEnv
