@@ -137,17 +137,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     a missing or unparsable ``--config`` file included."""
     try:
         args = flags.FLAGS(argv)
+        if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+            flags.FLAGS["config"].value.keys()  # ml_collections raises a missing file's error here
     except flags.Error as err:  # absl's own parser would add a second line pointing to --help
         usage_exit(str(err))
     except (AttributeError, KeyError) as err:
         _config_error_exit(err)
     except SyntaxError as err:  # the config file's own: where, not a traceback through absl
         usage_exit(f"the config file {err.filename} does not parse: {err.msg} (line {err.lineno})")
-    except OSError as err:  # a --config.x override applied to a config file that is missing
+    except OSError as err:  # a config file that is missing (at an override or the first read)
         _missing_config_exit(err)
-    if "config" in flags.FLAGS and type(flags.FLAGS["config"].value).__name__ == "_ErrorConfig":
-        # ml_collections keeps a missing file's error for the first read of the config
-        _missing_config_exit(object.__getattribute__(flags.FLAGS["config"].value, "_error"))
     return args
 
 

@@ -38,13 +38,12 @@ def evaluate_policy(
     ``(mean, std, returns)`` of their undiscounted returns."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
-    chosen = env_id
-    env_id = policy.env_id_to_make(env_id)
     env_kwargs = dict(policy.config.get("env_kwargs", {}))
-    if chosen:  # another env than the run's: it must have the spaces the policy was built for
+    if env_id:  # another env than the run's: it must have the spaces the policy was built for
         problem = env_problem(env_id, env_kwargs, policy.spec, "the policy's")
         if problem is not None:
             raise ValueError(f"cannot evaluate this policy on {env_id}: {problem}")
+    env_id = policy.env_id_to_make(env_id)
     policy.reset()
     with VectorEnv(env_id, episodes, seed, "sync", env_kwargs) as env:
         values = env.run_episodes(

@@ -238,6 +238,7 @@ class VectorEnv(ReplayResume):
         self.env_id = env_id
         gymnax = env_id.startswith(GYMNAX_PREFIX)  # gymnax envs always end their episodes
         self.time_limit = None if gymnax else time_limit(env_id, env_kwargs)
+        self._unlimited = not gymnax and self.time_limit is None
         self.num_envs = num_envs
         self.mode = mode
         self._seed = seed
@@ -388,8 +389,7 @@ class VectorEnv(ReplayResume):
         :class:`EvaluationStopped` as soon as ``should_stop()`` is true (e.g. on SIGTERM)."""
         # An env that declares no time limit (CliffWalking) can keep a deterministic policy
         # forever (into a wall): its episodes are cut, scored so far, where the loop would hang.
-        unlimited = self.time_limit is None and not self.env_id.startswith(GYMNAX_PREFIX)
-        cap = UNLIMITED_EPISODE_STEPS if unlimited else None
+        cap = UNLIMITED_EPISODE_STEPS if self._unlimited else None
         obs = self.reset()
         done = np.zeros(self.num_envs, bool)
         running = np.zeros(self.num_envs)
