@@ -19,6 +19,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
+# Tests compile hundreds of small programs and run each for a few steps, so LLVM's optimisation
+# of the generated code costs more than it saves (BUILD_NOTES, "Suite time"); runs, benchmarks
+# and the CLI keep XLA's default.  WM_JAX_TEST_XLA_OPT=1, or a level in $XLA_FLAGS, keeps theirs.
+FAST_COMPILE_XLA = (
+    ""
+    if os.environ.get("WM_JAX_TEST_XLA_OPT") == "1"
+    or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
+    else "--xla_backend_optimization_level=0"
+)
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_XLA}".strip()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -62,7 +73,9 @@ TINY = [
 ]
 
 # Bit-exact CPU runs need one thread (jax issue #39741): see BUILD_NOTES.md.
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+SINGLE_THREAD_XLA = (
+    f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1 {FAST_COMPILE_XLA}".strip()
+)
 DETERMINISTIC_ENV = {**os.environ, "XLA_FLAGS": SINGLE_THREAD_XLA, "JAX_PLATFORMS": "cpu"}
 
 

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import FAST_COMPILE_XLA, REPO
 
 # Runs in its own process: the device count is fixed when JAX starts.
 _SCRIPT = r"""
@@ -81,7 +81,8 @@ def test_sharded_training_matches_single_device_training_and_both_loops_run_data
     # The 4 CPU "devices" meet in each all-reduce as threads; on a loaded machine (two test
     # workers on 2 cores) one can arrive after XLA's default 40 s, which aborts the process.
     flags = "--xla_cpu_collective_call_terminate_timeout_seconds=900"
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {flags}")
+    flags += f" --xla_force_host_platform_device_count=4 {FAST_COMPILE_XLA}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT],
         capture_output=True,
