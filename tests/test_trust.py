@@ -457,6 +457,11 @@ def test_a_read_only_or_too_small_workdir_is_refused_at_start_up_with_a_named_er
             with pytest.raises(WorkdirError, match="a checkpoint needs about"):
                 Trainer(tiny(replay_capacity=100_000), str(small / "run"))
             assert not os.path.exists(small / "run" / "config.json")
+            # From the CLI: the one line, and no traceback of orbax's clean-up thread at exit.
+            result = run_cli(str(small / "cli"), "--config.replay_capacity=100000")
+            assert result.returncode == 7, result.stderr[-2000:]
+            assert "a checkpoint needs about" in result.stderr
+            assert "Traceback" not in result.stderr, result.stderr[-2000:]
         finally:
             subprocess.run(["umount", "-l", str(small)], check=False)
     finally:

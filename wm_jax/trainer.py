@@ -138,12 +138,10 @@ class Trainer(TrainerCheckpoints):
         self.open_loop_fn = make_open_loop_fn(self.agent)
         env_seed = process_seed(c.seed, self.process_index) if self.multiprocess else c.seed
         self.envs = make_envs(c, self.local_envs, env_seed, c.vector_mode)
+        spec = self.spec
+        capacity = c.replay_capacity // self.process_count
         self.replay = ReplayBuffer(
-            c.replay_capacity // self.process_count,
-            self.local_envs,
-            self.spec.obs_shape,
-            self.spec.obs_dtype,
-            self.spec.action_dim,
+            capacity, self.local_envs, spec.obs_shape, spec.obs_dtype, spec.action_dim
         )
         self.normalizer = RunningMeanStd(
             self.spec.obs_shape,
@@ -166,6 +164,16 @@ class Trainer(TrainerCheckpoints):
         self.episodes = 0
         self.eval_returns: list[tuple[int, float, float]] = []
         self.window = metrics_lib.LogWindow()  # the log row in progress (checkpointed)
+        self.replay_ready = False  # every process's replay holds a batch's windows
+        self.resumed_from = None
+        self.detector = Detector(Thresholds.from_config(c))
+        if c.checkpoint_every:  # one checkpoint must fit on the workdir's disk
+            self.run_dir.check_free_space(tree_bytes(self.state) + self.replay.nbytes)
+        self.run_dir.write_run_files(c, spec_json)
+        self.obs = self.envs.reset()
+        # The policy's memory between steps (the RSSM's state; unused by the other models).
+        self.act_carry = initial_carry(self.agent, self.local_envs)
+        # After the checks: orbax's close() does not wait for the clean-up thread this starts.
         self.checkpointer = (
             Checkpointer(os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints)
             if c.checkpoint_every
@@ -180,15 +188,6 @@ class Trainer(TrainerCheckpoints):
             if self.checkpointer is not None and self.multiprocess
             else None
         )
-        self.replay_ready = False  # every process's replay holds a batch's windows
-        self.resumed_from = None
-        self.detector = Detector(Thresholds.from_config(c))
-        if self.checkpointer is not None:  # one checkpoint must fit on the workdir's disk
-            self.run_dir.check_free_space(tree_bytes(self.state) + self.replay.nbytes)
-        self.run_dir.write_run_files(c, spec_json)
-        self.obs = self.envs.reset()
-        # The policy's memory between steps (the RSSM's state; unused by the other models).
-        self.act_carry = initial_carry(self.agent, self.local_envs)
         if self.checkpointer is not None:
             self._restore()
         # Log rows after the restored step were never checkpointed: drop them (and purge them
