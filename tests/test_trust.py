@@ -462,10 +462,47 @@ def test_a_read_only_or_too_small_workdir_is_refused_at_start_up_with_a_named_er
             assert result.returncode == 7, result.stderr[-2000:]
             assert "a checkpoint needs about" in result.stderr
             assert "Traceback" not in result.stderr, result.stderr[-2000:]
+            # The device loop checks the same before its first step (it wrote 1000 lines of
+            # orbax errors when its first save filled the disk).
+            result = run_cli(
+                str(small / "device"),
+                "--config.loop=device",
+                "--config.env_id=gymnax:CartPole-v1",
+                "--config.replay_capacity=100000",
+            )
+            assert result.returncode == 7, result.stderr[-2000:]
+            assert "a checkpoint needs about" in result.stderr
+            assert "Traceback" not in result.stderr, result.stderr[-2000:]
         finally:
             subprocess.run(["umount", "-l", str(small)], check=False)
     finally:
         subprocess.run(["umount", "-l", str(read_only)], check=False)
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0, reason="mounts a small tmpfs (root on Linux)"
+)
+def test_waiting_for_a_save_that_filled_the_disk_raises_the_named_error(tmp_path):
+    from wm_jax.checkpoint import Checkpointer
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
+    try:
+        checkpointer = Checkpointer(str(disk / "checkpoints"))
+        try:
+            too_big = {"w": np.arange(1 << 20, dtype=np.float32)}  # 4 MiB on a 1 MiB disk
+            with pytest.raises(CheckpointSaveError, match="the disk is full"):
+                checkpointer.save(1, too_big, {"x": np.zeros(3)})
+                checkpointer.wait()  # orbax raises the background save's own error here
+        finally:
+            checkpointer.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.slow

@@ -214,7 +214,11 @@ class Checkpointer:
         return target
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for a background save; raises :class:`CheckpointSaveError` if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # orbax re-raises the save's own error (ENOSPC, ...) here
+            raise self._save_error(err, None) from err
         self.check_for_errors()
 
     def close(self) -> None:

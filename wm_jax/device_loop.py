@@ -61,7 +61,7 @@ from wm_jax.replay_device import (
     replay_sample_flat,
     replay_sample_sequences,
 )
-from wm_jax.run_dir import RunDir
+from wm_jax.run_dir import RunDir, tree_bytes
 from wm_jax.schedule import phase, update_counts
 from wm_jax.sharding import make_mesh, shard_batch
 from wm_jax.shell import (
@@ -217,6 +217,9 @@ def train_device(config, workdir: str, stop_at: int | None = None) -> list:
 def _train_device(c, loop, root, seed_configs, spec_json, sweep, grid, stop_at) -> list:
     group = sweep[0] if sweep else None
     num_seeds = len(grid)
+    states = [loop.init(seed) for seed, _ in grid]
+    if c.checkpoint_every:  # every seed's checkpoint must fit on the workdir's disk
+        root.check_free_space(sum(tree_bytes(s) for s in states))
     runs = []
     for seed, wd, seed_config in seed_configs:
         run_dir = root if wd == root.path else RunDir(wd)
@@ -234,7 +237,6 @@ def _train_device(c, loop, root, seed_configs, spec_json, sweep, grid, stop_at) 
             )
         )
 
-    states = [loop.init(seed) for seed, _ in grid]
     if sweep:
         index = ("world_model", "actor", "critic").index(group)
         for i, (_, lr) in enumerate(grid):
