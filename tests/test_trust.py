@@ -482,7 +482,7 @@ def test_a_read_only_or_too_small_workdir_is_refused_at_start_up_with_a_named_er
 @pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0, reason="mounts a small tmpfs (root on Linux)"
 )
-def test_waiting_for_a_save_that_filled_the_disk_raises_the_named_error(tmp_path):
+def test_a_save_that_fills_the_disk_or_cannot_fit_raises_the_named_error(tmp_path):
     from wm_jax.checkpoint import Checkpointer
 
     disk = tmp_path / "disk"
@@ -499,6 +499,22 @@ def test_waiting_for_a_save_that_filled_the_disk_raises_the_named_error(tmp_path
             with pytest.raises(CheckpointSaveError, match="the disk is full"):
                 checkpointer.save(1, too_big, {"x": np.zeros(3)})
                 checkpointer.wait()  # orbax raises the background save's own error here
+        finally:
+            checkpointer.close()
+        shutil.rmtree(disk / "checkpoints")
+        # Once a checkpoint exists, a save the free space cannot hold is refused before orbax
+        # starts writing it (whose failure in its threads prints hundreds of tracebacks).
+        checkpointer = Checkpointer(str(disk / "checkpoints"))
+        try:
+            fits = {"w": np.arange(100_000, dtype=np.float32)}  # ~0.4 MiB
+            checkpointer.save(1, fits, {"x": np.zeros(3)})
+            checkpointer.wait()
+            with open(disk / "filler", "wb") as filler:
+                filler.write(b"\1" * (shutil.disk_usage(disk).free - 100_000))
+            with pytest.raises(CheckpointSaveError, match="checkpoint 1 takes"):
+                checkpointer.save(2, fits, {"x": np.zeros(3)})
+            assert os.listdir(disk / "checkpoints") == ["1"]  # no partial step 2 begun
+            assert checkpointer.latest_step() == 1
         finally:
             checkpointer.close()
     finally:

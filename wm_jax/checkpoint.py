@@ -49,6 +49,18 @@ def _as_numpy_tree(tree: dict[str, Any]) -> dict[str, Any]:
     return jax.tree.map(np.asarray, tree)
 
 
+def _disk_bytes(path: str) -> int:
+    """Bytes the files under ``path`` take on disk."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+            except OSError:  # removed meanwhile (orbax deleting an old step)
+                pass
+    return total
+
+
 class Checkpointer:
     """Keeps the newest ``max_to_keep`` checkpoints of a run in ``directory``."""
 
@@ -80,6 +92,7 @@ class Checkpointer:
         (in the background); raises :class:`CheckpointSaveError` if this or the previous
         background save failed."""
         self.check_for_errors()
+        self._check_room(step)
         try:
             self.manager.save(
                 step,
@@ -90,6 +103,25 @@ class Checkpointer:
             )
         except Exception as err:
             raise self._save_error(err, step) from err
+
+    def _check_room(self, step: int) -> None:
+        """Refuses a save the disk visibly cannot hold (less free space than the newest
+        checkpoint takes) before orbax starts it: a write that runs out of space fails in
+        orbax's threads with hundreds of lines of tracebacks.  One process only (every process
+        takes part in a save, so one refusing alone would hang the others)."""
+        last = self.latest_step()
+        if jax.process_count() > 1 or last is None:
+            return  # the first save: the start-up check (RunDir.check_free_space) covered it
+        needed = _disk_bytes(os.path.join(self.directory, str(last)))
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise self._save_error(
+                OSError(
+                    f"no space: checkpoint {last} takes {needed / 2**20:.1f} MiB and the disk "
+                    f"has {free / 2**20:.1f} MiB free"
+                ),
+                step,
+            )
 
     def check_for_errors(self) -> None:
         """Raises :class:`CheckpointSaveError` if a background save failed (disk full, ...);
