@@ -6,8 +6,10 @@
 Each ``--variant=NAME:PATH=VALUE,...`` is the config with those overrides (an empty list is the
 config as it is); the pseudo-override ``counts=W/A/C`` sets the variant's update counts (default
 ``--counts``: one update of each kind, as the figures in BUILD_NOTES were measured), so
-``counts=1/0/0`` times one world-model update alone.  Every variant's ``update.train_step`` is
-compiled on the config's batch shape (random CartPole-shaped data, as ``metrics_overhead.py``)
+``counts=1/0/0`` times one world-model update alone; ``xla_opt=N`` compiles the variant at XLA's
+backend optimisation level N (LLVM's -O level; XLA's default is 2).  Every variant's
+``update.train_step`` is compiled on the config's batch shape (random CartPole-shaped data, as
+``metrics_overhead.py``)
 and fed its own returned state; one call of each per round, so load drift hits all alike, and
 medians are reported with the speed-up over the first variant, and each variant's trace and
 XLA compile seconds (compiled one after the other in this process: compare them on a cold
@@ -91,6 +93,8 @@ def main(argv):
     for text in _VARIANTS.value:
         name, overrides = _parse(text)
         counts = _counts(overrides.pop("counts", _COUNTS.value))
+        level = overrides.pop("xla_opt", None)  # XLA's backend optimisation level (default 2)
+        options = None if level is None else {"xla_backend_optimization_level": int(level)}
         config = _apply(_CONFIG.value, overrides)
         agent = update.make_agent(config, spec)
         step = functools.partial(update.train_step, agent, counts=counts)
@@ -101,13 +105,14 @@ def main(argv):
         start = time.perf_counter()
         lowered = jax.jit(lambda s, b, step=step: step(s, b, real_mix=0.5)).lower(state, batch)
         traced = time.perf_counter()
-        fn = lowered.compile()
+        fn = lowered.compile(compiler_options=options)
         variants[name] = {
             "fn": fn,
             "state": state,
             "batch": batch,
             "over": overrides,
             "counts": "/".join(map(str, counts)),
+            "xla_opt": None if level is None else int(level),
             # Tracing + lowering, then XLA's compile (the part the kernel count drives).
             "trace_s": traced - start,
             "compile_s": time.perf_counter() - traced,
@@ -127,6 +132,7 @@ def main(argv):
             "variant": name,
             "overrides": variants[name]["over"],
             "counts": variants[name]["counts"],
+            "xla_opt": variants[name]["xla_opt"],
             "ms_per_step": round(1e3 * m, 3),
             "speedup_vs_first": round(base / m, 3),
             "trace_s": round(variants[name]["trace_s"], 2),
