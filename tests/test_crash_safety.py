@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,6 +231,8 @@ def stop_with_signal_and_resume(tmp_path, signum, rerun=True):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from checkpoint at env step {step}" in result.stderr
     assert f"trained {step + 64} env steps" in result.stdout
+    # Evaluations restored from the checkpoint keep integer steps (it printed "160.0").
+    assert re.search(r"best eval return .* at env step \d+, kept in", result.stdout), result.stdout
 
 
 @pytest.mark.slow

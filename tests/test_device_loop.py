@@ -281,6 +281,7 @@ def test_device_loop_resumes_exactly_where_an_uninterrupted_run_would_be(device_
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{run} {name}")
         assert resumed["evals"] == straight["evals"]
+        assert all(type(step) is int for step, _, _ in resumed["evals"])  # not 240.0 (JSON)
         assert _rows(resumed["workdir"]) == _rows(straight["workdir"])
     # Each run has its own workdir with metrics and checkpoints.
     for run in RUNS:

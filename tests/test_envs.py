@@ -4,11 +4,13 @@ validation, conversions."""
 from __future__ import annotations
 
 import gymnasium
+import jax
 import numpy as np
 import pytest
 from gymnasium import spaces
 
 from wm_jax import vector_env
+from wm_jax.env_make import async_context
 from wm_jax.envs import (
     EnvSpec,
     UnsupportedSpaceError,
@@ -532,12 +534,22 @@ def test_evaluation_episodes_of_an_env_without_a_time_limit_are_cut_instead_of_h
             assert env.time_limit == limit
 
 
-def test_async_workers_are_refused_for_a_gymnasium_env_that_computes_with_jax():
-    # Forked from a process where JAX runs, such a worker deadlocks (the run hung).
-    with pytest.raises(ValueError, match=r"tabular/CliffWalking-v0 computes with JAX.*sync"):
-        VectorEnv("tabular/CliffWalking-v0", 2, seed=0, mode="async")
-    with VectorEnv("tabular/CliffWalking-v0", 2, seed=0, mode="sync") as env:
-        assert env.reset().shape == (2, 1)
+def test_async_workers_of_a_gymnasium_env_that_computes_with_jax_are_spawned_and_step():
+    # Forked from a process where JAX runs, such a worker deadlocked (the run hung): they are
+    # spawned instead, and step as the sync envs do.  Other envs keep the default (fork).
+    jax.numpy.ones(3).block_until_ready()  # JAX's threads running in this process
+    assert async_context("tabular/CliffWalking-v0", "async") == "spawn"
+    assert async_context("tabular/CliffWalking-v0", "sync") is None
+    assert async_context("CartPole-v1", "async") is None
+    actions = np.array([[0, 1, 0, 0], [0, 0, 1, 0]], np.float32)  # one-hot: right, down
+    returns = {}
+    for mode in ("async", "sync"):
+        with VectorEnv("tabular/CliffWalking-v0", 2, seed=0, mode=mode) as env:
+            assert env.reset().shape == (2, 1)
+            steps = [env.step(actions) for _ in range(3)]
+            returns[mode] = [np.append(out.transition.reward, out.obs) for out in steps]
+    np.testing.assert_array_equal(returns["async"], returns["sync"])
+    assert np.asarray(returns["sync"]).any()  # the steps moved and paid rewards
 
 
 def test_a_space_that_does_not_flatten_is_still_refused_by_name():

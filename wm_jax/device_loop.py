@@ -118,7 +118,8 @@ def _from_extras(template: LoopState, state: TrainState, extras) -> tuple[LoopSt
             )
         restored.append(jnp.asarray(x, like.dtype))
     ls = jax.tree.unflatten(treedef, restored).replace(train=state)
-    evals = [tuple(row) for row in np.asarray(extras["loop"]["eval_returns"])[1:].tolist()]
+    rows = np.asarray(extras["loop"]["eval_returns"])[1:].tolist()  # float64: step back to int
+    evals = [(int(step), mean, std) for step, mean, std in rows]
     return ls, evals
 
 

@@ -45,7 +45,7 @@ __all__ = [
     "pixel_size",
     "UNKNOWN_ENV_ERRORS",
     "actions_as_discrete",
-    "check_async_workers",
+    "async_context",
     "env_kwargs_error",
     "unknown_env_error",
 ]
@@ -69,26 +69,25 @@ def unknown_env_error(env_id: str, err: Exception) -> ValueError:
     )
 
 
-def check_async_workers(env_id: str, mode: str) -> None:
-    """Refuses async workers for a gymnasium env that computes with JAX (``phys2d/``,
-    ``tabular/``: a ``FunctionalJaxEnv``): the workers are forked from a process where JAX's
-    threads already run, and JAX in a forked child deadlocks (the run would hang)."""
+def async_context(env_id: str, mode: str) -> str | None:
+    """The multiprocessing start method of ``env_id``'s async workers: ``"spawn"`` for a
+    gymnasium env that computes with JAX (``phys2d/``, ``tabular/``: a ``FunctionalJaxEnv``),
+    whose worker forked from this process, where JAX's threads already run, deadlocks (the run
+    hung); None (the platform's default, fork on Linux) for every other env: a spawned worker
+    re-imports the launcher (~2 s) and needs a picklable env."""
     if mode != "async" or env_id.startswith(GYMNAX_PREFIX):
-        return
+        return None
     try:
         creator = gymnasium.spec(env_id).entry_point
         if isinstance(creator, str):
             creator = gymnasium.envs.registration.load_env_creator(creator)
     except Exception:  # unknown or unloadable ids are reported where the env is made
-        return
+        return None
     from gymnasium.envs.functional_jax_env import FunctionalJaxEnv
 
     if isinstance(creator, type) and issubclass(creator, FunctionalJaxEnv):
-        raise ValueError(
-            f"{env_id} computes with JAX inside the env ({creator.__name__}), and async workers "
-            "are forked from this process, where JAX already runs: a forked JAX deadlocks. Use "
-            "vector_mode='sync' (--config.vector_mode=sync)"
-        )
+        return "spawn"
+    return None
 
 
 def env_kwargs_error(env_id: str, kwargs: dict[str, Any], err: TypeError) -> ValueError:

@@ -41,7 +41,7 @@ from wm_jax.config import (
     validate_for_env,
 )
 from wm_jax.diagnostics import Detector, Thresholds
-from wm_jax.env_make import check_async_workers, make_env_spec
+from wm_jax.env_make import make_env_spec
 from wm_jax.episode_video import EpisodeRecorder
 from wm_jax.inference import best_return, keep_if_best, spec_to_json
 from wm_jax.normalizer import RunningMeanStd
@@ -101,7 +101,6 @@ class Trainer(TrainerCheckpoints):
         c = self.config
         try:
             self.spec = make_env_spec(c.env_id, dict(c.env_kwargs))
-            check_async_workers(c.env_id, c.vector_mode)
         except ValueError as err:  # unknown id or unsupported spaces: a start-up config error
             raise ConfigError(f"config.env_id={c.env_id!r}: {err}") from err
         validate_for_env(c, self.spec.max_episode_steps)

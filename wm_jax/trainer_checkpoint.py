@@ -132,6 +132,7 @@ class TrainerCheckpoints:
         self.update_budget = float(loop["update_budget"])
         self.episodes = int(loop["episodes"])
         self.act_carry = ActCarry(**{k: np.asarray(v) for k, v in extras["act_carry"].items()})
-        self.eval_returns = [tuple(row) for row in np.asarray(loop["eval_returns"])[1:].tolist()]
+        rows = np.asarray(loop["eval_returns"])[1:].tolist()  # float64: the step back to int
+        self.eval_returns = [(int(step), mean, std) for step, mean, std in rows]
         self.window = LogWindow.from_state_dict(loop.get("log_window"))
         logging.info("resumed from checkpoint at env step %d in %s", step, self.workdir)

@@ -39,7 +39,7 @@ from wm_jax.env_ids import GYMNAX_PREFIX
 from wm_jax.env_make import (
     UNKNOWN_ENV_ERRORS,
     actions_as_discrete,
-    check_async_workers,
+    async_context,
     check_no_pixels,
     env_kwargs_error,
     make_env,
@@ -190,7 +190,8 @@ class VectorEnv(ReplayResume):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
         seed = _check_seed(seed)
-        check_async_workers(env_id, mode)
+        context = async_context(env_id, mode)  # spawn for JAX envs: a forked JAX hangs
+        spawn = {} if context is None else {"context": context}
         try:
             if env_id.startswith(GYMNAX_PREFIX):
                 from wm_jax.gymnax_env import GymnaxVectorEnv
@@ -209,13 +210,17 @@ class VectorEnv(ReplayResume):
                 self._env = vector(
                     [make] * num_envs,
                     autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED,
+                    **spawn,
                 )
             else:
                 self._env = gymnasium.make_vec(
                     env_id,
                     num_envs=num_envs,
                     vectorization_mode=mode,
-                    vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
+                    vector_kwargs={
+                        "autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED,
+                        **spawn,
+                    },
                     # as make_env: Discrete & co. flattened, multi-part actions joined
                     wrappers=[actions_as_discrete, observations_as_box],
                     **pixel_size(env_kwargs)[1],  # "pixels": 0 / false is ours, not the env's
