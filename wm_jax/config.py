@@ -237,7 +237,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 5_000  # env steps; 0 disables checkpoints
 
     # --- host loop (wm_jax.trainer) and offline evaluation: gymnasium envs ---
-    c.vector_mode = "sync"  # "sync" | "async" (exact resume needs "sync"; host loop only)
+    # "sync" | "async": envs in worker processes (forked; spawned for gymnasium's JAX envs);
+    # exact resume needs "sync"; host loop only
+    c.vector_mode = "sync"
     # NaN/Inf or out-of-range observations/rewards from the env: "raise" | "sanitize" | "off"
     # (wm_jax.env_guard); |reward| above max_abs_reward counts as out of range.
     c.env_check = "raise"
