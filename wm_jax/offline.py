@@ -84,7 +84,7 @@ from wm_jax.offline_data import (
 )
 from wm_jax.open_loop import make_open_loop_fn
 from wm_jax.policy import make_act_fn
-from wm_jax.run_dir import RunDir, atomic_write
+from wm_jax.run_dir import RunDir, atomic_write, tree_bytes
 from wm_jax.safe_load import UntrustedImportError
 from wm_jax.schedule import critic_real_mix, phase
 from wm_jax.shell import (
@@ -192,6 +192,8 @@ class OfflineTrainer:
         self.updates = 0
         self.window = metrics_lib.LogWindow()  # the log row in progress (checkpointed)
         self.detector = Detector(Thresholds.from_config(c))
+        # One checkpoint (the state and the dataset's replay) must fit on the workdir's disk.
+        self.run_dir.check_free_space(tree_bytes(self.state) + self.replay.nbytes)
         self.checkpointer = Checkpointer(
             os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints
         )
