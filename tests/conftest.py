@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -77,6 +78,28 @@ SINGLE_THREAD_XLA = (
     f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1 {FAST_COMPILE_XLA}".strip()
 )
 DETERMINISTIC_ENV = {**os.environ, "XLA_FLAGS": SINGLE_THREAD_XLA, "JAX_PLATFORMS": "cpu"}
+
+
+# Small disks for the full-disk tests: tmpfs mounts need root on Linux.
+needs_tmpfs = pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0, reason="mounts a small tmpfs (root on Linux)"
+)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, options):
+    """A tmpfs mounted at ``path`` (made here) with mount ``options`` (``"size=1m"``,
+    ``"ro,size=1m"``) while the block runs; skips the test where it cannot be mounted."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr!r}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def run_cli(workdir, *extra, config_file=None, env=None):

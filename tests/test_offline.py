@@ -15,7 +15,7 @@ import gymnasium
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, small_config
+from conftest import REPO, mounted_tmpfs, needs_tmpfs, small_config
 
 import wm_jax
 from wm_jax import envs, training_eval
@@ -425,28 +425,17 @@ def test_offline_training_stops_at_the_nonfinite_limit_between_log_rows(online_r
     assert "3 consecutive world_model updates" in str(error.value)
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or os.geteuid() != 0, reason="mounts a small tmpfs (root on Linux)"
-)
+@needs_tmpfs
 def test_an_offline_run_whose_checkpoint_cannot_fit_on_the_disk_is_refused_at_start_up(
     online_run, tmp_path
 ):
     from wm_jax.errors import WorkdirError
 
     workdir, _ = online_run
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=16k") as disk:
         with pytest.raises(WorkdirError, match="a checkpoint needs about"):
             train_offline(offline_config(), str(disk / "offline"), f"run:{workdir}")
         assert not os.path.exists(disk / "offline" / "checkpoints")  # refused before orbax
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.slow

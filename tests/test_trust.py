@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli, small_config
+from conftest import REPO, mounted_tmpfs, needs_tmpfs, run_cli, small_config
 
 from wm_jax.checkpoint import CheckpointSaveError
 from wm_jax.config import ConfigError, validate
@@ -384,21 +384,12 @@ def test_a_signal_during_an_evaluation_abandons_it_and_saves(tmp_path, monkeypat
     assert trainer.checkpointer.latest_step() == 64
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or os.geteuid() != 0, reason="mounts a small tmpfs (root on Linux)"
-)
+@needs_tmpfs
 @pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_a_named_error_and_leaves_a_resumable_workdir(tmp_path):
     from wm_jax.errors import WorkdirError
 
-    disk = tmp_path / "small_disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
-    try:
+    with mounted_tmpfs(tmp_path / "small_disk", "size=32m") as disk:
         workdir = disk / "run"
         config = tiny(replay_capacity=2_000)
         trainer = Trainer(config, str(workdir))
@@ -424,75 +415,42 @@ def test_a_full_disk_stops_the_run_with_a_named_error_and_leaves_a_resumable_wor
             assert resumed.run().env_steps == 128
         finally:
             resumed.close()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or os.geteuid() != 0, reason="mounts small tmpfs (root on Linux)"
-)
+@needs_tmpfs
 @pytest.mark.slow
 def test_a_read_only_or_too_small_workdir_is_refused_at_start_up_with_a_named_error(tmp_path):
     from wm_jax.errors import WorkdirError
 
-    def mount(path, options):
-        path.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
-        )
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr!r}")
-
-    read_only, small = tmp_path / "ro", tmp_path / "small"
-    mount(read_only, "ro,size=1m")
-    try:
-        mount(small, "size=1m")
-        try:
-            with pytest.raises(WorkdirError, match="read-only"):
-                Trainer(tiny(), str(read_only / "run"))
-            result = run_cli(str(read_only / "run"), "--config.total_env_steps=64")
-            assert result.returncode == 7, result.stderr[-2000:]
-            assert "read-only" in result.stderr and "Traceback" not in result.stderr
-            # A 100k-transition replay does not fit on 1 MiB: refused before any step.
-            with pytest.raises(WorkdirError, match="a checkpoint needs about"):
-                Trainer(tiny(replay_capacity=100_000), str(small / "run"))
-            assert not os.path.exists(small / "run" / "config.json")
-            # From the CLI: the one line, and no traceback of orbax's clean-up thread at exit.
-            result = run_cli(str(small / "cli"), "--config.replay_capacity=100000")
+    with (
+        mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as read_only,
+        mounted_tmpfs(tmp_path / "small", "size=1m") as small,
+    ):
+        with pytest.raises(WorkdirError, match="read-only"):
+            Trainer(tiny(), str(read_only / "run"))
+        result = run_cli(str(read_only / "run"), "--config.total_env_steps=64")
+        assert result.returncode == 7, result.stderr[-2000:]
+        assert "read-only" in result.stderr and "Traceback" not in result.stderr
+        # A 100k-transition replay does not fit on 1 MiB: refused before any step.
+        with pytest.raises(WorkdirError, match="a checkpoint needs about"):
+            Trainer(tiny(replay_capacity=100_000), str(small / "run"))
+        assert not os.path.exists(small / "run" / "config.json")
+        # From the CLI: the one line, and no traceback of orbax's clean-up thread at exit; the
+        # device loop checks the same before its first step (it wrote 1000 lines of orbax
+        # errors when its first save filled the disk).
+        device = ["--config.loop=device", "--config.env_id=gymnax:CartPole-v1"]
+        for name, loop in (("cli", []), ("device", device)):
+            result = run_cli(str(small / name), *loop, "--config.replay_capacity=100000")
             assert result.returncode == 7, result.stderr[-2000:]
             assert "a checkpoint needs about" in result.stderr
             assert "Traceback" not in result.stderr, result.stderr[-2000:]
-            # The device loop checks the same before its first step (it wrote 1000 lines of
-            # orbax errors when its first save filled the disk).
-            result = run_cli(
-                str(small / "device"),
-                "--config.loop=device",
-                "--config.env_id=gymnax:CartPole-v1",
-                "--config.replay_capacity=100000",
-            )
-            assert result.returncode == 7, result.stderr[-2000:]
-            assert "a checkpoint needs about" in result.stderr
-            assert "Traceback" not in result.stderr, result.stderr[-2000:]
-        finally:
-            subprocess.run(["umount", "-l", str(small)], check=False)
-    finally:
-        subprocess.run(["umount", "-l", str(read_only)], check=False)
 
 
-@pytest.mark.skipif(
-    sys.platform != "linux" or os.geteuid() != 0, reason="mounts a small tmpfs (root on Linux)"
-)
+@needs_tmpfs
 def test_a_save_that_fills_the_disk_or_cannot_fit_raises_the_named_error(tmp_path):
     from wm_jax.checkpoint import Checkpointer
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=1m") as disk:
         checkpointer = Checkpointer(str(disk / "checkpoints"))
         try:
             too_big = {"w": np.arange(1 << 20, dtype=np.float32)}  # 4 MiB on a 1 MiB disk
@@ -517,8 +475,6 @@ def test_a_save_that_fills_the_disk_or_cannot_fit_raises_the_named_error(tmp_pat
             assert checkpointer.latest_step() == 1
         finally:
             checkpointer.close()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.slow

@@ -109,8 +109,10 @@ class Checkpointer:
         checkpoint takes) before orbax starts it: a write that runs out of space fails in
         orbax's threads with hundreds of lines of tracebacks.  One process only (every process
         takes part in a save, so one refusing alone would hang the others)."""
+        if jax.process_count() > 1:
+            return
         last = self.latest_step()
-        if jax.process_count() > 1 or last is None:
+        if last is None:
             return  # the first save: the start-up check (RunDir.check_free_space) covered it
         needed = _disk_bytes(os.path.join(self.directory, str(last)))
         free = shutil.disk_usage(self.directory).free
