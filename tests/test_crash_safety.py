@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -205,7 +206,7 @@ def stop_with_signal_and_resume(tmp_path, signum, rerun=True):
     stop (final checkpoint at the stop step, exit 128 + signal, no traceback) and, with
     ``rerun``, that the rerun resumes from it."""
     name = signal.Signals(signum).name
-    workdir = tmp_path / name.lower()
+    workdir = tmp_path / f"{name.lower()} run"  # a space: printed commands must quote it
     # Start the CLI and signal it once it has logged a few hundred env steps.
     cmd = [sys.executable, "-m", "wm_jax.train", f"--workdir={workdir}", *TINY]
     cmd += ["--config.total_env_steps=100000", "--config.checkpoint_every=100000"]
@@ -232,7 +233,10 @@ def stop_with_signal_and_resume(tmp_path, signum, rerun=True):
     assert f"resumed from checkpoint at env step {step}" in result.stderr
     assert f"trained {step + 64} env steps" in result.stdout
     # Evaluations restored from the checkpoint keep integer steps (it printed "160.0").
-    assert re.search(r"best eval return .* at env step \d+, kept in", result.stdout), result.stdout
+    best = re.search(r"best eval return .* at env step \d+, kept in .*: (.*)", result.stdout)
+    assert best, result.stdout
+    # The printed command runs as pasted, the space in the workdir quoted.
+    assert shlex.split(best.group(1))[3] == f"--workdir={workdir}", best.group(1)
 
 
 @pytest.mark.slow

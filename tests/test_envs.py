@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from wm_jax import vector_env
+from wm_jax import env_make, vector_env
 from wm_jax.env_make import async_context
 from wm_jax.envs import (
     EnvSpec,
@@ -505,6 +505,39 @@ def test_multi_part_and_integer_actions_become_one_discrete_over_their_joint_act
         venv.reset()
         out = venv.step(np.eye(n, dtype=np.float32)[[1, n - 1]])
         np.testing.assert_array_equal(out.obs[:, : action_space.shape[0]], [seen[1], seen[-1]])
+
+
+@pytest.mark.parametrize(
+    ("action_space", "low", "high"),
+    [
+        (spaces.Box(-3.0, 3.0, (2, 1), np.float32), [-3, -3], [3, 3]),
+        (spaces.Box(-np.inf, np.inf, (2,), np.float32), [-1, -1], [1, 1]),
+        (spaces.Box(np.r_[0, -np.inf], np.r_[np.inf, 5], None, np.float32), [0, 3], [2, 5]),
+    ],
+)
+def test_a_box_action_that_is_not_flat_or_not_finite_gets_a_flat_finite_box_the_env_accepts(
+    action_space, low, high, caplog
+):
+    """Any gymnasium id just works: a float Box action of another shape is flattened, and an
+    unbounded side gets a bound 2 from the other (both: [-1, 1]) with a warning, in
+    make_env_spec, make_env and the vector env; the env receives actions in its own shape and
+    space (MultiActionEnv asserts it) and observes them."""
+    env_make._warn_unbounded.cache_clear()  # it warns once per space and process
+    kwargs = {"action_space": action_space}
+    spec = make_env_spec(MULTI_ACTION_ID, kwargs)
+    assert not spec.discrete and spec.action_dim == 2
+    np.testing.assert_array_equal(spec.action_low, low)
+    np.testing.assert_array_equal(spec.action_high, high)
+    assert ("is unbounded" in caplog.text) == (not action_space.is_bounded("both"))
+    env = make_env(MULTI_ACTION_ID, kwargs)
+    env.reset(seed=0)
+    np.testing.assert_array_equal(env.step(np.array(high, np.float32))[0], high)
+    env.close()
+    with VectorEnv(MULTI_ACTION_ID, 2, seed=0, env_kwargs=kwargs) as venv:
+        venv.reset()
+        out = venv.step(np.array([[1.0, -1.0], [0.0, 0.0]], np.float32))  # the agent's [-1, 1]
+        middle = (np.array(low) + np.array(high)) / 2
+        np.testing.assert_allclose(out.obs, [[high[0], low[1]], middle])
 
 
 def test_tabular_cliff_walking_and_too_many_joint_actions():

@@ -26,10 +26,12 @@ encoder/decoder (``model.encoder=auto``), uint8 replay, no running observation n
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import gymnasium
 import numpy as np
+from absl import logging
 from gymnasium import spaces
 
 from wm_jax.env_ids import GYMNAX_PREFIX
@@ -45,6 +47,8 @@ __all__ = [
     "pixel_size",
     "UNKNOWN_ENV_ERRORS",
     "actions_as_discrete",
+    "agent_actions",
+    "BoxAction",
     "async_context",
     "env_kwargs_error",
     "unknown_env_error",
@@ -229,6 +233,61 @@ def actions_as_discrete(env: gymnasium.Env) -> gymnasium.Env:
     return JointDiscreteAction(env, low, high)
 
 
+class BoxAction(gymnasium.ActionWrapper):
+    """A float ``Box`` action space the policy can fill: flat (1-D) and finite.  Each unbounded
+    side gets a bound 2 away from the other side (both unbounded: ``[-1, 1]``, the policy's own
+    range, so its actions pass unscaled), since the agent's ``[-1, 1]`` actions are rescaled into
+    the box.  The env receives each action in its own shape and inside its own space."""
+
+    def __init__(self, env: gymnasium.Env) -> None:
+        super().__init__(env)
+        space = env.action_space
+        self._shape = space.shape
+        low = np.asarray(space.low, np.float64).ravel()
+        high = np.asarray(space.high, np.float64).ravel()
+        both = ~np.isfinite(low) & ~np.isfinite(high)
+        low, high = np.where(both, -1.0, low), np.where(both, 1.0, high)
+        low = np.where(np.isfinite(low), low, high - 2.0)
+        high = np.where(np.isfinite(high), high, low + 2.0)
+        self.action_space = spaces.Box(low.astype(space.dtype), high.astype(space.dtype))
+        self.unbounded = int(np.sum(~np.isfinite(space.low) | ~np.isfinite(space.high)))
+
+    def action(self, action) -> np.ndarray:
+        return np.asarray(action, self.action_space.dtype).reshape(self._shape)
+
+
+def agent_actions(env: gymnasium.Env) -> gymnasium.Env:
+    """``env`` with an action space wm_jax's policy speaks, so any gymnasium env id just works:
+    :func:`actions_as_discrete` for discrete multi-part spaces, then :class:`BoxAction` for a
+    float ``Box`` that is not 1-D or has unbounded sides (a warning names the bounds used: an env
+    that wants larger actions there needs a box of its own).  Training, evaluation and
+    :func:`make_env` all apply it."""
+    env = actions_as_discrete(env)
+    space = env.action_space
+    if not (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating)):
+        return env
+    if space.shape and len(space.shape) == 1 and space.is_bounded("both"):
+        return env
+    if np.any(np.asarray(space.low) >= np.asarray(space.high)):
+        return env  # left for spec_from_spaces to refuse by name
+    env = BoxAction(env)
+    if env.unbounded:
+        _warn_unbounded(str(space), str(env.action_space))
+    return env
+
+
+@functools.cache
+def _warn_unbounded(space: str, used: str) -> None:
+    # Once per space: the vector env makes num_envs copies of it.
+    logging.warning(
+        "the env's action space %s is unbounded; the agent acts within %s (its [-1, 1] "
+        "actions rescaled into it); if the env needs larger actions, give it a bounded action "
+        "space (e.g. gymnasium.wrappers.RescaleAction in a registered env of your own)",
+        space,
+        used,
+    )
+
+
 def make_env(
     env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None
 ) -> gymnasium.Env:
@@ -250,7 +309,7 @@ def make_env(
         raise unknown_env_error(env_id, err) from err
     except TypeError as err:  # gymnasium's wrap of the env constructor's TypeError
         raise env_kwargs_error(env_id, kwargs, err) from err
-    env = actions_as_discrete(env)
+    env = agent_actions(env)
     if size is None:
         return observations_as_box(env)
     modes = env.metadata.get("render_modes") or []

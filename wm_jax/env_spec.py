@@ -122,7 +122,8 @@ def spec_from_spaces(observation_space: spaces.Space, action_space: spaces.Space
         if len(action_space.shape) != 1:
             raise UnsupportedSpaceError(
                 f"Unsupported action space {action_space}: a Box action must be 1-D, got shape "
-                f"{action_space.shape}; wrap the env with an action wrapper that flattens it."
+                f"{action_space.shape}; wrap the env with an action wrapper that flattens it "
+                "(envs made by id are: wm_jax.env_make.agent_actions)."
             )
         if not np.issubdtype(action_space.dtype, np.floating):
             raise UnsupportedSpaceError(
@@ -137,7 +138,8 @@ def spec_from_spaces(observation_space: spaces.Space, action_space: spaces.Space
                 f"Unsupported action space {action_space}: a Box action needs finite bounds with "
                 "low < high, because the agent's [-1, 1] actions are rescaled to them; wrap the "
                 "env with gymnasium.wrappers.RescaleAction / ClipAction, or discretise it with "
-                "gymnasium.wrappers.DiscretizeAction."
+                "gymnasium.wrappers.DiscretizeAction (envs made by id get bounds: "
+                "wm_jax.env_make.agent_actions)."
             )
         return EnvSpec(
             obs_shape=tuple(observation_space.shape),

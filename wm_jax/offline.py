@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -479,7 +480,7 @@ def main(argv):
     print(f"trained {result.updates} offline updates from {FLAGS.dataset}")
     print(
         f"results in {workdir} (metrics.jsonl, tensorboard/, checkpoints/); evaluate with "
-        f"python -m wm_jax.evaluate --workdir={workdir}"
+        f"python -m wm_jax.evaluate --workdir={shlex.quote(workdir)}"
     )
 
 

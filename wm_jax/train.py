@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 
@@ -207,7 +208,8 @@ def main(argv):
             step, mean, std = max(result.eval_returns, key=lambda e: e[1])
             print(
                 f"best eval return {mean:.1f} ± {std:.1f} at env step {step}, kept in "
-                f"{best_dir}: python -m wm_jax.evaluate --workdir={result.workdir} --which=best"
+                f"{best_dir}: python -m wm_jax.evaluate "
+                f"--workdir={shlex.quote(result.workdir)} --which=best"
             )
         made = ["metrics.jsonl", "tensorboard/", "checkpoints/"]
         if config.report and result.env_steps >= config.total_env_steps:

@@ -38,7 +38,7 @@ from wm_jax.env_guard import EnvGuard, InvalidEnvDataError
 from wm_jax.env_ids import GYMNAX_PREFIX
 from wm_jax.env_make import (
     UNKNOWN_ENV_ERRORS,
-    actions_as_discrete,
+    agent_actions,
     async_context,
     check_no_pixels,
     env_kwargs_error,
@@ -221,8 +221,9 @@ class VectorEnv(ReplayResume):
                         "autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED,
                         **spawn,
                     },
-                    # as make_env: Discrete & co. flattened, multi-part actions joined
-                    wrappers=[actions_as_discrete, observations_as_box],
+                    # as make_env: Discrete & co. flattened, multi-part actions joined, Box actions
+                    # flat and finite
+                    wrappers=[agent_actions, observations_as_box],
                     **pixel_size(env_kwargs)[1],  # "pixels": 0 / false is ours, not the env's
                 )
         except UNKNOWN_ENV_ERRORS as err:
