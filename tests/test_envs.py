@@ -3,6 +3,10 @@ validation, conversions."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import gymnasium
 import jax
 import numpy as np
@@ -538,6 +542,44 @@ def test_a_box_action_that_is_not_flat_or_not_finite_gets_a_flat_finite_box_the_
         out = venv.step(np.array([[1.0, -1.0], [0.0, 0.0]], np.float32))  # the agent's [-1, 1]
         middle = (np.array(low) + np.array(high)) / 2
         np.testing.assert_allclose(out.obs, [[high[0], low[1]], middle])
+
+
+def _missing_package_env():
+    import wm_jax_no_such_package  # noqa: F401  # the env's module needs a package not installed
+
+
+gymnasium.register("WmJaxTest/MissingPackage-v0", entry_point=_missing_package_env)
+
+
+def test_a_registered_env_whose_package_is_missing_names_the_package_to_install():
+    """Hopper-v5 without MuJoCo's packages said "Unknown or unavailable environment id": a
+    registered id is not unknown, and the message names what to install."""
+    with pytest.raises(ValueError, match=r"is registered but needs a package.*wm_jax_no_such"):
+        make_env_spec("WmJaxTest/MissingPackage-v0")
+    try:
+        import imageio  # noqa: F401
+        import mujoco  # noqa: F401
+    except ImportError:  # gymnasium's own envs name their gymnasium extra
+        with pytest.raises(ValueError, match=r"Hopper-v5 .*gymnasium\[mujoco\]"):
+            make_env_spec("Hopper-v5")
+
+
+def test_mujoco_renders_off_screen_on_a_headless_linux_machine_unless_the_user_chose():
+    code = "import os, wm_jax.env_make; print(os.environ.get('MUJOCO_GL'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL")}
+    runs = {
+        "headless": env,
+        "chosen": {**env, "MUJOCO_GL": "osmesa"},
+        "display": {**env, "DISPLAY": ":0"},
+    }
+    seen = {
+        name: subprocess.run(
+            [sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for name, e in runs.items()
+    }
+    headless = "egl" if sys.platform.startswith("linux") else "None"
+    assert seen == {"headless": headless, "chosen": "osmesa", "display": "None"}
 
 
 def test_tabular_cliff_walking_and_too_many_joint_actions():

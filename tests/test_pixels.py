@@ -159,6 +159,18 @@ class _NoRenderEnv(gymnasium.Env):
 gymnasium.register("WmJaxNoRender-v0", entry_point=_NoRenderEnv)
 
 
+class _FailingRenderEnv(_NoRenderEnv):
+    """Declares rgb_array and fails to render, as MuJoCo does with no OpenGL context."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def render(self):
+        raise RuntimeError("an OpenGL platform library has not been loaded")
+
+
+gymnasium.register("WmJaxFailingRender-v0", entry_point=_FailingRenderEnv)
+
+
 def test_pixel_option_validates_and_fails_clearly_without_a_renderer():
     assert pixel_size({"pixels": True, "max_episode_steps": 9}) == (64, {"max_episode_steps": 9})
     assert pixel_size({"pixels": 0}) == (None, {})
@@ -167,6 +179,9 @@ def test_pixel_option_validates_and_fails_clearly_without_a_renderer():
             pixel_size({"pixels": bad})
     with pytest.raises(ValueError, match="has no rgb_array renderer"):
         make_env_spec("WmJaxNoRender-v0", {"pixels": 32})
+    # A renderer's own failure is named at start-up with the headless fix (it was a traceback).
+    with pytest.raises(ValueError, match=r"renderer failed \(RuntimeError: an OpenGL.*MUJOCO_GL"):
+        make_env_spec("WmJaxFailingRender-v0", {"pixels": 32})
     with pytest.raises(ValueError, match="gymnax envs have no renderer"):
         VectorEnv(CATCH, 1, seed=0, env_kwargs={"pixels": 32})
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 from typing import Any
 
 import gymnasium
@@ -55,6 +57,13 @@ __all__ = [
 ]
 
 
+# MuJoCo renders through GLFW by default, which needs a display: on a headless Linux machine
+# (a cluster node, CI, a container) pixels and evaluation videos of its envs would fail, so
+# they render off-screen with EGL there unless the user chose a backend. Set before any env
+# imports mujoco.
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
 # What gymnasium raises for an id it cannot make (its own errors: unregistered, deprecated,
 # malformed ("cart pole"), a registered env whose package is missing, e.g. Box2D for
 # LunarLander; ModuleNotFoundError: the module of a "module:EnvId" id); turned into
@@ -66,11 +75,33 @@ def unknown_env_error(env_id: str, err: Exception) -> ValueError:
     """The error for an id gymnasium cannot make: the package it needs, or which ids it can."""
     if isinstance(err, gymnasium.error.DependencyNotInstalled):
         return ValueError(f"{env_id} needs a package that is not installed: {err}")
+    entry = _registered_entry_point(env_id)
+    if isinstance(err, ModuleNotFoundError) and entry:
+        # A registered env whose module imports a missing package (Hopper-v5 without imageio).
+        hint = f'pip install "{err.name}"' if err.name else "install it"
+        family = entry.split(":")[0].split(".")
+        if family[:2] == ["gymnasium", "envs"] and len(family) > 2:
+            hint = f'pip install "gymnasium[{family[2]}]"'
+        return ValueError(
+            f"{env_id} is registered but needs a package that is not installed ({err}): {hint}"
+        )
     return ValueError(
         f"Unknown or unavailable environment id {env_id!r}: {str(err).rstrip('.')}. Use a "
         "registered id (e.g. 'CartPole-v1'; gymnasium.pprint_registry() lists them), or "
         "'module:EnvId' to import the module that registers your own env first."
     )
+
+
+def _registered_entry_point(env_id: str) -> str | None:
+    """The registered entry point of ``env_id`` as text, or None for an id gymnasium does not
+    know and for a ``module:EnvId`` id."""
+    if ":" in env_id:  # its module is missing, or registers it; the generic message says so
+        return None
+    spec = gymnasium.registry.get(env_id)
+    if spec is None:
+        return None
+    entry = spec.entry_point
+    return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
 
 
 def async_context(env_id: str, mode: str) -> str | None:
@@ -331,6 +362,12 @@ def make_env(
     except AssertionError as err:  # AddRenderObservation asserts that render() gave an array
         env.close()
         raise ValueError(f"{env_id}'s render() did not return an rgb_array image") from err
+    except Exception as err:  # the renderer's own failure (MuJoCo without an OpenGL context)
+        env.close()
+        raise ValueError(
+            f"{env_id}'s rgb_array renderer failed ({type(err).__name__}: {err}); for MuJoCo "
+            "envs on a machine without a display set MUJOCO_GL=egl (or osmesa)"
+        ) from err
     return ResizeObservationPIL(env, size)
 
 
