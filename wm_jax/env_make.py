@@ -75,8 +75,7 @@ def unknown_env_error(env_id: str, err: Exception) -> ValueError:
     """The error for an id gymnasium cannot make: the package it needs, or which ids it can."""
     if isinstance(err, gymnasium.error.DependencyNotInstalled):
         return ValueError(f"{env_id} needs a package that is not installed: {err}")
-    entry = _registered_entry_point(env_id)
-    if isinstance(err, ModuleNotFoundError) and entry:
+    if isinstance(err, ModuleNotFoundError) and (entry := _registered_entry_point(env_id)):
         # A registered env whose module imports a missing package (Hopper-v5 without imageio).
         hint = f'pip install "{err.name}"' if err.name else "install it"
         family = entry.split(":")[0].split(".")
@@ -276,12 +275,9 @@ class BoxAction(gymnasium.ActionWrapper):
         self._shape = space.shape
         low = np.asarray(space.low, np.float64).ravel()
         high = np.asarray(space.high, np.float64).ravel()
-        both = ~np.isfinite(low) & ~np.isfinite(high)
-        low, high = np.where(both, -1.0, low), np.where(both, 1.0, high)
-        low = np.where(np.isfinite(low), low, high - 2.0)
+        low = np.where(np.isfinite(low), low, np.where(np.isfinite(high), high - 2.0, -1.0))
         high = np.where(np.isfinite(high), high, low + 2.0)
         self.action_space = spaces.Box(low.astype(space.dtype), high.astype(space.dtype))
-        self.unbounded = int(np.sum(~np.isfinite(space.low) | ~np.isfinite(space.high)))
 
     def action(self, action) -> np.ndarray:
         return np.asarray(action, self.action_space.dtype).reshape(self._shape)
@@ -297,12 +293,13 @@ def agent_actions(env: gymnasium.Env) -> gymnasium.Env:
     space = env.action_space
     if not (isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating)):
         return env
-    if space.shape and len(space.shape) == 1 and space.is_bounded("both"):
+    bounded = space.is_bounded("both")
+    if len(space.shape) == 1 and bounded:
         return env
     if np.any(np.asarray(space.low) >= np.asarray(space.high)):
         return env  # left for spec_from_spaces to refuse by name
     env = BoxAction(env)
-    if env.unbounded:
+    if not bounded:
         _warn_unbounded(str(space), str(env.action_space))
     return env
 
