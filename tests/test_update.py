@@ -12,6 +12,7 @@ from conftest import make_spec, random_sequence, random_transitions, small_confi
 from jax.flatten_util import ravel_pytree
 
 from wm_jax import losses
+from wm_jax.agent import gradient_clip
 from wm_jax.returns import lambda_returns, return_scale
 from wm_jax.schedule import UpdateCounts
 from wm_jax.update import (
@@ -331,3 +332,56 @@ def test_expected_updates_follow_the_schedule():
     assert expected_updates(c, "world_model") == 4_500
     assert expected_updates(c, "actor") == 4_000
     assert expected_updates(c, "critic") == 8_000
+
+
+def test_per_module_clip_leaves_a_small_module_alone_where_the_global_clip_scales_it_down():
+    group = small_config().world_model
+    group.grad_clip = 1.0
+    grads = {
+        "params": {
+            "reward": {"kernel": jnp.full((4,), 400.0)},  # norm 800: a learned σ at its floor
+            "encoder": {"kernel": jnp.array([0.3, 0.4]), "bias": jnp.zeros(2)},  # norm 0.5
+        }
+    }
+    params = jax.tree.map(jnp.ones_like, grads)
+
+    def clipped(mode):
+        group.grad_clip_mode = mode
+        return gradient_clip(group).update(grads, gradient_clip(group).init(params), params)[0]
+
+    per_module, global_ = clipped("per_module"), clipped("global")
+    # Each module is clipped exactly as clip_by_global_norm clips it alone.
+    for name, module in grads["params"].items():
+        alone = optax.clip_by_global_norm(1.0).update(module, optax.EmptyState())[0]
+        assert trees_equal(per_module["params"][name], alone)
+    np.testing.assert_allclose(per_module["params"]["encoder"]["kernel"], [0.3, 0.4])
+    assert float(optax.tree.norm(per_module["params"]["reward"])) == pytest.approx(1.0, rel=1e-6)
+    # One clip for the tree scales the encoder's step by the reward's norm.
+    encoder_norm = float(optax.tree.norm(global_["params"]["encoder"]))
+    assert encoder_norm == pytest.approx(0.5 / 800.5, rel=1e-3)
+    # "adaptive" is optax's unit-wise clip relative to the parameters' norm.
+    group.grad_clip = 0.3
+    expected = optax.adaptive_grad_clip(0.3).update(grads, optax.EmptyState(), params)[0]
+    assert trees_equal(clipped("adaptive"), expected)
+
+
+@pytest.mark.parametrize("mode", ["per_module", "adaptive"])
+def test_every_clip_mode_trains_all_three_optimisers(mode):
+    c = small_config()
+    for group in (c.world_model, c.actor, c.critic):
+        group.grad_clip_mode = mode
+    spec = make_spec(discrete=True)
+    steps = make_steps(make_agent(c, spec))
+    state = steps.init(jax.random.PRNGKey(0))
+    batch = random_transitions(jax.random.PRNGKey(1), spec)
+    new, metrics = steps.train_step(state, batch, UpdateCounts(1, 1, 1), 0.0)
+    for name in ("wm_params", "actor_params", "critic_params"):
+        assert not trees_equal(getattr(new, name), getattr(state, name)), name
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_an_unknown_clip_mode_is_refused_by_name():
+    c = small_config()
+    c.critic.grad_clip_mode = "layerwise"
+    with pytest.raises(ValueError, match="critic.grad_clip_mode"):
+        make_agent(c, make_spec(discrete=True))

@@ -120,7 +120,11 @@ def get_config() -> ml_collections.ConfigDict:
     wm = c.world_model = ml_collections.ConfigDict()
     wm.lr = 1e-4  # Adam learning rate of the world-model optimiser
     wm.eps = 1e-8  # Adam's ε
-    wm.grad_clip = 1.0  # clip_by_global_norm of the world model gradient
+    wm.grad_clip = 1.0  # max norm of the world model gradient (see grad_clip_mode)
+    # "global": one clip_by_global_norm for the whole gradient (the seeds) | "per_module": each
+    # module's gradient clipped to grad_clip by its own norm | "adaptive": optax.adaptive_grad_clip,
+    # each unit's gradient at most grad_clip x its parameters' norm (DreamerV3: 0.3)
+    wm.grad_clip_mode = "global"
     # Linear learning-rate anneal to lr·lr_final_scale over the run's expected updates of this
     # optimiser (1.0: constant, the seeds); PPO-style annealing steadies late policy updates.
     wm.lr_final_scale = 1.0
@@ -155,7 +159,8 @@ def get_config() -> ml_collections.ConfigDict:
     a = c.actor = ml_collections.ConfigDict()
     a.lr = 3e-5  # Adam learning rate of the actor
     a.eps = 1e-8  # Adam's ε
-    a.grad_clip = 1.0  # clip_by_global_norm of the actor gradient
+    a.grad_clip = 1.0  # max norm of the actor gradient (see grad_clip_mode)
+    a.grad_clip_mode = "global"  # as world_model.grad_clip_mode
     a.lr_final_scale = 1.0  # as world_model.lr_final_scale
     a.entropy_coef = 0.01  # weight of the policy entropy bonus
     a.gradient = "dynamics"  # "dynamics" (reparameterised / straight-through) | "reinforce"
@@ -179,7 +184,8 @@ def get_config() -> ml_collections.ConfigDict:
     cr = c.critic = ml_collections.ConfigDict()
     cr.lr = 3e-5  # Adam learning rate of the critic
     cr.eps = 1e-8  # Adam's ε
-    cr.grad_clip = 1.0  # clip_by_global_norm of the critic gradient
+    cr.grad_clip = 1.0  # max norm of the critic gradient (see grad_clip_mode)
+    cr.grad_clip_mode = "global"  # as world_model.grad_clip_mode
     cr.lr_final_scale = 1.0  # as world_model.lr_final_scale
     # τ of the target critic, θ' <- (1 - τ)·θ' + τ·θ after each critic update; 1.0 bootstraps
     # from the online critic itself (the seeds); ~0.02 gives the usual slow target network.

@@ -224,6 +224,10 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
     one_of("imagination.continue_mode", ("probs", "mode", "calibrated")),
     one_of("critic.bootstrap", ("target", "online"), default="target"),
     *(
+        one_of(f"{group}.grad_clip_mode", ("global", "per_module", "adaptive"), default="global")
+        for group in OPTIMISERS
+    ),
+    *(
         Rule(field, _positive_int, POSITIVE_INT)
         for field in (
             "model.feature_dim",
