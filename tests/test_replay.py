@@ -272,3 +272,58 @@ def test_sampling_too_early_raises_clear_errors():
         )
     with pytest.raises(ValueError, match="capacity"):
         ReplayBuffer(2, 3, obs_shape=(3,), obs_dtype=np.float32, action_dim=2)
+
+
+def test_a_terminal_share_of_windows_holds_a_stored_termination_at_every_place():
+    buffer = make_buffer(capacity=150, num_envs=3)  # 50 slots per env: the ring wraps
+    stream = Stream(3, seed=2, max_len=12)
+    stream.fill(buffer, 80)
+    seq = buffer.sample_sequences(
+        np.random.default_rng(3), batch_size=400, length=5, terminal_fraction=0.25
+    )
+    check_sequences(seq, stream, buffer.slots_per_env)  # still one episode's stored steps
+    terminal = ((seq.cont == 0) & (seq.mask == 1)).any(axis=1)
+    assert terminal[:100].all()
+    # The termination sits anywhere in the window, not only at its start or end.
+    assert set(np.argmax(seq.cont[:100] == 0, axis=1)) == set(range(5))
+    # The other windows are uniform: terminations only at the stream's own rate.
+    assert terminal[100:].mean() < 0.7
+
+
+def test_without_stored_terminations_a_terminal_share_draws_what_uniform_sampling_draws():
+    buffer = make_buffer(capacity=40, num_envs=1)
+    for s in range(30):  # episodes of 6 steps that all end by truncation
+        obs = np.float32([[0, s // 6, s % 6]])
+        buffer.add(
+            obs,
+            np.float32([[0, s]]),
+            np.float32([s]),
+            obs + 1,
+            np.array([False]),
+            np.array([s % 6 == 5]),
+        )
+    share = buffer.sample_sequences(np.random.default_rng(5), 64, 4, terminal_fraction=0.5)
+    uniform = buffer.sample_sequences(np.random.default_rng(5), 64, 4)
+    for field in ("obs", "action", "reward", "cont", "mask"):
+        np.testing.assert_array_equal(getattr(share, field), getattr(uniform, field))
+
+
+def test_a_terminal_share_of_flat_samples_is_stored_terminations():
+    buffer = make_buffer(capacity=300, num_envs=3)
+    stream = Stream(3, seed=4, max_len=9)
+    stream.fill(buffer, 60)
+    flat = buffer.sample_flat(np.random.default_rng(6), 200, terminal_fraction=0.5)
+    assert (flat.cont[:100] == 0).all() and (flat.cont[100:] == 1).any()
+    np.testing.assert_array_equal(flat.next_obs[:, :2], flat.obs[:, :2])  # one env, one episode
+    np.testing.assert_array_equal(flat.next_obs[:, 2], flat.obs[:, 2] + 1)
+
+
+def test_a_terminal_share_is_refused_out_of_range_or_in_the_device_loop():
+    from wm_jax.config import ConfigError, get_config, validate
+
+    for value, loop, words in ((1.0, "host", "[0, 1)"), (0.25, "device", "loop=device")):
+        c = get_config()
+        c.replay_terminal_fraction, c.loop = value, loop
+        with pytest.raises(ConfigError, match="replay_terminal_fraction") as info:
+            validate(c)
+        assert words in str(info.value)

@@ -232,6 +232,10 @@ def get_config() -> ml_collections.ConfigDict:
     # jax.sharding; parameters are replicated and XLA inserts the gradient all-reduce.
     c.data_parallel = False
     c.replay_capacity = 100_000  # transitions kept (oldest overwritten), split evenly over the envs
+    # Share of each replayed batch drawn around stored terminations (windows that hold one at a
+    # uniform place; flat mode: terminal transitions), the rest uniform; host loop only.  0: all
+    # uniform (the seeds).  Rare failures (a cart leaving the track) stay in the model's batches.
+    c.replay_terminal_fraction = 0.0
     c.prefill_steps = 1_000  # env steps of uniformly random actions before training starts
     c.train_ratio = 0.25  # train steps per env step (0.25 with 4 envs: one per vector step)
     c.eval_every = 2_500  # env steps; 0 disables periodic evaluation

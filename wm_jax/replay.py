@@ -187,15 +187,62 @@ class ReplayBuffer:
         offset = flat - (ends[env] - self._count[env])
         return env, offset
 
+    def _terminal_starts(
+        self, rng: np.random.Generator, count: int, length: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``count`` (env, start) pairs whose window of ``length`` steps holds a stored
+        termination (``cont = 0``; a truncation is not one): a termination drawn uniformly, then
+        its place in the window uniformly among those that keep the window inside its episode.
+        None when no termination is stored."""
+        oldest = (self._write_pos - self._count) % self.slots_per_env
+        env, slot = np.nonzero(self._cont == 0.0)
+        offset = (slot - oldest[env]) % self.slots_per_env
+        stored = offset < self._count[env]
+        if not stored.any():
+            return None
+        env, offset = env[stored], offset[stored]
+        pick = rng.integers(0, env.size, size=count)
+        env, end = env[pick], offset[pick]
+        if length == 1:
+            return env, end
+        # The window may start up to length - 1 steps earlier, but not at or before the previous
+        # episode's end, nor before the env's oldest stored step.
+        back = np.arange(1, length)  # [L - 1]
+        earlier = end[:, None] - back
+        ended = (earlier >= 0) & self._episode_end[
+            env[:, None], self._slot(env[:, None], np.maximum(earlier, 0))
+        ]
+        reach = np.where(ended.any(axis=1), ended.argmax(axis=1), length - 1)  # steps back allowed
+        reach = np.minimum(reach, end)
+        start = end - rng.integers(0, reach + 1)
+        return env, start
+
+    def _mixed_starts(
+        self, rng: np.random.Generator, batch_size: int, length: int, terminal_fraction: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform starts, the first ``round(terminal_fraction · batch_size)`` of them replaced by
+        :meth:`_terminal_starts` (all uniform while no termination is stored)."""
+        env, start = self._sample_starts(rng, batch_size)
+        count = int(round(terminal_fraction * batch_size))
+        if count > 0:
+            terminal = self._terminal_starts(rng, count, length)
+            if terminal is not None:
+                env[:count], start[:count] = terminal
+        return env, start
+
     def _slot(self, env: np.ndarray, offset: np.ndarray) -> np.ndarray:
         """Ring slot of the ``offset``-th oldest stored transition of ``env``."""
         oldest = (self._write_pos[env] - self._count[env]) % self.slots_per_env
         return (oldest + offset) % self.slots_per_env
 
-    def sample_flat(self, rng: np.random.Generator, batch_size: int) -> Transition:
-        """``batch_size`` transitions drawn uniformly (with replacement) from the buffer."""
+    def sample_flat(
+        self, rng: np.random.Generator, batch_size: int, terminal_fraction: float = 0.0
+    ) -> Transition:
+        """``batch_size`` transitions drawn uniformly (with replacement) from the buffer; with
+        ``terminal_fraction > 0`` that share of them are stored terminations (while there are
+        any)."""
         self._require(1)
-        env, offset = self._sample_starts(rng, batch_size)
+        env, offset = self._mixed_starts(rng, batch_size, 1, terminal_fraction)
         slot = self._slot(env, offset)
         return Transition(
             obs=self._obs[env, slot],
@@ -206,10 +253,19 @@ class ReplayBuffer:
             mask=np.ones(batch_size, dtype=np.float32),
         )
 
-    def sample_sequences(self, rng: np.random.Generator, batch_size: int, length: int) -> Sequence:
+    def sample_sequences(
+        self,
+        rng: np.random.Generator,
+        batch_size: int,
+        length: int,
+        terminal_fraction: float = 0.0,
+    ) -> Sequence:
         """``batch_size`` windows of ``length`` consecutive transitions of one env and episode.
 
-        Start points are uniform over stored transitions.  A window stops after its episode's
+        Start points are uniform over stored transitions; with ``terminal_fraction > 0`` that
+        share of the windows instead holds a stored termination, at a uniform place in the
+        window (rare events such as a cart leaving the track would otherwise be in a window
+        once in hundreds of steps once the policy is good).  A window stops after its episode's
         last transition or at the env's newest transition (it never wraps into the oldest data);
         the rest is padding with ``mask = 0`` that repeats the last real values, and
         ``obs[:, t + 1]`` for the last real ``t`` is that transition's true ``next_obs``.
@@ -222,7 +278,7 @@ class ReplayBuffer:
                 "can hold; raise the capacity or shorten the sequences."
             )
         self._require(length)
-        env, start = self._sample_starts(rng, batch_size)
+        env, start = self._mixed_starts(rng, batch_size, length, terminal_fraction)
         steps = start[:, None] + np.arange(length)  # [B, T] logical indices
         count = self._count[env][:, None]
         in_ring = steps < count

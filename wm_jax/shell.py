@@ -136,9 +136,10 @@ def sample_batch(
     process of a multi-process run its own share of the batch."""
     rng = np.random.default_rng([config.seed, updates, 11, *stream])
     rows = config.batch_size if rows is None else rows
+    share = config.get("replay_terminal_fraction", 0.0)
     if config.sequence_mode:
-        return replay.sample_sequences(rng, rows, config.sequence_length)
-    return replay.sample_flat(rng, rows)
+        return replay.sample_sequences(rng, rows, config.sequence_length, share)
+    return replay.sample_flat(rng, rows, share)
 
 
 def open_loop_check(
