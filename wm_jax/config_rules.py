@@ -176,20 +176,6 @@ def _replay_holds_a_sequence_per_env(c) -> None:
     )
 
 
-def _terminal_fraction_needs_the_host_loop(c) -> None:
-    share = c.get("replay_terminal_fraction", 0.0)
-    _require(
-        isinstance(share, (int, float)) and 0.0 <= share < 1.0,
-        "replay_terminal_fraction",
-        f"must lie in [0, 1), got {share!r}",
-    )
-    _require(
-        share == 0.0 or c.loop == "host",
-        "replay_terminal_fraction",
-        "is drawn by the host loop's replay: set it to 0 with --config.loop=device",
-    )
-
-
 def _batch_fits_in_replay(c) -> None:
     per_batch = c.batch_size * (c.sequence_length if c.sequence_mode else 1)
     _require(
@@ -330,7 +316,14 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
     Rule("diagnostics.open_loop_every", _non_negative, "must be >= 0 (0: off)"),
     _replay_holds_a_sequence_per_env,
     _batch_fits_in_replay,
-    _terminal_fraction_needs_the_host_loop,
+    Rule("replay_terminal_fraction", _below_one, "must lie in [0, 1), got {value}", default=0.0),
+    Rule(
+        "replay_terminal_fraction",
+        lambda v: v == 0.0,
+        "is drawn by the host loop's replay: set it to 0 with --config.loop=device",
+        default=0.0,
+        when=lambda c: c.loop == "device",
+    ),
     Rule("reward_scale", _positive, "must be > 0"),
     Rule(
         "checkpoint_seconds",

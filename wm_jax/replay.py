@@ -194,9 +194,8 @@ class ReplayBuffer:
         termination (``cont = 0``; a truncation is not one): a termination drawn uniformly, then
         its place in the window uniformly among those that keep the window inside its episode.
         None when no termination is stored."""
-        oldest = (self._write_pos - self._count) % self.slots_per_env
         env, slot = np.nonzero(self._cont == 0.0)
-        offset = (slot - oldest[env]) % self.slots_per_env
+        offset = (slot - self._oldest_slot(env)) % self.slots_per_env
         stored = offset < self._count[env]
         if not stored.any():
             return None
@@ -230,10 +229,13 @@ class ReplayBuffer:
                 env[:count], start[:count] = terminal
         return env, start
 
+    def _oldest_slot(self, env: np.ndarray) -> np.ndarray:
+        """Ring slot of the oldest stored transition of each ``env``."""
+        return (self._write_pos[env] - self._count[env]) % self.slots_per_env
+
     def _slot(self, env: np.ndarray, offset: np.ndarray) -> np.ndarray:
         """Ring slot of the ``offset``-th oldest stored transition of ``env``."""
-        oldest = (self._write_pos[env] - self._count[env]) % self.slots_per_env
-        return (oldest + offset) % self.slots_per_env
+        return (self._oldest_slot(env) + offset) % self.slots_per_env
 
     def sample_flat(
         self, rng: np.random.Generator, batch_size: int, terminal_fraction: float = 0.0
