@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from wm_jax import _allocator
 from wm_jax import metrics as metrics_lib
 from wm_jax.checkpoint import Checkpointer
 from wm_jax.networks.common import describe_precision
@@ -256,6 +257,7 @@ def write_config_text(writer, config) -> None:
     """The run's resolved config as a TensorBoard text panel (written once, on a fresh start)."""
     precision = describe_precision(config.get("precision", "float32"))
     logging.info("update matmul precision: %s", precision)
+    logging.info("allocator: %s", _allocator.describe())
     writer.write_text("config", "```json\n" + config.to_json_best_effort(indent=1) + "\n```")
 
 

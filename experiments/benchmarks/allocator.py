@@ -1,18 +1,20 @@
-"""malloc settings against the train step: which ``GLIBC_TUNABLES`` the launchers should use.
+"""Allocators against the train step: which one the launchers should use.
 
     python experiments/benchmarks/allocator.py --rounds=3
 
-Each setting (``--setting=NAME=TUNABLES``; ``none`` for glibc's defaults) runs in its own child
-process, round-robin over ``--rounds`` so the machine's drift hits all alike.  A child times the
-train step (``UpdateCounts(1, 1, 1)``, its returned state fed back) of the README config
+Each setting (``--setting=NAME=TUNABLES``: glibc's malloc with those ``GLIBC_TUNABLES``, empty for
+its defaults; ``--setting=NAME=mimalloc``: the ``cmeel-mimalloc`` wheel's library preloaded with
+:data:`wm_jax._allocator.MIMALLOC_OPTIONS`) runs in its own child process, round-robin over
+``--rounds`` so the machine's drift hits all alike.  A child times the train step
+(``UpdateCounts(1, 1, 1)``, its returned state fed back) of the README config
 (``experiments/configs/cartpole.py`` on a CartPole-shaped batch) and of the seeds' sizes
 (features 256, states 64, hidden 256, 3-D observations, 1-D continuous action, flat batch) at
-``--batch_sizes``, with the minor page faults and system CPU time per call.  Tunables are
-process-wide and fixed at start, hence a process per setting (``launchers`` is
-:data:`wm_jax._allocator.TUNABLES`, what the CLI uses); the children skip
-:mod:`wm_jax._allocator`'s own re-execution (their ``GLIBC_TUNABLES`` is set, or the opt-out is).
-Prints per setting the medians over rounds and the speed-up over the first setting; last line:
-one JSON object.
+``--batch_sizes``, with the minor page faults and system CPU time per call.  An allocator is
+process-wide and fixed at start, hence a process per setting (``glibc`` is
+:data:`wm_jax._allocator.TUNABLES`, the launchers' fallback; ``mimalloc`` what they use where the
+wheel is installed); the children skip :mod:`wm_jax._allocator`'s own re-execution (the opt-out
+is set).  Prints per setting the medians over rounds and the speed-up over the first setting;
+last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ _SETTINGS = flags.DEFINE_multi_string(
         # The launchers' settings until 2026-12-06: every thread on one arena.
         "one_arena=glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
         "glibc.malloc.trim_threshold=4294967296",
-        f"launchers={_allocator.TUNABLES}",
+        f"glibc={_allocator.TUNABLES}",
+        "mimalloc=mimalloc",
     ],
-    "NAME=GLIBC_TUNABLES (empty: glibc's defaults); the first is the baseline",
+    "NAME=GLIBC_TUNABLES (empty: glibc's defaults) or NAME=mimalloc; the first is the baseline",
 )
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "child processes per setting, round-robin")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "1024"], "seeds'-size batches to time")
@@ -119,8 +122,18 @@ def main(argv):
     runs = {name: [] for name in settings}
     for round_ in range(_ROUNDS.value):
         for name, tunables in settings.items():
-            env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-            if tunables:
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("GLIBC_TUNABLES", "LD_PRELOAD", *_allocator.MIMALLOC_OPTIONS)
+            }
+            if tunables == "mimalloc":
+                library = _allocator.mimalloc_library()
+                if library is None:
+                    raise SystemExit("setting mimalloc: pip install cmeel-mimalloc")
+                env["LD_PRELOAD"] = library
+                env.update(_allocator.MIMALLOC_OPTIONS)
+            elif tunables:
                 env["GLIBC_TUNABLES"] = tunables
             env["WM_JAX_NO_ALLOCATOR_TUNING"] = "1"
             args = [a for a in sys.argv[1:] if not a.startswith("--setting")]
