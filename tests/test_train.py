@@ -72,8 +72,8 @@ def test_the_console_log_is_one_line_per_log_row_and_no_library_chatter(cli_run)
     # Every line is one of wm_jax's own log lines (no orbax/jax INFO, no SDL/ALSA noise)...
     assert all(m and m.group(1) in wm_jax_files for m in sources), "\n".join(lines)
     # ... one per metrics row, one per detector finding, and four more: the start (run
-    # directory, no checkpoint, precision) and the report. A 30k-step CartPole run (30 rows)
-    # stays well under 60 lines.
+    # directory, no checkpoint, precision and allocator) and the report. A 30k-step CartPole
+    # run (30 rows) stays well under 60 lines.
     row_lines = [line for line in lines if "metrics.py" in line]
     others = [line for line in lines if line not in row_lines and "failure signature" not in line]
     assert 0 < len(row_lines) <= len(rows) and len(others) == 4, "\n".join(lines)

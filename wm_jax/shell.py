@@ -256,8 +256,7 @@ def check_nonfinite(
 def write_config_text(writer, config) -> None:
     """The run's resolved config as a TensorBoard text panel (written once, on a fresh start)."""
     precision = describe_precision(config.get("precision", "float32"))
-    logging.info("update matmul precision: %s", precision)
-    logging.info("allocator: %s", _allocator.describe())
+    logging.info("update matmul precision: %s; allocator: %s", precision, _allocator.describe())
     writer.write_text("config", "```json\n" + config.to_json_best_effort(indent=1) + "\n```")
 
 
