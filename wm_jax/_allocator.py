@@ -61,6 +61,15 @@ def mimalloc_library() -> str | None:
     return None
 
 
+def preload_mimalloc(env: dict[str, str], library: str) -> None:
+    """Puts ``library`` first in ``env``'s ``LD_PRELOAD`` with :data:`MIMALLOC_OPTIONS` (a value
+    the user set wins)."""
+    preload = env.get("LD_PRELOAD", "")
+    env["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
+    for key, value in MIMALLOC_OPTIONS.items():
+        env.setdefault(key, value)
+
+
 def tuned_environment(environ=None, find_mimalloc=mimalloc_library) -> dict[str, str] | None:
     """The environment to re-execute with, or None when nothing should change.
     ``find_mimalloc() -> path | None``: where the mimalloc library is, if installed."""
@@ -80,9 +89,7 @@ def tuned_environment(environ=None, find_mimalloc=mimalloc_library) -> dict[str,
         raise ValueError(f"{CHOICE}={choice!r}: choose mimalloc or glibc")
     library = find_mimalloc() if choice == "mimalloc" else None
     if library:
-        env["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
-        for key, value in MIMALLOC_OPTIONS.items():
-            env.setdefault(key, value)
+        preload_mimalloc(env, library)
     else:
         env["GLIBC_TUNABLES"] = f"{current}:{TUNABLES}" if current else TUNABLES
     return env

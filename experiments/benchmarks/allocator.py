@@ -131,8 +131,7 @@ def main(argv):
                 library = _allocator.mimalloc_library()
                 if library is None:
                     raise SystemExit("setting mimalloc: pip install cmeel-mimalloc")
-                env["LD_PRELOAD"] = library
-                env.update(_allocator.MIMALLOC_OPTIONS)
+                _allocator.preload_mimalloc(env, library)
             elif tunables:
                 env["GLIBC_TUNABLES"] = tunables
             env["WM_JAX_NO_ALLOCATOR_TUNING"] = "1"

@@ -485,18 +485,14 @@ def _fmt_x(x):
     return "-" if x is None else f"{x:5.2f}x"
 
 
-def _allocator_in_use() -> str:
-    from wm_jax import _allocator
-
-    return _allocator.describe()
-
-
 def main(argv):
     del argv
+    allocator = "unknown"  # an older wm_jax (PYTHONPATH) may not describe it
     try:  # the allocator fix for XLA's temp buffer, if this wm_jax has it (re-execs at most once)
         from wm_jax import _allocator
 
         _allocator.tune()
+        allocator = getattr(_allocator, "describe", lambda: allocator)()
     except ImportError:
         pass
     wall_start = time.perf_counter()
@@ -656,7 +652,7 @@ def main(argv):
         "device": f"{device.platform}:{device.device_kind}",
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "allocator": _allocator_in_use(),
+        "allocator": allocator,
         "jax_version": jax.__version__,
         "matmul_n": _MATMUL_N.value,
         "matmul_flops_per_s": matmul_rate,
