@@ -205,3 +205,34 @@ def test_a_continuous_policy_acts_with_the_squashed_normal_of_its_correlated_noi
     np.testing.assert_allclose(out.noise, want, rtol=1e-6)
     base = agent.nets.actor.apply(state.actor_params, out.state).distribution
     np.testing.assert_allclose(actions, np.tanh(base.loc + base.scale_diag * out.noise), rtol=1e-6)
+
+
+@pytest.mark.parametrize("discrete,rho", [(True, 0.0), (True, 0.9), (False, 0.0), (False, 0.9)])
+def test_greedy_envs_play_the_mode_and_the_other_envs_sample_as_without_them(discrete, rho):
+    spec = make_spec(action_dim=3, discrete=discrete)
+    base = {"actor.explore_correlation": rho}
+    agent = make_agent(small_config(**base), spec)
+    greedy = make_agent(small_config(**base, **{"actor.greedy_envs": 2}), spec)
+    state = init_state(agent, jax.random.PRNGKey(0))
+    carry = initial_carry(agent, 64)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (64, 4))
+    key = jax.random.PRNGKey(2)
+
+    def run(a, deterministic):
+        return act(a, state.wm_params, state.actor_params, carry, obs, 0.0, 1.0, key, deterministic)
+
+    sampled, _ = run(agent, False)
+    mode, _ = run(agent, True)
+    mixed, out = run(greedy, False)
+    np.testing.assert_array_equal(mixed[:2], mode[:2])
+    np.testing.assert_array_equal(mixed[2:], sampled[2:])
+    assert not np.array_equal(sampled[:2], mode[:2]) or not np.array_equal(sampled, mode)
+    if rho > 0:  # every env's noise advances as it would without greedy envs
+        np.testing.assert_array_equal(out.noise, run(agent, False)[1].noise)
+
+
+@pytest.mark.parametrize("value", [-1, 4, 5])
+def test_greedy_envs_must_leave_an_env_that_samples(value):
+    with pytest.raises(ConfigError, match="actor.greedy_envs"):
+        validate(small_config(**{"num_envs": 4, "actor.greedy_envs": value}))
+    validate(small_config(**{"num_envs": 4, "actor.greedy_envs": 3}))

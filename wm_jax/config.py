@@ -177,6 +177,10 @@ def get_config() -> ml_collections.ConfigDict:
     # env steps the correlation lasts (the random prefill and the policy's samples before it);
     # 0: the whole run.
     a.explore_correlation_steps = 0
+    # envs (the first k of each process's) that act with the policy's mode instead of a sample
+    # once the policy acts (Ape-X's per-actor exploration levels): their episodes are the ones
+    # the deterministic evaluation plays; 0: every env samples (the seeds).
+    a.greedy_envs = 0
     a.min_std = 0.1  # lower bound of a continuous policy's σ
     a.max_std = 1.0  # upper bound of a continuous policy's σ
 

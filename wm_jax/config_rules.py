@@ -176,6 +176,16 @@ def _replay_holds_a_sequence_per_env(c) -> None:
     )
 
 
+def _an_env_explores(c) -> None:
+    greedy = c.actor.get("greedy_envs", 0)
+    _require(
+        isinstance(greedy, int) and 0 <= greedy < c.num_envs,
+        "actor.greedy_envs",
+        f"must be an integer in [0, num_envs) (at least one of the {c.num_envs} envs must sample "
+        f"its actions; 0: every env samples), got {greedy!r}",
+    )
+
+
 def _batch_fits_in_replay(c) -> None:
     per_batch = c.batch_size * (c.sequence_length if c.sequence_mode else 1)
     _require(
@@ -367,6 +377,7 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
         "must be an integer >= 0 (0: the whole run), got {value!r}",
         default=0,
     ),
+    _an_env_explores,
     _actor_std_range,
     Rule("imagination.num_starts", _non_negative, "must be >= 0"),
     *(

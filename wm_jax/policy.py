@@ -70,6 +70,18 @@ def explore_correlation(config) -> float:
     return float(config.actor.get("explore_correlation", 0.0))
 
 
+def greedy_envs(config) -> int:
+    """How many envs (the first ones of each process) act with the mode while training."""
+    return int(config.actor.get("greedy_envs", 0))
+
+
+def mode_actions(dist, discrete: bool) -> chex.Array:
+    """The policy's mode: the arg-max one-hot, or ``tanh(μ)`` of the squashed Normal."""
+    if discrete:
+        return jax.nn.one_hot(jnp.argmax(dist.logits, -1), dist.logits.shape[-1])
+    return jnp.tanh(dist.distribution.loc)
+
+
 def correlated_at(config, env_step):
     """Whether the policy's samples at ``env_step`` (an int, or traced in the on-device loop)
     are drawn from the correlated noise: ρ > 0 and before ``actor.explore_correlation_steps``
@@ -151,7 +163,8 @@ def act(
     ``deterministic=True`` takes the mode: the arg-max one-hot, or ``tanh(μ)`` of the squashed
     Normal (and posterior modes of an RSSM); otherwise a sample of the policy (exploration comes
     from its entropy), drawn from the carry's correlated noise where ``correlated`` (a bool, or a
-    traced one; see :func:`correlated_at`) and ``actor.explore_correlation`` > 0.
+    traced one; see :func:`correlated_at`) and ``actor.explore_correlation`` > 0.  With
+    ``actor.greedy_envs`` = k > 0 the first k rows take the mode even then.
     """
     wm = agent.nets.world_model
     # The action keeps ``key`` itself (as before carries existed); an RSSM latent folds it.
@@ -179,15 +192,17 @@ def act(
             independent = dist.sample(seed=action_key).astype(actions.dtype)
             actions = jnp.where(correlated, actions, independent)
             noise = jnp.where(correlated, noise, carry.noise)
-    elif agent.spec.discrete:
-        if deterministic:
-            actions = jax.nn.one_hot(jnp.argmax(dist.logits, -1), agent.spec.action_dim)
-        else:
-            actions = jax.lax.stop_gradient(dist.sample(seed=action_key))
     elif deterministic:
-        actions = jnp.tanh(dist.distribution.loc)
+        actions = mode_actions(dist, agent.spec.discrete)
+    elif agent.spec.discrete:
+        actions = jax.lax.stop_gradient(dist.sample(seed=action_key))
     else:
         actions = dist.sample(seed=action_key)
+    greedy = greedy_envs(agent.config)
+    if greedy and not deterministic:
+        # The first k envs play the mode, as the evaluation does (their noise still advances).
+        first = (jnp.arange(actions.shape[0]) < greedy)[:, None]
+        actions = jnp.where(first, mode_actions(dist, agent.spec.discrete), actions)
     actions = actions.astype(jnp.float32)
     return actions, ActCarry(states, actions, jnp.zeros_like(carry.is_first), noise)
 
