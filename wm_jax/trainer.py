@@ -118,6 +118,12 @@ class Trainer(TrainerCheckpoints):
                     f"use a multiple of {self.process_count}"
                 )
         self.local_envs = c.num_envs // self.process_count
+        if c.actor.get("greedy_envs", 0) >= self.local_envs:
+            raise ConfigError(
+                f"config.actor.greedy_envs: {c.actor.greedy_envs} would leave none of each "
+                f"process's {self.local_envs} envs sampling its actions; use at most "
+                f"{self.local_envs - 1}"
+            )
         # One run per workdir, and a resume checked before anything is written.
         spec_json = spec_to_json(self.spec)
         self.run_dir = RunDir.open(self.workdir, c, spec_json, self.process_index)
