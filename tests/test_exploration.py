@@ -14,7 +14,9 @@ from wm_jax.policy import (
     act,
     correlated_at,
     correlated_random_actions,
+    greedy_envs,
     initial_carry,
+    make_act_fn,
     noise_actions,
 )
 from wm_jax.update import init_state, make_agent
@@ -208,27 +210,48 @@ def test_a_continuous_policy_acts_with_the_squashed_normal_of_its_correlated_noi
 
 
 @pytest.mark.parametrize("discrete,rho", [(True, 0.0), (True, 0.9), (False, 0.0), (False, 0.9)])
-def test_greedy_envs_play_the_mode_and_the_other_envs_sample_as_without_them(discrete, rho):
+def test_greedy_rows_play_the_mode_and_the_other_rows_sample_as_without_them(discrete, rho):
     spec = make_spec(action_dim=3, discrete=discrete)
-    base = {"actor.explore_correlation": rho}
-    agent = make_agent(small_config(**base), spec)
-    greedy = make_agent(small_config(**base, **{"actor.greedy_envs": 2}), spec)
+    agent = make_agent(small_config(**{"actor.explore_correlation": rho}), spec)
     state = init_state(agent, jax.random.PRNGKey(0))
     carry = initial_carry(agent, 64)
     obs = jax.random.normal(jax.random.PRNGKey(1), (64, 4))
     key = jax.random.PRNGKey(2)
 
-    def run(a, deterministic):
-        return act(a, state.wm_params, state.actor_params, carry, obs, 0.0, 1.0, key, deterministic)
+    def run(deterministic, greedy=0):
+        return act(
+            agent, state.wm_params, state.actor_params, carry, obs, 0.0, 1.0, key,
+            deterministic, greedy=greedy,
+        )  # fmt: skip
 
-    sampled, _ = run(agent, False)
-    mode, _ = run(agent, True)
-    mixed, out = run(greedy, False)
+    sampled, plain = run(False)
+    mode, _ = run(True)
+    mixed, out = run(False, greedy=2)
     np.testing.assert_array_equal(mixed[:2], mode[:2])
     np.testing.assert_array_equal(mixed[2:], sampled[2:])
-    assert not np.array_equal(sampled[:2], mode[:2]) or not np.array_equal(sampled, mode)
-    if rho > 0:  # every env's noise advances as it would without greedy envs
-        np.testing.assert_array_equal(out.noise, run(agent, False)[1].noise)
+    assert not np.array_equal(sampled, mode)
+    if rho > 0:  # every env's noise advances as it would without greedy rows
+        np.testing.assert_array_equal(out.noise, plain.noise)
+
+
+def test_only_a_training_loops_act_fn_has_greedy_envs_and_a_loaded_policy_samples_every_row():
+    spec = make_spec(action_dim=3, discrete=True)
+    agent = make_agent(small_config(**{"num_envs": 4, "actor.greedy_envs": 1}), spec)
+    state = init_state(agent, jax.random.PRNGKey(0))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4, 4))
+    key = jax.random.PRNGKey(2)
+    args = (state.wm_params, state.actor_params, initial_carry(agent, 4), obs, 0.0, 1.0, key)
+    training, serving = make_act_fn(agent, training_envs=4), make_act_fn(agent)
+    assert (training.greedy, serving.greedy) == (1, 0)
+    expect = act(agent, *args, False, greedy=1)[0]
+    np.testing.assert_array_equal(training(*args, deterministic=False)[0], expect)
+    sampled = act(agent, *args, False)[0]
+    np.testing.assert_array_equal(serving(*args, deterministic=False)[0], sampled)
+    # Two processes with 2 envs each: one greedy env each is fine, two would leave none sampling.
+    assert greedy_envs(agent.config, 2) == 1
+    two = small_config(**{"num_envs": 4, "actor.greedy_envs": 2})
+    with pytest.raises(ConfigError, match="actor.greedy_envs.*at most 1"):
+        greedy_envs(two, 2)
 
 
 @pytest.mark.parametrize("value", [-1, 4, 5])

@@ -43,6 +43,7 @@ from wm_jax.policy import (
     correlated_at,
     correlated_random_actions,
     explore_correlation,
+    greedy_envs,
     initial_carry,
 )
 from wm_jax.replay_device import (
@@ -189,6 +190,7 @@ class DeviceLoop:
                 act_key,
                 deterministic=False,
                 correlated=correlated_at(c, ls.env_step),
+                greedy=greedy_envs(c, c.num_envs),
             )
         out = self.task.step(env_key, ls.env_state, actions)
         done = out.terminated | out.truncated

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wm_jax.config_rules import ConfigError
 from wm_jax.networks import state_size
 from wm_jax.normalizer import normalize
 from wm_jax.observe import observe_step
@@ -70,9 +71,17 @@ def explore_correlation(config) -> float:
     return float(config.actor.get("explore_correlation", 0.0))
 
 
-def greedy_envs(config) -> int:
-    """How many envs (the first ones of each process) act with the mode while training."""
-    return int(config.actor.get("greedy_envs", 0))
+def greedy_envs(config, envs: int) -> int:
+    """``actor.greedy_envs``: how many of a training loop's ``envs`` (per process) act with the
+    mode; refused where it would leave none sampling (the config's rule sees the global
+    ``num_envs`` only)."""
+    greedy = int(config.actor.get("greedy_envs", 0))
+    if greedy and greedy >= envs:
+        raise ConfigError(
+            f"config.actor.greedy_envs: {greedy} would leave none of each process's {envs} "
+            f"envs sampling its actions; use at most {envs - 1}"
+        )
+    return greedy
 
 
 def mode_actions(dist, discrete: bool) -> chex.Array:
@@ -156,6 +165,7 @@ def act(
     key: chex.PRNGKey,
     deterministic: bool,
     correlated=True,
+    greedy: int = 0,
 ) -> tuple[chex.Array, ActCarry]:
     """Actions ``[N, A]`` for raw observations ``[N, *obs_shape]``, and the carry to pass with
     the next observations (``is_first`` cleared: mark new episodes with :func:`episode_starts`).
@@ -163,8 +173,8 @@ def act(
     ``deterministic=True`` takes the mode: the arg-max one-hot, or ``tanh(μ)`` of the squashed
     Normal (and posterior modes of an RSSM); otherwise a sample of the policy (exploration comes
     from its entropy), drawn from the carry's correlated noise where ``correlated`` (a bool, or a
-    traced one; see :func:`correlated_at`) and ``actor.explore_correlation`` > 0.  With
-    ``actor.greedy_envs`` = k > 0 the first k rows take the mode even then.
+    traced one; see :func:`correlated_at`) and ``actor.explore_correlation`` > 0.  The first
+    ``greedy`` rows take the mode even then (the training loops pass ``actor.greedy_envs``).
     """
     wm = agent.nets.world_model
     # The action keeps ``key`` itself (as before carries existed); an RSSM latent folds it.
@@ -198,7 +208,6 @@ def act(
         actions = jax.lax.stop_gradient(dist.sample(seed=action_key))
     else:
         actions = dist.sample(seed=action_key)
-    greedy = greedy_envs(agent.config)
     if greedy and not deterministic:
         # The first k envs play the mode, as the evaluation does (their noise still advances).
         first = (jnp.arange(actions.shape[0]) < greedy)[:, None]
@@ -211,11 +220,14 @@ class ActFn:
     """``act`` bound to ``agent`` and jitted (``deterministic`` and ``correlated`` static);
     ``initial_carry(n)`` starts ``n`` envs."""
 
-    def __init__(self, agent):
+    def __init__(self, agent, training_envs: int | None = None):
         self.agent = agent
         self._fn = jax.jit(
-            functools.partial(act, agent), static_argnames=("deterministic", "correlated")
+            functools.partial(act, agent),
+            static_argnames=("deterministic", "correlated", "greedy"),
         )
+        # A training run's envs: its first actor.greedy_envs play the mode (never a user's).
+        self.greedy = 0 if training_envs is None else greedy_envs(agent.config, training_envs)
 
     def __call__(
         self, wm_params, actor_params, carry: ActCarry, *args, **kwargs
@@ -227,6 +239,8 @@ class ActFn:
         if not all(x is None or (isinstance(x, jax.Array) and x.committed) for x in memory):
             state, action, noise = placed_like(memory, actor_params)
             carry = carry.replace(state=state, action=action, noise=noise)
+        if self.greedy:
+            kwargs["greedy"] = self.greedy
         actions, carry = self._fn(wm_params, actor_params, carry, *args, **kwargs)
         return actions, carry.replace(is_first=np.zeros(carry.is_first.shape, bool))
 
@@ -237,9 +251,10 @@ class ActFn:
         return correlated_at(self.agent.config, env_step)
 
 
-def make_act_fn(agent) -> ActFn:
-    """``act`` bound to ``agent`` and jitted."""
-    return ActFn(agent)
+def make_act_fn(agent, training_envs: int | None = None) -> ActFn:
+    """``act`` bound to ``agent`` and jitted; ``training_envs``: the training loop's envs per
+    process (their first ``actor.greedy_envs`` act with the mode)."""
+    return ActFn(agent, training_envs)
 
 
 def carry_to_arrays(carry: ActCarry) -> dict[str, np.ndarray]:

@@ -118,12 +118,6 @@ class Trainer(TrainerCheckpoints):
                     f"use a multiple of {self.process_count}"
                 )
         self.local_envs = c.num_envs // self.process_count
-        if c.actor.get("greedy_envs", 0) >= self.local_envs:
-            raise ConfigError(
-                f"config.actor.greedy_envs: {c.actor.greedy_envs} would leave none of each "
-                f"process's {self.local_envs} envs sampling its actions; use at most "
-                f"{self.local_envs - 1}"
-            )
         # One run per workdir, and a resume checked before anything is written.
         spec_json = spec_to_json(self.spec)
         self.run_dir = RunDir.open(self.workdir, c, spec_json, self.process_index)
@@ -139,7 +133,7 @@ class Trainer(TrainerCheckpoints):
         self.agent = make_agent(c, self.spec)
         self.steps = make_steps(self.agent)
         self.ahead = AheadStep(self.steps.train_step)  # later phases' programs compile early
-        self.act_fn = make_act_fn(self.agent)
+        self.act_fn = make_act_fn(self.agent, self.local_envs)
         self.open_loop_fn = make_open_loop_fn(self.agent)
         env_seed = process_seed(c.seed, self.process_index) if self.multiprocess else c.seed
         self.envs = make_envs(c, self.local_envs, env_seed, c.vector_mode)
