@@ -25,10 +25,13 @@ Four measurements, each on the run's own data (its replay and normaliser from th
    way.  A model that gets much better offline was undertrained or noisy; a policy that leaves
    its plateau on a frozen accurate model was held back by the model.
 
-Non-recurrent world models only (MLP / ensemble dynamics; not the RSSM or the transformer,
-whose states need the past).  ``--override`` applies to every update the probe makes (steady,
-actor+critic); the retrain's step size and clip are its own flags.  Last line: one JSON object
-(kept by ``save_result``).
+Recurrent world models (the RSSM, the README's config) are read as training reads them: the
+episodes act through :mod:`wm_jax.policy` with the carried state, and the continue head's
+recall is measured on replayed windows that hold a stored termination (``--recall_windows`` of
+them, the posterior read from the window's start), not on every stored termination one by one.
+The transformer dynamics is not supported.  ``--override`` applies to every update the probe
+makes (steady, actor+critic); the retrain's step size and clip are its own flags.  Last line:
+one JSON object (kept by ``save_result``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ _AC_UPDATES = flags.DEFINE_integer("ac_updates", 0, "actor+critic updates on the
 _STEADY = flags.DEFINE_integer(
     "wm_steady_updates", 0, "world-model updates continuing the run's own Adam state"
 )
+_RECALL_WINDOWS = flags.DEFINE_integer(
+    "recall_windows", 512, "recurrent models: replayed windows holding a termination, for recall"
+)
 _OVERRIDES = flags.DEFINE_multi_string(
     "override", [], "x=y config overrides for the probe's own updates (e.g. world_model.lr=1e-4)"
 )
@@ -74,8 +80,8 @@ def _load(workdir: str, step: int | None):
     with open(os.path.join(workdir, "env_spec.json")) as f:
         spec = spec_from_json(json.load(f))
     agent = make_agent(config, spec)
-    if agent.nets.world_model.recurrent or config.model.dynamics == "transformer":
-        raise SystemExit("checkpoint_probe needs a non-recurrent, context-free world model")
+    if config.model.dynamics == "transformer":
+        raise SystemExit("checkpoint_probe does not read the transformer dynamics' context")
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     step, state, extras = checkpoints.restore(init_state(agent, jax.random.PRNGKey(0)), step)
     checkpoints.close()
@@ -121,54 +127,52 @@ def main(argv):
     from wm_jax.env_spec import to_env_action
     from wm_jax.normalizer import normalize
     from wm_jax.open_loop import make_open_loop_fn
+    from wm_jax.policy import make_act_fn
     from wm_jax.schedule import UpdateCounts
     from wm_jax.shell import prepare_batch
+    from wm_jax.step_losses import observe_batch
     from wm_jax.update import train_step, world_model_update
 
     config, spec, agent, step, state, (mean, std), replay = _load(_WORKDIR.value, _STEP.value)
     if _OVERRIDES.value:  # the loaded parameters fix the shapes; step sizes, weights may change
         tuned = override(ml_collections.ConfigDict(config.to_dict()), **_typed(config))
         config, agent = tuned, make_agent(tuned, spec)
-    wm, actor, critic = agent.nets.world_model, agent.nets.actor, agent.nets.critic
+    wm, critic = agent.nets.world_model, agent.nets.critic
     cartpole = config.env_id == "CartPole-v1"
     gamma = config.imagination.gamma
 
-    @jax.jit
-    def read(wm_params, actor_params, critic_params, obs):
-        states = wm.apply(wm_params, normalize(obs, mean, std), method=wm.encode)
-        dist = actor.apply(actor_params, states)
-        if spec.discrete:  # the deterministic action of wm_jax.policy.act
-            action = jax.nn.one_hot(jnp.argmax(dist.logits, -1), spec.action_dim)
-        else:
-            action = jnp.tanh(dist.distribution.loc)
-        return action, critic.apply(critic_params, states).reshape(obs.shape[0])
+    act_fn = make_act_fn(agent)  # the deterministic policy of the run's evaluations
+    value = jax.jit(lambda params, states: critic.apply(params, states).reshape(-1))
 
     def episodes(st, n, with_values=False):
         env = gym.make(config.env_id)
         out = []
         for ep in range(n):
             obs, _ = env.reset(seed=10_000 + ep)
-            seen, rewards, terminated = [obs], [], False
+            carry, states, rewards, terminated = act_fn.initial_carry(1), [], [], False
             while True:
-                action, _ = read(st.wm_params, st.actor_params, st.critic_params, obs[None])
+                action, carry = act_fn(
+                    st.wm_params, st.actor_params, carry, obs[None], mean, std,
+                    jax.random.PRNGKey(0), deterministic=True,
+                )  # fmt: skip
+                states.append(carry.state[0])
                 obs, reward, terminated, truncated, _ = env.step(
                     to_env_action(np.asarray(action), spec)[0]
                 )
-                seen.append(obs)
                 rewards.append(float(reward))
                 if terminated or truncated:
                     break
             row = {
                 "return": float(np.sum(rewards)),
-                "length": len(seen) - 1,
+                "length": len(rewards),
                 "terminated": bool(terminated),
             }
             row["final_obs"] = np.round(np.asarray(obs, np.float64), 3).tolist()
             if cartpole and terminated:
                 row["cause"] = _cartpole_cause(obs)
             if with_values and terminated:  # the true return-to-go is known only then
-                _, values = read(st.wm_params, st.actor_params, st.critic_params, np.stack(seen))
-                t = len(seen) - 1
+                values = np.asarray(value(st.critic_params, jnp.stack(states)))
+                t = len(rewards)
                 togo = np.zeros(t + 1)
                 for k in reversed(range(t)):  # discounted, in the critic's (scaled) units
                     togo[k] = rewards[k] * config.reward_scale + gamma * togo[k + 1]
@@ -194,15 +198,29 @@ def main(argv):
         errs = np.mean([o["obs_error_by_step"] for o in out], 0)
         return [round(float(errs[k - 1]), 4) for k in (1, 5, 15)]
 
+    def terminal_states(wm_params):
+        """Each stored termination's next observation (raw) and the state the model reads it
+        into: one by one for a per-observation model, in replayed windows for a recurrent one."""
+        if not wm.recurrent:
+            rows = [(e, np.arange(int(c))) for e, c in enumerate(stored["count"])]
+            nxt = np.concatenate([stored["next_obs"][e, s] for e, s in rows])
+            ended = np.concatenate([stored["cont"][e, s] == 0 for e, s in rows])
+            return nxt[ended], wm.apply(
+                wm_params, normalize(nxt[ended], mean, std), method=wm.encode
+            )
+        raw = replay.sample_sequences(
+            np.random.default_rng(321), _RECALL_WINDOWS.value, config.sequence_length, 1.0
+        )
+        states = observe_batch(agent, wm_params, prepare_batch(raw, mean, std, scale)).next_states
+        b, t = np.nonzero((raw.cont == 0) & (raw.mask > 0))
+        return raw.obs[b, t + 1], np.asarray(states)[b, t]
+
     def recall(wm_params) -> dict[str, float]:
-        rows = [(e, np.arange(int(c))) for e, c in enumerate(stored["count"])]
-        nxt = np.concatenate([stored["next_obs"][e, s] for e, s in rows])
-        ended = np.concatenate([stored["cont"][e, s] == 0 for e, s in rows])
-        states = wm.apply(wm_params, normalize(nxt[ended], mean, std), method=wm.encode)
+        nxt, states = terminal_states(wm_params)
         flagged = np.asarray(wm.apply(wm_params, states, method=wm.cont).logits).reshape(-1) < 0
-        out = {"terminations": int(ended.sum()), "recall": round(float(flagged.mean()), 3)}
+        out = {"terminations": len(nxt), "recall": round(float(flagged.mean()), 3)}
         if cartpole:
-            causes = np.array([_cartpole_cause(o) for o in nxt[ended]])
+            causes = np.array([_cartpole_cause(o) for o in nxt])
             for cause in sorted(set(causes)):
                 out[f"recall ({cause})"] = round(float(flagged[causes == cause].mean()), 3)
         return out
