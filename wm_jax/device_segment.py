@@ -124,6 +124,7 @@ class DeviceLoop:
         self.cadence = Cadence.from_config(c)
         self.agent = make_agent(c, self.spec)
         self.norm_enabled = c.obs_norm and not np.issubdtype(self.spec.obs_dtype, np.integer)
+        self.greedy = greedy_envs(c, c.num_envs)  # one process: all its envs are local
         self.capacity = max(c.replay_capacity // c.num_envs, c.sequence_length + 1)
         # Training needs a full window in the ring before the first batch.
         need = (c.sequence_length if c.sequence_mode else 1) * c.num_envs
@@ -190,7 +191,7 @@ class DeviceLoop:
                 act_key,
                 deterministic=False,
                 correlated=correlated_at(c, ls.env_step),
-                greedy=greedy_envs(c, c.num_envs),
+                greedy=self.greedy,
             )
         out = self.task.step(env_key, ls.env_state, actions)
         done = out.terminated | out.truncated

@@ -142,6 +142,7 @@ def main(argv):
     gamma = config.imagination.gamma
 
     act_fn = make_act_fn(agent)  # the deterministic policy of the run's evaluations
+    unused_key = jax.random.PRNGKey(0)  # the deterministic policy draws nothing
     value = jax.jit(lambda params, states: critic.apply(params, states).reshape(-1))
 
     def episodes(st, n, with_values=False):
@@ -153,7 +154,7 @@ def main(argv):
             while True:
                 action, carry = act_fn(
                     st.wm_params, st.actor_params, carry, obs[None], mean, std,
-                    jax.random.PRNGKey(0), deterministic=True,
+                    unused_key, deterministic=True,
                 )  # fmt: skip
                 states.append(carry.state[0])
                 obs, reward, terminated, truncated, _ = env.step(
