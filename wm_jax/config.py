@@ -204,6 +204,11 @@ def get_config() -> ml_collections.ConfigDict:
     # imagined states (two-hot NLL for a distributional critic); 0 (the seeds) turns it off.
     # DreamerV3 pairs slow_reg = 1 with bootstrap = "online" and τ = 0.02.
     cr.slow_reg = 0.0
+    # Real-data targets (schedule.final_real_mix): "lambda" (λ-returns along each replayed
+    # window, bootstrapped at its end) or "episode" (for steps of an episode that has since
+    # terminated, its discounted return to that termination, however far beyond the window;
+    # λ-returns elsewhere).  Host loop only.
+    cr.real_targets = "lambda"
 
     # --- every loop: schedule (seeds Diagram 5; offline runs: warmup/transition from offline.*) ---
     s = c.schedule = ml_collections.ConfigDict()

@@ -66,6 +66,12 @@ class ReplayBuffer:
         obs_shape: Shape of one observation.
         obs_dtype: Storage dtype of observations (uint8 images stay uint8: 4x less memory).
         action_dim: Length ``A`` of the float action vectors.
+        return_gamma: When set, the buffer keeps each stored transition's discounted return to
+            its episode's termination, ``G_t = r_t + γ·G_{t+1}`` (``G = 0`` after the
+            terminating step), once that episode has terminated (a time-limit truncation gives
+            none: its tail is unknown), and sampled batches carry it as ``return_to_go`` /
+            ``return_known`` (``config.critic.real_targets = "episode"``).  Derived from the
+            stored rewards and flags, so checkpoints do not hold it.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class ReplayBuffer:
         obs_shape: tuple[int, ...],
         obs_dtype: Any,
         action_dim: int,
+        return_gamma: float | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
@@ -103,6 +110,10 @@ class ReplayBuffer:
         # Per env, because invalid steps are skipped per env and the rings fill unevenly.
         self._write_pos = np.zeros(n, dtype=np.int64)
         self._count = np.zeros(n, dtype=np.int64)
+        self.return_gamma = None if return_gamma is None else float(return_gamma)
+        if self.return_gamma is not None:
+            self._return = np.zeros((n, s), dtype=np.float32)
+            self._return_known = np.zeros((n, s), dtype=bool)
 
     @property
     def nbytes(self) -> int:
@@ -163,6 +174,31 @@ class ReplayBuffer:
         self._episode_end[envs, slots] = terminated[envs] | truncated[envs]
         self._write_pos[envs] = (slots + 1) % self.slots_per_env
         self._count[envs] = np.minimum(self._count[envs] + 1, self.slots_per_env)
+        if self.return_gamma is not None:
+            self._return_known[envs, slots] = False
+            for env in envs[terminated[envs]]:
+                self._backfill_returns(int(env), self._count[env] - 1)
+
+    def _backfill_returns(self, env: int, last: int) -> None:
+        """Writes the discounted return of every stored step of the episode that terminates at
+        logical index ``last`` of ``env`` (back to its start or the oldest stored step)."""
+        gamma, ret = self.return_gamma, 0.0
+        for offset in range(last, -1, -1):
+            slot = (self._write_pos[env] - self._count[env] + offset) % self.slots_per_env
+            if offset < last and self._episode_end[env, slot]:
+                break
+            ret = float(self._reward[env, slot]) + gamma * ret
+            self._return[env, slot] = ret
+            self._return_known[env, slot] = True
+
+    def _recompute_returns(self) -> None:
+        """Every stored terminated episode's returns, from the stored rewards and flags."""
+        self._return_known[:] = False
+        for env in range(self.num_envs):
+            count = int(self._count[env])
+            slots = (self._write_pos[env] - count + np.arange(count)) % self.slots_per_env
+            for offset in np.flatnonzero(self._cont[env, slots] == 0.0):
+                self._backfill_returns(env, int(offset))
 
     # ----------------------------------------------------------------- sampling
 
@@ -303,12 +339,19 @@ class ReplayBuffer:
         obs[pad_rows, pad_cols] = self._next_obs[env[pad_rows], slots[pad_rows, pad_cols]]
         obs[:, length] = self._next_obs[env, slots[:, -1]]
 
+        returns = {}
+        if self.return_gamma is not None:
+            returns = dict(
+                return_to_go=self._return[rows, slots],
+                return_known=(self._return_known[rows, slots] & mask).astype(np.float32),
+            )
         return Sequence(
             obs=obs,
             action=self._action[rows, slots],
             reward=self._reward[rows, slots],
             cont=self._cont[rows, slots],
             mask=mask.astype(np.float32),
+            **returns,
         )
 
     # ------------------------------------------------------------ checkpointing
@@ -365,6 +408,8 @@ class ReplayBuffer:
             raise ValueError(f"Replay state has out-of-range counts {count} or positions {pos}.")
         for key, value in loaded.items():
             setattr(self, f"_{key}", value)
+        if self.return_gamma is not None:
+            self._recompute_returns()
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {key: getattr(self, f"_{key}") for key in _ARRAY_KEYS}

@@ -109,8 +109,11 @@ def prepare_batch(batch, obs_mean, obs_std, reward_scale):
     """Host numpy batch -> device batch with normalised observations and scaled rewards."""
     batch = jax.tree.map(jax.numpy.asarray, batch)
     if isinstance(batch, Sequence):
+        scaled = {}
+        if batch.return_to_go is not None:
+            scaled["return_to_go"] = batch.return_to_go * reward_scale
         return batch.replace(
-            obs=normalize(batch.obs, obs_mean, obs_std), reward=batch.reward * reward_scale
+            obs=normalize(batch.obs, obs_mean, obs_std), reward=batch.reward * reward_scale, **scaled
         )
     return batch.replace(
         obs=normalize(batch.obs, obs_mean, obs_std),

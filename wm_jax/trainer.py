@@ -139,8 +139,10 @@ class Trainer(TrainerCheckpoints):
         self.envs = make_envs(c, self.local_envs, env_seed, c.vector_mode)
         spec = self.spec
         capacity = c.replay_capacity // self.process_count
+        episode_returns = c.critic.real_targets == "episode"
         self.replay = ReplayBuffer(
-            capacity, self.local_envs, spec.obs_shape, spec.obs_dtype, spec.action_dim
+            capacity, self.local_envs, spec.obs_shape, spec.obs_dtype, spec.action_dim,
+            return_gamma=c.imagination.gamma if episode_returns else None,
         )
         self.normalizer = RunningMeanStd(
             self.spec.obs_shape,

@@ -53,6 +53,10 @@ class Sequence:
     reward: chex.Array  # [B, T]
     cont: chex.Array  # [B, T]
     mask: chex.Array  # [B, T]
+    # Discounted return to the episode's termination, where known (1 in return_known): only
+    # replays built with a return_gamma fill them (config.critic.real_targets = "episode").
+    return_to_go: chex.Array | None = None  # [B, T]
+    return_known: chex.Array | None = None  # [B, T]
 
     @property
     def batch_size(self) -> int:
