@@ -289,6 +289,7 @@ class ReplayBuffer:
             next_obs=self._next_obs[env, slot],
             cont=self._cont[env, slot],
             mask=np.ones(batch_size, dtype=np.float32),
+            **self._returns(env, slot, None),
         )
 
     def sample_sequences(
@@ -339,20 +340,24 @@ class ReplayBuffer:
         obs[pad_rows, pad_cols] = self._next_obs[env[pad_rows], slots[pad_rows, pad_cols]]
         obs[:, length] = self._next_obs[env, slots[:, -1]]
 
-        returns = {}
-        if self.return_gamma is not None:
-            returns = dict(
-                return_to_go=self._return[rows, slots],
-                return_known=(self._return_known[rows, slots] & mask).astype(np.float32),
-            )
         return Sequence(
             obs=obs,
             action=self._action[rows, slots],
             reward=self._reward[rows, slots],
             cont=self._cont[rows, slots],
             mask=mask.astype(np.float32),
-            **returns,
+            **self._returns(rows, slots, mask),
         )
+
+    def _returns(self, env: np.ndarray, slot: np.ndarray, mask: np.ndarray | None) -> dict:
+        """The batch's ``return_to_go`` / ``return_known`` fields (none without return_gamma);
+        padded steps are never known."""
+        if self.return_gamma is None:
+            return {}
+        known = self._return_known[env, slot]
+        if mask is not None:
+            known = known & mask
+        return dict(return_to_go=self._return[env, slot], return_known=known.astype(np.float32))
 
     # ------------------------------------------------------------ checkpointing
 

@@ -108,17 +108,15 @@ class StopOnSignal:
 def prepare_batch(batch, obs_mean, obs_std, reward_scale):
     """Host numpy batch -> device batch with normalised observations and scaled rewards."""
     batch = jax.tree.map(jax.numpy.asarray, batch)
+    scaled = dict(reward=batch.reward * reward_scale)
+    if batch.return_to_go is not None:
+        scaled["return_to_go"] = batch.return_to_go * reward_scale
     if isinstance(batch, Sequence):
-        scaled = {}
-        if batch.return_to_go is not None:
-            scaled["return_to_go"] = batch.return_to_go * reward_scale
-        return batch.replace(
-            obs=normalize(batch.obs, obs_mean, obs_std), reward=batch.reward * reward_scale, **scaled
-        )
+        return batch.replace(obs=normalize(batch.obs, obs_mean, obs_std), **scaled)
     return batch.replace(
         obs=normalize(batch.obs, obs_mean, obs_std),
         next_obs=normalize(batch.next_obs, obs_mean, obs_std),
-        reward=batch.reward * reward_scale,
+        **scaled,
     )
 
 

@@ -328,12 +328,12 @@ def real_value_targets(
                 mask=swap(batch.mask),
             )
         )
-        if batch.return_known is not None:
-            # A terminated episode's own discounted return: exact, however far the termination
-            # is beyond the window (the λ-return reaches it only through chains of bootstraps).
-            targets = jnp.where(batch.return_known > 0, batch.return_to_go, targets)
     else:
         targets = td_targets(batch.reward, batch.cont, next_values, cfg.gamma)
+    if batch.return_known is not None:
+        # A terminated episode's own discounted return: exact, however far the termination is
+        # beyond the window (bootstrapped targets reach it only through chains of bootstraps).
+        targets = jnp.where(batch.return_known > 0, batch.return_to_go, targets)
     return observed.states, sg(targets), batch.mask
 
 

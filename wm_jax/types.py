@@ -38,6 +38,9 @@ class Transition:
     next_obs: chex.Array  # [B, *obs_shape]
     cont: chex.Array  # [B]   1 - terminated
     mask: chex.Array  # [B]   1 = real transition, 0 = padding
+    # As in Sequence: the discounted return to a stored termination, where known.
+    return_to_go: chex.Array | None = None  # [B]
+    return_known: chex.Array | None = None  # [B]
 
     @property
     def batch_size(self) -> int:
@@ -77,6 +80,8 @@ class Sequence:
             next_obs=self.obs[:, 1:].reshape((b * t, *obs_shape)),
             cont=self.cont.reshape(b * t),
             mask=self.mask.reshape(b * t),
+            return_to_go=None if self.return_to_go is None else self.return_to_go.reshape(b * t),
+            return_known=None if self.return_known is None else self.return_known.reshape(b * t),
         )
 
 
