@@ -94,6 +94,7 @@ from wm_jax.shell import (
     StopOnSignal,
     all_finite,
     check_nonfinite,
+    keep_episode_returns,
     open_loop_check,
     prepare_batch_jit,
     sample_batch,
@@ -166,6 +167,7 @@ class OfflineTrainer:
             )
         self.config = c = prepare_config(config, data, allow_imports)
         self.data, self.spec, self.replay = data, data.spec, data.replay
+        keep_episode_returns(self.replay, c)
         self.schedule = offline_schedule(c)
         # One run per workdir, and a resume checked before anything is written.
         self.run_dir = RunDir.open(self.workdir, c, spec_to_json(self.spec))

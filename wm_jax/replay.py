@@ -110,10 +110,9 @@ class ReplayBuffer:
         # Per env, because invalid steps are skipped per env and the rings fill unevenly.
         self._write_pos = np.zeros(n, dtype=np.int64)
         self._count = np.zeros(n, dtype=np.int64)
-        self.return_gamma = None if return_gamma is None else float(return_gamma)
-        if self.return_gamma is not None:
-            self._return = np.zeros((n, s), dtype=np.float32)
-            self._return_known = np.zeros((n, s), dtype=bool)
+        self.return_gamma: float | None = None
+        if return_gamma is not None:
+            self.keep_returns(return_gamma)
 
     @property
     def nbytes(self) -> int:
@@ -178,6 +177,17 @@ class ReplayBuffer:
             self._return_known[envs, slots] = False
             for env in envs[terminated[envs]]:
                 self._backfill_returns(int(env), self._count[env] - 1)
+
+    def keep_returns(self, gamma: float) -> None:
+        """From now on keep each terminated episode's discounted returns (see ``return_gamma``),
+        starting with those of the episodes already stored."""
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"return_gamma must lie in [0, 1], got {gamma}.")
+        self.return_gamma = float(gamma)
+        shape = (self.num_envs, self.slots_per_env)
+        self._return = np.zeros(shape, dtype=np.float32)
+        self._return_known = np.zeros(shape, dtype=bool)
+        self._recompute_returns()
 
     def _backfill_returns(self, env: int, last: int) -> None:
         """Writes the discounted return of every stored step of the episode that terminates at

@@ -129,6 +129,13 @@ def all_finite(tree) -> jax.Array:
     return jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))
 
 
+def keep_episode_returns(replay: ReplayBuffer, config) -> None:
+    """Has ``replay`` keep terminated episodes' discounted returns for the critic's real-data
+    targets when ``config.critic.real_targets`` asks for them."""
+    if config.critic.get("real_targets", "lambda") == "episode":
+        replay.keep_returns(config.imagination.gamma)
+
+
 def sample_batch(
     replay: ReplayBuffer, config, updates: int, rows: int | None = None, stream: tuple = ()
 ):

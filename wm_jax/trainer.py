@@ -59,6 +59,7 @@ from wm_jax.shell import (
     RunResult,
     StopOnSignal,
     check_nonfinite,
+    keep_episode_returns,
     open_loop_check,
     prepare_batch_jit,
     progress_bar,
@@ -139,11 +140,10 @@ class Trainer(TrainerCheckpoints):
         self.envs = make_envs(c, self.local_envs, env_seed, c.vector_mode)
         spec = self.spec
         capacity = c.replay_capacity // self.process_count
-        episode_returns = c.critic.real_targets == "episode"
         self.replay = ReplayBuffer(
-            capacity, self.local_envs, spec.obs_shape, spec.obs_dtype, spec.action_dim,
-            return_gamma=c.imagination.gamma if episode_returns else None,
+            capacity, self.local_envs, spec.obs_shape, spec.obs_dtype, spec.action_dim
         )
+        keep_episode_returns(self.replay, c)
         self.normalizer = RunningMeanStd(
             self.spec.obs_shape,
             enabled=c.obs_norm and not np.issubdtype(self.spec.obs_dtype, np.integer),
