@@ -194,7 +194,7 @@ class ReplayBuffer:
         logical index ``last`` of ``env`` (back to its start or the oldest stored step)."""
         gamma, ret = self.return_gamma, 0.0
         for offset in range(last, -1, -1):
-            slot = (self._write_pos[env] - self._count[env] + offset) % self.slots_per_env
+            slot = self._slot(env, offset)
             if offset < last and self._episode_end[env, slot]:
                 break
             ret = float(self._reward[env, slot]) + gamma * ret
@@ -205,8 +205,7 @@ class ReplayBuffer:
         """Every stored terminated episode's returns, from the stored rewards and flags."""
         self._return_known[:] = False
         for env in range(self.num_envs):
-            count = int(self._count[env])
-            slots = (self._write_pos[env] - count + np.arange(count)) % self.slots_per_env
+            slots = self._slot(env, np.arange(self._count[env]))
             for offset in np.flatnonzero(self._cont[env, slots] == 0.0):
                 self._backfill_returns(env, int(offset))
 
