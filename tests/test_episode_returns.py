@@ -166,13 +166,160 @@ def test_real_targets_are_the_episode_return_where_known_and_bootstrapped_elsewh
     np.testing.assert_array_equal(weights, batch.mask)
 
 
-def test_episode_targets_are_refused_by_name_in_the_device_loop_or_misspelt():
-    for value, loop, words in (
-        ("episodes", "host", "one of"),
-        ("episode", "device", "loop=device"),
-    ):
+def test_a_misspelt_real_targets_value_is_refused_by_name():
+    for loop in ("host", "device"):
         c = get_config()
-        c.critic.real_targets, c.loop = value, loop
+        c.critic.real_targets, c.loop = "episodes", loop
         with pytest.raises(ConfigError, match="critic.real_targets") as info:
             validate(c)
-        assert words in str(info.value)
+        assert "one of" in str(info.value)
+
+
+# --- the device loop's ring (wm_jax.replay_device) ------------------------------------------
+# Two envs with different episode structures, written one vector step at a time as the device
+# loop does; obs = [100·env + episode, step] and every reward is distinct, so every sampled
+# value traces back to its step.
+DEVICE_EPISODES = (
+    EPISODES,
+    ((2, "terminated"), (6, "truncated"), (5, "terminated"), (7, "running")),
+)
+
+
+def fill_device(capacity: int):
+    """The device ring after the vector steps both envs have (the shorter env's count), the
+    expected return of every stored step whose episode terminated within them, the stored steps
+    and each step by its reward."""
+    from wm_jax.replay_device import replay_add, replay_init
+
+    rng = np.random.default_rng(5)
+    steps, returns = [], {}
+    for env, episodes in enumerate(DEVICE_EPISODES):
+        steps.append([])
+        for ep, (length, end) in enumerate(episodes):
+            rewards = rng.normal(size=length).astype(np.float32)
+            for t in range(length):
+                steps[env].append(
+                    (100 * env + ep, t, rewards[t], t == length - 1 and end == "terminated")
+                )
+                returns[(100 * env + ep, t)] = sum(
+                    GAMMA**k * float(r) for k, r in enumerate(rewards[t:])
+                )
+    n = min(len(s) for s in steps)
+    r = replay_init(capacity, 2, make_spec(obs_shape=(2,), action_dim=1), return_gamma=GAMMA)
+    add = jax.jit(replay_add)
+    for i in range(n):
+        rows = [steps[env][i] for env in (0, 1)]
+        obs = jnp.asarray([[ep, t] for ep, t, _, _ in rows], jnp.float32)
+        r = add(
+            r,
+            obs,
+            jnp.ones((2, 1)),
+            jnp.asarray([x[2] for x in rows]),
+            jnp.asarray([0.0 if x[3] else 1.0 for x in rows]),
+            obs + jnp.asarray([0.0, 1.0]),
+            jnp.asarray([x[0] for x in rows], jnp.int32),
+        )
+    stored = {(ep, t) for env in (0, 1) for ep, t, _, _ in steps[env][max(n - capacity, 0) : n]}
+    ended = {ep for env in (0, 1) for ep, _, _, end in steps[env][:n] if end}
+    expected = {k: v for k, v in returns.items() if k in stored and k[0] in ended}
+    by_reward = {float(x[2]): x[:2] for env in (0, 1) for x in steps[env]}
+    assert len(by_reward) == sum(map(len, steps))
+    return r, expected, stored, by_reward
+
+
+@pytest.mark.parametrize("capacity", [32, 9], ids=["whole", "ring-wrapped"])
+def test_the_device_ring_keeps_each_terminated_episodes_return_as_the_host_replay(capacity):
+    from wm_jax.replay_device import replay_init, replay_sample_flat, replay_sample_sequences
+
+    r, expected, stored, by_reward = fill_device(capacity)
+    flat = jax.device_get(replay_sample_flat(r, jax.random.PRNGKey(0), 3000))
+    seen = set()
+    for obs, ret, known in zip(flat.obs, flat.return_to_go, flat.return_known, strict=True):
+        key = (int(obs[0]), int(obs[1]))
+        seen.add(key)
+        assert known == float(key in expected), key
+        if known:
+            np.testing.assert_allclose(ret, expected[key], rtol=1e-5, atol=1e-6)
+    assert seen == stored and expected and set(expected) != stored
+    # Windows: known only on their real (mask = 1) steps, with those steps' returns; a masked
+    # step holds the next episode's data, whatever that episode's fate.
+    seq = jax.device_get(replay_sample_sequences(r, jax.random.PRNGKey(1), 500, 4))
+    masked = 0
+    for b in range(seq.reward.shape[0]):
+        for t in range(4):
+            key = by_reward[float(seq.reward[b, t])]
+            known = seq.mask[b, t] == 1.0 and key in expected
+            masked += int(seq.mask[b, t] == 0.0 and key in expected)
+            assert seq.return_known[b, t] == float(known), (b, t, key)
+            if known:
+                np.testing.assert_allclose(seq.return_to_go[b, t], expected[key], rtol=1e-5)
+    assert masked > 0  # masked steps of terminated episodes were drawn, and none counted
+    plain = replay_init(4, 2, make_spec(obs_shape=(2,), action_dim=1))
+    assert plain.ret is None
+    assert replay_sample_flat(plain, jax.random.PRNGKey(0), 2).return_known is None
+
+
+@pytest.mark.slow
+def test_the_device_loop_keeps_episode_returns_and_resumes_them_exactly(tmp_path):
+    """A device-loop run with episode targets, interrupted and resumed, ends with the straight
+    run's checkpoint bit for bit, and its ring's returns are the direct sums over its own
+    stored rewards, terminations and episode ids."""
+    pytest.importorskip("gymnax")
+    from conftest import checkpoint_arrays
+
+    from wm_jax.device_loop import train_device
+
+    def config():
+        c = small_config(
+            env_id="gymnax:CartPole-v1",
+            loop="device",
+            total_env_steps=192,
+            prefill_steps=64,
+            eval_every=64,
+            eval_episodes=1,
+            log_every=64,
+            checkpoint_every=64,
+            report=False,
+            **{"schedule.warmup_steps": 64, "schedule.transition_steps": 128},
+            **{"diagnostics.open_loop_every": 0, "critic.real_targets": "episode"},
+        )
+        c.imagination.gamma = GAMMA
+        return c
+
+    train_device(config(), str(tmp_path / "resumed"), stop_at=128)
+    train_device(config(), str(tmp_path / "resumed"))
+    train_device(config(), str(tmp_path / "straight"))
+    a, b = checkpoint_arrays(tmp_path / "resumed"), checkpoint_arrays(tmp_path / "straight")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    # The checkpoint holds the loop state's leaves by number: name them from a fresh state.
+    from wm_jax.device_segment import DeviceLoop
+
+    template = DeviceLoop(config()).init(0).replace(train=None)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(template)]
+    ring = {
+        path.rsplit(".", 1)[-1]: a[f"['extras']['device_loop']['{i:04d}']"]
+        for i, path in enumerate(paths)
+        if path.startswith(".replay.")
+    }
+    reward, cont, episode, ret, known = (
+        ring[k] for k in ("reward", "cont", "episode", "ret", "known")
+    )
+    head, size = int(ring["head"]), int(ring["size"])
+    capacity = reward.shape[0]
+    order = [(head - size + i) % capacity for i in range(size)]  # oldest first
+    want_known = np.zeros_like(known)
+    for env in range(reward.shape[1]):
+        g, ep = None, None
+        for slot in reversed(order):
+            if cont[slot, env] == 0:
+                g, ep = 0.0, episode[slot, env]
+            elif episode[slot, env] != ep:
+                g = None
+            if g is not None:
+                g = reward[slot, env] + GAMMA * g
+                want_known[slot, env] = True
+                np.testing.assert_allclose(ret[slot, env], g, rtol=1e-5)
+    np.testing.assert_array_equal(known, want_known)
+    assert want_known.any() and not want_known.all()

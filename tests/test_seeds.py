@@ -133,3 +133,24 @@ def test_a_finished_record_counts_only_for_the_same_config_and_an_existing_final
     (tmp_path / "checkpoints" / "400").rmdir()
     (tmp_path / "finished.json").write_text("{not json")
     assert read_finished(str(tmp_path), config) is None
+
+
+@pytest.mark.slow
+def test_device_seeds_set_by_config_num_seeds_finish_with_one_workdir_each_and_a_report(tmp_path):
+    # --config.num_seeds (not --seeds) used to end a finished run with a TypeError in the summary.
+    # With episode-return targets, which the device loop's ring keeps too.
+    result = run_cli(
+        str(tmp_path / "w"),
+        "--config.loop=device",
+        "--config.env_id=gymnax:CartPole-v1",
+        "--config.num_seeds=2",
+        "--config.seed=3",
+        "--config.critic.real_targets=episode",
+        "--config.report=False",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for seed in (3, 4):
+        assert [s for s, _ in _evals(tmp_path / "w" / f"seed_{seed}")] == [160, 320]
+    assert result.stdout.count("trained 320 env steps") == 2
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("2 seeds: mean eval curve") and (tmp_path / "w" / "report").is_dir()

@@ -207,7 +207,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Real-data targets (schedule.final_real_mix): "lambda" (λ-returns along each replayed
     # window, bootstrapped at its end) or "episode" (for steps of an episode that has since
     # terminated, its discounted return to that termination, however far beyond the window;
-    # λ-returns elsewhere).  Host and offline loops (the device loop refuses it).
+    # λ-returns elsewhere).  Every loop keeps them in its replay.
     cr.real_targets = "lambda"
 
     # --- every loop: schedule (seeds Diagram 5; offline runs: warmup/transition from offline.*) ---

@@ -234,13 +234,6 @@ RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
     one_of("imagination.continue_mode", ("probs", "mode", "calibrated")),
     one_of("critic.bootstrap", ("target", "online"), default="target"),
     one_of("critic.real_targets", ("lambda", "episode"), default="lambda"),
-    Rule(
-        "critic.real_targets",
-        lambda v: v == "lambda",
-        "'episode' reads the host loop's replay: use 'lambda' with --config.loop=device",
-        default="lambda",
-        when=lambda c: c.loop == "device",
-    ),
     *(
         one_of(f"{group}.grad_clip_mode", ("global", "per_module", "adaptive"), default="global")
         for group in OPTIMISERS

@@ -54,7 +54,7 @@ from wm_jax.replay_device import (
     replay_sample_sequences,
 )
 from wm_jax.schedule import critic_real_mix
-from wm_jax.shell import prepare_batch, record_open_loop
+from wm_jax.shell import episode_return_gamma, prepare_batch, record_open_loop
 from wm_jax.types import TrainState
 from wm_jax.update import init_state, make_agent, train_step
 
@@ -145,7 +145,7 @@ class DeviceLoop:
             train=init_state(self.agent, jax.random.fold_in(seed_key, 1)),
             env_state=env_state,
             obs=obs,
-            replay=replay_init(self.capacity, c.num_envs, self.spec),
+            replay=replay_init(self.capacity, c.num_envs, self.spec, episode_return_gamma(c)),
             norm=normalizer_init(self.spec.obs_shape),
             episode=jnp.zeros((c.num_envs,), jnp.int32),
             episode_return=jnp.zeros((c.num_envs,), jnp.float32),

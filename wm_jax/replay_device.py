@@ -4,6 +4,8 @@ code.  The host loop's twin is :class:`wm_jax.replay.ReplayBuffer` (numpy, on th
 hand the update the same :class:`~wm_jax.types.Transition` / :class:`~wm_jax.types.Sequence`
 batches.  Where the host replay pads a window past an episode's end by repeating its last step,
 this ring leaves the next episode's data in the window and masks it out (``mask = 0``).
+With ``return_gamma`` set it also keeps each terminated episode's discounted return to its
+termination (``config.critic.real_targets = "episode"``), as the host replay does.
 """
 
 from __future__ import annotations
@@ -41,15 +43,25 @@ class DeviceReplay:
     episode: chex.Array
     head: chex.Array  # next slot to write
     size: chex.Array  # filled slots (<= capacity)
+    # With return_gamma: each slot's discounted return to its episode's termination and whether
+    # it is known (the episode has terminated in the ring; truncated and running ones have not).
+    ret: chex.Array | None = None
+    known: chex.Array | None = None
+    return_gamma: float | None = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def capacity(self) -> int:
         return self.reward.shape[0]
 
 
-def replay_init(capacity: int, num_envs: int, spec) -> DeviceReplay:
+def replay_init(
+    capacity: int, num_envs: int, spec, return_gamma: float | None = None
+) -> DeviceReplay:
     obs = jnp.zeros((capacity, num_envs, *spec.obs_shape), spec.obs_dtype)
     zeros = jnp.zeros((capacity, num_envs), jnp.float32)
+    keep = return_gamma is not None
+    if keep and not 0.0 <= return_gamma <= 1.0:
+        raise ValueError(f"return_gamma must lie in [0, 1], got {return_gamma}.")
     return DeviceReplay(
         obs=obs,
         action=jnp.zeros((capacity, num_envs, spec.action_dim), jnp.float32),
@@ -59,13 +71,17 @@ def replay_init(capacity: int, num_envs: int, spec) -> DeviceReplay:
         episode=jnp.zeros((capacity, num_envs), jnp.int32),
         head=jnp.zeros((), jnp.int32),
         size=jnp.zeros((), jnp.int32),
+        ret=zeros if keep else None,
+        known=jnp.zeros((capacity, num_envs), bool) if keep else None,
+        return_gamma=float(return_gamma) if keep else None,
     )
 
 
 def replay_add(r: DeviceReplay, obs, action, reward, cont, next_obs, episode) -> DeviceReplay:
     """Writes one vector step (``[N, ...]`` each) at the head of the ring."""
     put = lambda buf, x: buf.at[r.head].set(x.astype(buf.dtype))  # noqa: E731
-    return r.replace(
+    slot = r.head
+    r = r.replace(
         obs=put(r.obs, obs),
         action=put(r.action, action),
         reward=put(r.reward, reward),
@@ -75,6 +91,40 @@ def replay_add(r: DeviceReplay, obs, action, reward, cont, next_obs, episode) ->
         head=(r.head + 1) % r.capacity,
         size=jnp.minimum(r.size + 1, r.capacity),
     )
+    return r if r.ret is None else _backfill_returns(r, slot)
+
+
+def _backfill_returns(r: DeviceReplay, slot: chex.Array) -> DeviceReplay:
+    """After writing ``slot``: walks back through the episode of each env that terminated there,
+    ``G_t = r_t + γ·G_{t+1}`` from ``G_T = r_T``, and marks those steps known.  The walk is as long
+    as the longest such episode in the ring (none when no env terminated), so it costs about one
+    pass per stored step over a run, as the host replay's write-back."""
+    gamma, capacity = r.return_gamma, r.capacity
+    episode = r.episode[slot]
+
+    def walk(carry):
+        k, active, g, ret, known = carry
+        s = (slot - k) % capacity
+        g = jnp.where(active, r.reward[s] + gamma * g, g)
+        ret = ret.at[s].set(jnp.where(active, g, ret[s]))
+        known = known.at[s].set(active | known[s])
+        k = k + 1
+        prev = (slot - k) % capacity
+        return k, active & (k < r.size) & (r.episode[prev] == episode), g, ret, known
+
+    ended = r.cont[slot] == 0
+    g0 = jnp.zeros_like(r.reward[slot])
+    known = r.known.at[slot].set(False)  # the slot's overwritten step was another's
+    init = (jnp.zeros((), jnp.int32), ended, g0, r.ret, known)
+    _, _, _, ret, known = jax.lax.while_loop(lambda c: jnp.any(c[1]), walk, init)
+    return r.replace(ret=ret, known=known)
+
+
+def _returns(r: DeviceReplay, t, e, mask) -> dict:
+    """The batch's ``return_to_go`` / ``return_known`` fields (none without return_gamma)."""
+    if r.ret is None:
+        return {}
+    return dict(return_to_go=r.ret[t, e], return_known=r.known[t, e].astype(jnp.float32) * mask)
 
 
 def _oldest(r: DeviceReplay) -> chex.Array:
@@ -87,13 +137,15 @@ def replay_sample_flat(r: DeviceReplay, key: chex.PRNGKey, batch_size: int) -> T
     age = jax.random.randint(t_key, (batch_size,), 0, r.size)
     t = (_oldest(r) + age) % r.capacity
     e = jax.random.randint(e_key, (batch_size,), 0, r.reward.shape[1])
+    mask = jnp.ones((batch_size,), jnp.float32)
     return Transition(
         obs=r.obs[t, e],
         action=r.action[t, e],
         reward=r.reward[t, e],
         next_obs=r.next_obs[t, e],
         cont=r.cont[t, e],
-        mask=jnp.ones((batch_size,), jnp.float32),
+        mask=mask,
+        **_returns(r, t, e, mask),
     )
 
 
@@ -112,5 +164,10 @@ def replay_sample_sequences(
     mask = ((r.episode[t, e] == r.episode[t[:, :1], e]) & written).astype(jnp.float32)
     obs = jnp.concatenate([r.obs[t[:, :1], e], r.next_obs[t, e]], axis=1)
     return Sequence(
-        obs=obs, action=r.action[t, e], reward=r.reward[t, e], cont=r.cont[t, e], mask=mask
+        obs=obs,
+        action=r.action[t, e],
+        reward=r.reward[t, e],
+        cont=r.cont[t, e],
+        mask=mask,
+        **_returns(r, t, e, mask),
     )

@@ -129,11 +129,19 @@ def all_finite(tree) -> jax.Array:
     return jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))
 
 
-def keep_episode_returns(replay: ReplayBuffer, config) -> None:
-    """Has ``replay`` keep terminated episodes' discounted returns for the critic's real-data
-    targets when ``config.critic.real_targets`` asks for them."""
+def episode_return_gamma(config) -> float | None:
+    """The discount a replay keeps terminated episodes' returns with, for the critic's real-data
+    targets (``config.critic.real_targets = "episode"``); None when they are not wanted."""
     if config.critic.get("real_targets", "lambda") == "episode":
-        replay.keep_returns(config.imagination.gamma)
+        return float(config.imagination.gamma)
+    return None
+
+
+def keep_episode_returns(replay: ReplayBuffer, config) -> None:
+    """Has the host ``replay`` keep them (see :func:`episode_return_gamma`)."""
+    gamma = episode_return_gamma(config)
+    if gamma is not None:
+        replay.keep_returns(gamma)
 
 
 def sample_batch(

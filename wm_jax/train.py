@@ -219,6 +219,8 @@ def main(argv):
     if lead and (host_seeds or len(results) > 1) and not config.get("lr_sweep", ""):
         from wm_jax.report import write_seeds_report
 
+        if seeds is None:  # --config.num_seeds: the device loop's seeds S, S+1, ...
+            seeds = list(range(config.seed, config.seed + len(results)))
         runs = {s: r.workdir for s, r in zip(seeds, results, strict=True)}
         path = write_seeds_report(workdir, runs)
         print(f"{len(seeds)} seeds: mean eval curve with ±1 standard error in {path}")
