@@ -41,9 +41,10 @@ def get_config():
     # BUILD_NOTES, fourteenth session); "lambda" reruns the figures measured before.
     c.critic.real_targets = "episode"
     # The actor from 2.5k env steps (the world model alone before), the critic's real-data
-    # weight annealed by 7.5k: with episode targets, 6 seeds' median curve 289 / 453 / 500 at
-    # 7.5k / 10k / 12.5k and 500 at every evaluation to 30k (BUILD_NOTES, fifteenth session);
-    # the base's 5k / 10k reruns the figures measured before.
+    # weight annealed by 7.5k: with episode targets, 12 seeds' median curve 275 / 450 / 500 at
+    # 7.5k / 10k / 12.5k and 500 at every evaluation to 30k, 9 of 12 hold (5k / 10k: 183 /
+    # 310 / 379, 8 of 12; BUILD_NOTES, fifteenth session); 5000 / 10000 reruns the figures
+    # measured before.
     c.schedule.warmup_steps = 2_500
     c.schedule.transition_steps = 7_500
     return c
