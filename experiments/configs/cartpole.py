@@ -45,6 +45,10 @@ def get_config():
     # Half of the critic's loss stays on real 16-step λ-returns after the transition: real
     # terminations anchor its values (imagined-only targets left a ~110-return plateau).
     c.schedule.final_real_mix = 0.5
+    # ... and where an episode has terminated, those targets are its own discounted return, not
+    # bootstrapped λ-returns: 12 seeds to 30k, median curve 478 vs 262 at 30k, U 113 of 144 on
+    # 12.5k-30k (BUILD_NOTES, fifteenth session); "lambda" reruns the figures measured before.
+    c.critic.real_targets = "episode"
     # Speed (issue 18): bf16 matmuls where the CPU/GPU has them natively learned as f32 did
     # (6 seeds each; BUILD_NOTES "Speed (issue 18), 2026-12-05") at ~1.2x the train-step speed.
     # The base config's default, stated here because this config's figures depend on it.
