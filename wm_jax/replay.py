@@ -20,7 +20,7 @@ import numpy as np
 
 from wm_jax.types import Sequence, Transition
 
-__all__ = ["ReplayBuffer"]
+__all__ = ["ReplayBuffer", "checked_return_gamma"]
 
 _ARRAY_KEYS = ("obs", "next_obs", "action", "reward", "cont", "episode_end", "write_pos", "count")
 
@@ -55,6 +55,13 @@ def check_memory(needed: int) -> None:
             f"machine has {free / 2**30:.1f} GiB available; lower replay_capacity (or the "
             "observation size)"
         )
+
+
+def checked_return_gamma(gamma: float) -> float:
+    """``gamma`` as the discount a replay keeps episode returns with (both replays' rule)."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"return_gamma must lie in [0, 1], got {gamma}.")
+    return float(gamma)
 
 
 class ReplayBuffer:
@@ -181,9 +188,7 @@ class ReplayBuffer:
     def keep_returns(self, gamma: float) -> None:
         """From now on keep each terminated episode's discounted returns (see ``return_gamma``),
         starting with those of the episodes already stored."""
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"return_gamma must lie in [0, 1], got {gamma}.")
-        self.return_gamma = float(gamma)
+        self.return_gamma = checked_return_gamma(gamma)
         shape = (self.num_envs, self.slots_per_env)
         self._return = np.zeros(shape, dtype=np.float32)
         self._return_known = np.zeros(shape, dtype=bool)

@@ -15,6 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from wm_jax.replay import checked_return_gamma
 from wm_jax.types import Sequence, Transition
 
 __all__ = [
@@ -60,8 +61,6 @@ def replay_init(
     obs = jnp.zeros((capacity, num_envs, *spec.obs_shape), spec.obs_dtype)
     zeros = jnp.zeros((capacity, num_envs), jnp.float32)
     keep = return_gamma is not None
-    if keep and not 0.0 <= return_gamma <= 1.0:
-        raise ValueError(f"return_gamma must lie in [0, 1], got {return_gamma}.")
     return DeviceReplay(
         obs=obs,
         action=jnp.zeros((capacity, num_envs, spec.action_dim), jnp.float32),
@@ -73,7 +72,7 @@ def replay_init(
         size=jnp.zeros((), jnp.int32),
         ret=zeros if keep else None,
         known=jnp.zeros((capacity, num_envs), bool) if keep else None,
-        return_gamma=float(return_gamma) if keep else None,
+        return_gamma=checked_return_gamma(return_gamma) if keep else None,
     )
 
 
